@@ -1,0 +1,15 @@
+//! Parlor's core: identifiers, protocol v1 types, validation, the port traits the server
+//! roles are written against, and the pure logic they share.
+//!
+//! This crate does no IO: no sockets, files, clients or runtime. Backends (`parlor-embedded`,
+//! later NATS/PostgreSQL/AWS) implement its ports; `parlor-server` uses them as `Arc<dyn _>`.
+
+pub mod error;
+pub mod ids;
+pub mod ports;
+pub mod protocol;
+pub mod queue;
+pub mod validate;
+
+pub use error::{BackendError, BackendErrorKind, ErrorCode};
+pub use ids::{ConnectionId, ConversationId, MessageId, NodeId, Seq, UserId};

@@ -1,0 +1,279 @@
+//! The ports: the only way the server roles reach queues, storage, the connection registry,
+//! presence and other gateway nodes. Each backend set (embedded, cluster, AWS) implements
+//! them; the roles hold them as `Arc<dyn _>` and never name a backend.
+//!
+//! Every method fails with [`BackendError`], whose kind tells the caller what to do:
+//! `Unavailable` → retry with backoff, `Rejected` → dead-letter, `Poisoned` → stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use time::OffsetDateTime;
+
+use crate::error::BackendError;
+use crate::ids::{ConnectionId, ConversationId, NodeId, Seq, UserId};
+use crate::protocol::{ConversationKind, Message, User};
+
+/// Identifies one entry handed out by [`Queue::receive`], for `ack` and friends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryId(pub u64);
+
+/// One queue entry handed to a consumer.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: DeliveryId,
+    pub payload: Vec<u8>,
+    /// 1 on first delivery, then one more per redelivery.
+    pub attempts: u32,
+}
+
+/// An entry that failed for good, with why.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// Stable identifier within this queue's dead-letter side.
+    pub id: u64,
+    pub payload: Vec<u8>,
+    pub reason: String,
+    pub attempts: u32,
+    pub failed_at: OffsetDateTime,
+}
+
+/// Which dead letters an admin operation applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeadLetterSelection {
+    All,
+    Ids(Vec<u64>),
+}
+
+/// How full a queue is, for metrics and operators.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Appended and not yet acknowledged, in flight or not.
+    pub pending: u64,
+    /// Handed to a consumer and not yet acknowledged.
+    pub in_flight: u64,
+    /// In the dead-letter queue.
+    pub dead: u64,
+}
+
+/// A durable FIFO with a dead-letter side.
+///
+/// `append` returns only when the entries survive `kill -9` of any process (a fsynced WAL,
+/// a JetStream ack from a syncing server, an SQS 200). Delivery is at least once: an entry
+/// not acknowledged within the visibility timeout, or before a crash, is delivered again,
+/// so consumers must be idempotent. Entries are handed out in append order, except that a
+/// redelivered entry comes back later than the entries after it.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Appends entries, in order; durable when this returns `Ok`.
+    async fn append(&self, entries: Vec<Vec<u8>>) -> Result<(), BackendError>;
+    /// Up to `max` entries; waits up to `wait` for the first one, returns empty after that.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BackendError>;
+    /// Marks entries done; they are never delivered again.
+    async fn ack(&self, ids: &[DeliveryId]) -> Result<(), BackendError>;
+    /// Gives an entry back, to be delivered again no sooner than `delay` from now.
+    async fn retry_later(&self, id: DeliveryId, delay: Duration) -> Result<(), BackendError>;
+    /// Moves an entry to the dead-letter queue with `reason`, durably, then acknowledges it.
+    async fn dead_letter(&self, id: DeliveryId, reason: &str) -> Result<(), BackendError>;
+    /// The oldest dead letters, up to `limit`.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError>;
+    /// Appends the selected dead letters to the queue again and removes them from the
+    /// dead-letter side; returns how many moved.
+    async fn redrive(&self, selection: DeadLetterSelection) -> Result<usize, BackendError>;
+    /// Deletes the selected dead letters for good; returns how many.
+    async fn purge(&self, selection: DeadLetterSelection) -> Result<usize, BackendError>;
+    async fn depth(&self) -> Result<QueueDepth, BackendError>;
+}
+
+/// A message as the persister hands it to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub client_msg_id: String,
+    pub body: String,
+    /// When the gateway accepted it; becomes `created_at`.
+    pub accepted_at: OffsetDateTime,
+}
+
+/// What the store did with one [`NewMessage`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored now with the next `seq`.
+    New(Message),
+    /// (sender, client_msg_id) was stored before: this is that message, unchanged.
+    Duplicate(Message),
+    /// Can never be stored (the sender is not a member, say); dead-letter it.
+    Rejected(String),
+}
+
+/// A page of history: `after_seq` wins over `before_seq`; neither means the newest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub before_seq: Option<Seq>,
+    pub after_seq: Option<Seq>,
+    pub limit: u16,
+}
+
+/// A conversation as one of its members sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationView {
+    pub id: ConversationId,
+    pub kind: ConversationKind,
+    pub title: Option<String>,
+    pub members: Vec<User>,
+    pub last_message: Option<Message>,
+    pub last_seq: Seq,
+    /// This member's read marker.
+    pub last_read_seq: Seq,
+}
+
+/// The SHA-256 of a session token: tokens themselves are never stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+/// Users, sessions, conversations, messages and read markers: the truth.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// `None` when the username is taken (ignoring case).
+    async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<Option<User>, BackendError>;
+    /// The user and their password hash, by username (ignoring case).
+    async fn user_credentials(
+        &self,
+        username: &str,
+    ) -> Result<Option<(User, String)>, BackendError>;
+    /// Users whose name starts with `prefix` (ignoring case), by name.
+    async fn users_by_prefix(&self, prefix: &str, limit: u16) -> Result<Vec<User>, BackendError>;
+    /// The users that exist among `ids`.
+    async fn users(&self, ids: &[UserId]) -> Result<Vec<User>, BackendError>;
+    async fn set_last_seen(&self, user: UserId, at: OffsetDateTime) -> Result<(), BackendError>;
+    async fn last_seen(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, Option<OffsetDateTime>)>, BackendError>;
+
+    async fn create_session(
+        &self,
+        token: TokenHash,
+        user: UserId,
+        expires_at: OffsetDateTime,
+    ) -> Result<(), BackendError>;
+    /// The session's user, if the session exists and has not expired at `now`.
+    async fn session_user(
+        &self,
+        token: TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<User>, BackendError>;
+    async fn delete_session(&self, token: TokenHash) -> Result<(), BackendError>;
+
+    /// The one direct conversation of the pair, created if needed; `true` if created now.
+    async fn create_direct(
+        &self,
+        a: UserId,
+        b: UserId,
+    ) -> Result<(ConversationId, bool), BackendError>;
+    async fn create_group(
+        &self,
+        title: &str,
+        members: &[UserId],
+    ) -> Result<ConversationId, BackendError>;
+    /// The member's conversations, most recent activity first.
+    async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationView>, BackendError>;
+    /// One conversation, if `user` is a member of it.
+    async fn conversation_of(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+    ) -> Result<Option<ConversationView>, BackendError>;
+    async fn is_member(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+    ) -> Result<bool, BackendError>;
+    async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>, BackendError>;
+    /// Everyone who shares at least one conversation with `user`, `user` excluded.
+    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, BackendError>;
+
+    /// Stores a batch in one transaction: each message gets the next gap-free `seq` of its
+    /// conversation; a repeated (sender, client_msg_id) yields the message stored the first
+    /// time and stores nothing. The sender's read marker moves to their own message. The
+    /// result has one entry per input, in order.
+    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, BackendError>;
+    /// History in ascending `seq`.
+    async fn messages(
+        &self,
+        conversation: ConversationId,
+        page: Page,
+    ) -> Result<Vec<Message>, BackendError>;
+
+    /// Moves `user`'s read marker forward to `seq` (clamped to the last seq; never
+    /// backwards). Returns the marker now in force.
+    async fn mark_read(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<Seq, BackendError>;
+}
+
+/// One live connection, as the registry knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    pub id: ConnectionId,
+    pub user: UserId,
+    pub node: NodeId,
+}
+
+/// Where users are connected.
+#[async_trait]
+pub trait Registry: Send + Sync {
+    async fn register(&self, connection: ConnectionInfo) -> Result<(), BackendError>;
+    async fn unregister(&self, connection: ConnectionInfo) -> Result<(), BackendError>;
+    /// Renews this node's lease; when a lease expires, the node's connections vanish (and
+    /// their users go offline).
+    async fn heartbeat(&self, node: NodeId, lease: Duration) -> Result<(), BackendError>;
+    /// The nodes that hold connections of `users`, each with the users it holds.
+    async fn locate(&self, users: &[UserId]) -> Result<Vec<(NodeId, Vec<UserId>)>, BackendError>;
+}
+
+/// A user came online or went offline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub user: UserId,
+    pub online: bool,
+    pub at: OffsetDateTime,
+}
+
+/// Who is online, and the changes as they happen.
+#[async_trait]
+pub trait Presence: Send + Sync {
+    /// The subset of `users` that is online now.
+    async fn online(&self, users: &[UserId]) -> Result<Vec<UserId>, BackendError>;
+    /// Every change from now on. A slow subscriber may miss changes (it is told by the
+    /// stream ending), never block the registry.
+    async fn changes(&self) -> Result<BoxStream<'static, PresenceChange>, BackendError>;
+}
+
+/// What one gateway node is asked to do for its local connections.
+#[derive(Clone, Debug)]
+pub enum NodeCommand {
+    /// Send `frame` (JSON text) to every local connection of `users`.
+    Deliver { users: Vec<UserId>, frame: Arc<str> },
+    /// Close the local connections opened with this session (logout).
+    CloseSession { user: UserId, token: TokenHash },
+}
+
+/// Carries commands to one gateway node: a notification costs one send per node that holds
+/// a recipient, never a broadcast to every node.
+#[async_trait]
+pub trait Relay: Send + Sync {
+    async fn send(&self, node: NodeId, command: NodeCommand) -> Result<(), BackendError>;
+    /// This node's commands, in the order they were sent.
+    async fn inbox(&self, node: NodeId) -> Result<BoxStream<'static, NodeCommand>, BackendError>;
+}

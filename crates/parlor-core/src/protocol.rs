@@ -1,0 +1,274 @@
+//! Protocol v1: the JSON that crosses HTTP and WebSocket. These types are the contract;
+//! internal types are converted into them, never serialized onto the wire directly.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::ids::{ConversationId, MessageId, Seq, UserId};
+
+/// A user as others see them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+}
+
+/// A member of a conversation, with presence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: UserId,
+    pub username: String,
+    pub online: bool,
+}
+
+/// A stored message. `seq` is gap-free per conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub seq: Seq,
+    pub sender_id: UserId,
+    pub client_msg_id: String,
+    pub body: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+/// One row of the chat list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: ConversationId,
+    pub kind: ConversationKind,
+    /// The group's title; `None` for a direct conversation (clients show the other member).
+    pub title: Option<String>,
+    pub members: Vec<Member>,
+    pub last_message: Option<Message>,
+    pub last_seq: Seq,
+    pub unread_count: u64,
+}
+
+/// A frame from a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientFrame {
+    Send {
+        conversation_id: String,
+        client_msg_id: String,
+        body: String,
+    },
+    Typing {
+        conversation_id: String,
+    },
+    Read {
+        conversation_id: String,
+        seq: Seq,
+    },
+    Ping,
+}
+
+/// A frame to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Hello {
+        user_id: UserId,
+    },
+    Accepted {
+        client_msg_id: String,
+        conversation_id: ConversationId,
+    },
+    Message {
+        message: Message,
+    },
+    Presence {
+        user_id: UserId,
+        online: bool,
+        #[serde(with = "time::serde::rfc3339::option")]
+        last_seen: Option<OffsetDateTime>,
+    },
+    Typing {
+        conversation_id: ConversationId,
+        user_id: UserId,
+    },
+    Read {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        seq: Seq,
+    },
+    Pong,
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        client_msg_id: Option<String>,
+    },
+}
+
+impl ServerFrame {
+    /// The frame's JSON text. Serializing these types cannot fail.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+
+    pub fn error(error: ApiError, client_msg_id: Option<String>) -> Self {
+        ServerFrame::Error {
+            code: error.code,
+            message: error.message,
+            client_msg_id,
+        }
+    }
+}
+
+/// Decodes one client text frame, telling malformed JSON apart from an unknown `type`.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ApiError> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    #[derive(Deserialize)]
+    struct Send {
+        conversation_id: String,
+        client_msg_id: String,
+        body: String,
+    }
+    #[derive(Deserialize)]
+    struct Typing {
+        conversation_id: String,
+    }
+    #[derive(Deserialize)]
+    struct Read {
+        conversation_id: String,
+        seq: Seq,
+    }
+
+    fn fields<T: serde::de::DeserializeOwned>(text: &str, kind: &str) -> Result<T, ApiError> {
+        serde_json::from_str(text).map_err(|error| {
+            ApiError::new(
+                ErrorCode::InvalidInput,
+                format!("bad {kind} frame: {error}"),
+            )
+        })
+    }
+
+    let envelope: Envelope = serde_json::from_str(text).map_err(|error| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("a frame must be a JSON object with a string \"type\": {error}"),
+        )
+    })?;
+    match envelope.kind.as_str() {
+        "send" => {
+            let Send {
+                conversation_id,
+                client_msg_id,
+                body,
+            } = fields(text, "send")?;
+            Ok(ClientFrame::Send {
+                conversation_id,
+                client_msg_id,
+                body,
+            })
+        }
+        "typing" => {
+            let Typing { conversation_id } = fields(text, "typing")?;
+            Ok(ClientFrame::Typing { conversation_id })
+        }
+        "read" => {
+            let Read {
+                conversation_id,
+                seq,
+            } = fields(text, "read")?;
+            Ok(ClientFrame::Read {
+                conversation_id,
+                seq,
+            })
+        }
+        "ping" => Ok(ClientFrame::Ping),
+        other => Err(ApiError::new(
+            ErrorCode::UnknownType,
+            format!("unknown frame type {:?}", truncate(other, 32)),
+        )),
+    }
+}
+
+fn truncate(s: &str, chars_max: usize) -> &str {
+    match s.char_indices().nth(chars_max) {
+        Some((index, _)) => &s[..index],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_every_client_frame() {
+        let send = decode_client_frame(
+            r#"{"type":"send","conversation_id":"c","client_msg_id":"m1","body":"hi"}"#,
+        );
+        assert_eq!(
+            send,
+            Ok(ClientFrame::Send {
+                conversation_id: "c".into(),
+                client_msg_id: "m1".into(),
+                body: "hi".into()
+            })
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"type":"typing","conversation_id":"c"}"#),
+            Ok(ClientFrame::Typing {
+                conversation_id: "c".into()
+            })
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"type":"read","conversation_id":"c","seq":7}"#),
+            Ok(ClientFrame::Read {
+                conversation_id: "c".into(),
+                seq: 7
+            })
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        );
+    }
+
+    #[test]
+    fn tells_malformed_json_from_unknown_type_from_bad_fields() {
+        let code = |text| decode_client_frame(text).unwrap_err().code;
+        assert_eq!(code("{not json"), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"[1,2]"#), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"type":"shout"}"#), ErrorCode::UnknownType);
+        assert_eq!(
+            code(r#"{"type":"send","body":"x"}"#),
+            ErrorCode::InvalidInput
+        );
+        assert_eq!(
+            code(r#"{"type":"read","conversation_id":"c","seq":-1}"#),
+            ErrorCode::InvalidInput
+        );
+    }
+
+    #[test]
+    fn server_frames_have_the_v1_shape() {
+        let frame = ServerFrame::Error {
+            code: ErrorCode::BodyTooLarge,
+            message: "too big".into(),
+            client_msg_id: Some("m1".into()),
+        };
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"error","code":"body_too_large","message":"too big","client_msg_id":"m1"}"#
+        );
+        assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+}

@@ -1,0 +1,75 @@
+//! Measures `SqliteStore::append_messages` the way the persister drives it: one batch at a
+//! time, 256 messages of 100 bytes each, spread over 100 conversations, every commit fsynced.
+//!
+//! `cargo run -p parlor-embedded --example store_append_throughput [--release] [-- BATCHES]`
+//! (default 100 batches). The database lives in a temporary directory, on the disk that
+//! holds `TMPDIR`: point that at the disk you want to measure.
+
+use std::time::{Duration, Instant};
+
+use parlor_core::ports::{Appended, NewMessage, Store};
+use parlor_embedded::SqliteStore;
+use time::OffsetDateTime;
+
+const BATCH_MESSAGES: usize = 256;
+const BODY_BYTES: usize = 100;
+const CONVERSATIONS: usize = 100;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let batches: usize = match std::env::args().nth(1) {
+        Some(arg) => arg.parse()?,
+        None => 100,
+    };
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(&dir.path().join("parlor.db"))?;
+
+    let ann = store.create_user("ann", "hash").await?.ok_or("ann taken")?;
+    let bob = store.create_user("bob", "hash").await?.ok_or("bob taken")?;
+    let mut conversations = Vec::with_capacity(CONVERSATIONS);
+    for i in 0..CONVERSATIONS {
+        conversations.push(
+            store
+                .create_group(&format!("room {i}"), &[ann.id, bob.id])
+                .await?,
+        );
+    }
+
+    let body = "x".repeat(BODY_BYTES);
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    for batch in 0..batches {
+        let messages: Vec<NewMessage> = (0..BATCH_MESSAGES)
+            .map(|i| {
+                let n = batch * BATCH_MESSAGES + i;
+                NewMessage {
+                    conversation_id: conversations[n % CONVERSATIONS],
+                    sender_id: if n.is_multiple_of(2) { ann.id } else { bob.id },
+                    client_msg_id: format!("m{n}"),
+                    body: body.clone(),
+                    accepted_at: OffsetDateTime::now_utc(),
+                }
+            })
+            .collect();
+        let batch_started = Instant::now();
+        let appended = store.append_messages(&messages).await?;
+        slowest = slowest.max(batch_started.elapsed());
+        let stored = appended
+            .iter()
+            .filter(|a| matches!(a, Appended::New(_)))
+            .count();
+        assert_eq!(stored, BATCH_MESSAGES, "every message is new");
+    }
+    let elapsed = started.elapsed();
+
+    let messages = batches * BATCH_MESSAGES;
+    println!(
+        "{messages} messages in {batches} batches of {BATCH_MESSAGES} ({BODY_BYTES}-byte bodies, \
+         {CONVERSATIONS} conversations): {:.2} s, {:.0} msgs/s, {:.1} ms mean and {:.1} ms max per batch",
+        elapsed.as_secs_f64(),
+        messages as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e3 / batches as f64,
+        slowest.as_secs_f64() * 1e3,
+    );
+    Ok(())
+}

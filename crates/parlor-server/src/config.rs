@@ -1,0 +1,107 @@
+//! Typed configuration of each role. Values come from `parlor`, which alone reads flags,
+//! environment and files; defaults live here, in one place.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use parlor_core::NodeId;
+
+/// The HTTP + WebSocket gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub node: NodeId,
+    /// Origins allowed to open a WebSocket besides the server's own (`https://chat.example`).
+    pub allowed_origins: Vec<String>,
+    /// Largest message body, in bytes of UTF-8.
+    pub body_bytes_max: usize,
+    /// Largest HTTP request body and WebSocket message.
+    pub request_bytes_max: usize,
+    /// Frames waiting to be written to one connection; a reader slower than this is
+    /// disconnected (it catches up from the store when it reconnects).
+    pub connection_frames_queued_max: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    pub session_ttl: Duration,
+    /// Mark the session cookie `Secure` (serve over TLS, or behind a TLS proxy).
+    pub cookie_secure: bool,
+    /// How often this node renews its registry lease, and for how long.
+    pub heartbeat_interval: Duration,
+    pub heartbeat_lease: Duration,
+    pub limits: LimitsConfig,
+}
+
+impl GatewayConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            node: NodeId::new(),
+            allowed_origins: Vec::new(),
+            body_bytes_max: 16 * 1024,
+            request_bytes_max: 128 * 1024,
+            connection_frames_queued_max: 256,
+            idle_timeout: Duration::from_secs(60),
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            cookie_secure: false,
+            heartbeat_interval: Duration::from_secs(10),
+            heartbeat_lease: Duration::from_secs(25),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// Rate limits and per-user bounds. A rate is a steady count per second plus a burst.
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    pub sends_per_second_per_user: NonZeroU32,
+    pub sends_burst_per_user: NonZeroU32,
+    pub requests_per_second_per_ip: NonZeroU32,
+    pub requests_burst_per_ip: NonZeroU32,
+    /// Register and log in: each costs an Argon2id hash, so they get their own, lower limit.
+    pub auth_per_second_per_ip: NonZeroU32,
+    pub auth_burst_per_ip: NonZeroU32,
+    pub connections_per_user_max: usize,
+    /// Argon2id hashes computed at once (each holds 19 MiB).
+    pub password_hashes_concurrent_max: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let n = |n| NonZeroU32::new(n).expect("non-zero");
+        Self {
+            sends_per_second_per_user: n(20),
+            sends_burst_per_user: n(100),
+            requests_per_second_per_ip: n(200),
+            requests_burst_per_ip: n(400),
+            auth_per_second_per_ip: n(10),
+            auth_burst_per_ip: n(30),
+            connections_per_user_max: 32,
+            password_hashes_concurrent_max: 4,
+        }
+    }
+}
+
+/// A queue consumer (persister, notifier).
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    pub batch_max: usize,
+    /// Deliveries of one entry before it goes to the dead-letter queue.
+    pub attempts_max: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long to keep draining the queue after shutdown was signalled.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: 512,
+            attempts_max: 10,
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}

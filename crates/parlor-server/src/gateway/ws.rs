@@ -1,0 +1,347 @@
+//! The WebSocket endpoint: one task per connection, reading frames and writing the frames
+//! the hub queues for it.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use futures::{FutureExt, SinkExt};
+use parlor_core::error::ApiError;
+use parlor_core::ports::{ConnectionInfo, TokenHash};
+use parlor_core::protocol::{ClientFrame, ServerFrame, User, decode_client_frame};
+use parlor_core::{ConnectionId, ErrorCode, UserId};
+use serde::Deserialize;
+use tokio::sync::{Notify, mpsc};
+
+use super::hub::ConnectionHandle;
+use super::{Gateway, HttpError, MembershipCache, credentials};
+use crate::deliver;
+
+/// Frames read and handled together: their sends go to the inbound queue in one append.
+const FRAMES_PER_TURN_MAX: usize = 64;
+/// Buffer sizes of one connection. The library's defaults (128 KiB) would cost more than
+/// everything else a connection holds.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+const WRITE_BUFFER_BYTES: usize = 4 * 1024;
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+pub async fn upgrade(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Query(query): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, HttpError> {
+    check_origin(&gateway, &headers)?;
+    let token = credentials(&headers)
+        .map(|(token, _)| token)
+        .or(query.token)
+        .ok_or_else(HttpError::unauthorized)?;
+    let (user, token) = gateway
+        .session_user(&token)
+        .await?
+        .ok_or_else(HttpError::unauthorized)?;
+    let frame_bytes_max = gateway.config.request_bytes_max;
+    Ok(ws
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WRITE_BUFFER_BYTES.max(frame_bytes_max) * 4)
+        .max_message_size(frame_bytes_max)
+        .max_frame_size(frame_bytes_max)
+        .on_upgrade(move |socket| serve(gateway, socket, user, token))
+        .into_response())
+}
+
+/// A browser always sends `Origin`; it must be this server's own or an allowed one. A
+/// client that sends none (not a browser) is allowed.
+fn check_origin(gateway: &Gateway, headers: &HeaderMap) -> Result<(), HttpError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let same_origin = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|origin_host| !host.is_empty() && origin_host == host);
+    if same_origin
+        || gateway
+            .config
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed == origin)
+    {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            ErrorCode::Forbidden,
+            "this origin may not open a WebSocket here",
+        ))
+    }
+}
+
+struct Connection {
+    gateway: Arc<Gateway>,
+    user: User,
+    known_member_of: MembershipCache,
+}
+
+async fn serve(gateway: Arc<Gateway>, mut socket: WebSocket, user: User, token: TokenHash) {
+    let (frames_sender, mut frames) = mpsc::channel(gateway.config.connection_frames_queued_max);
+    let close = Arc::new(Notify::new());
+    let info = ConnectionInfo {
+        id: ConnectionId::new(),
+        user: user.id,
+        node: gateway.config.node,
+    };
+    let handle = ConnectionHandle {
+        id: info.id,
+        token,
+        frames: frames_sender,
+        close: Arc::clone(&close),
+    };
+    if !gateway.hub.add(
+        user.id,
+        handle,
+        gateway.config.limits.connections_per_user_max,
+    ) {
+        let error = ApiError::new(ErrorCode::RateLimited, "too many connections for this user");
+        let _ = socket.send(text(ServerFrame::error(error, None))).await;
+        let _ = socket
+            .send(close_frame(close_code::POLICY, "too many connections"))
+            .await;
+        return;
+    }
+    if let Err(error) = gateway.deps.registry.register(info).await {
+        tracing::warn!(%error, "cannot register a connection");
+        gateway.hub.remove(user.id, info.id);
+        let error = ApiError::new(
+            ErrorCode::Unavailable,
+            "temporarily unavailable; reconnect later",
+        );
+        let _ = socket.send(text(ServerFrame::error(error, None))).await;
+        let _ = socket
+            .send(close_frame(close_code::AGAIN, "unavailable"))
+            .await;
+        return;
+    }
+    let mut connection = Connection {
+        gateway: Arc::clone(&gateway),
+        user,
+        known_member_of: MembershipCache::default(),
+    };
+    connection.run(&mut socket, &mut frames, &close).await;
+    gateway.hub.remove(connection.user.id, info.id);
+    if let Err(error) = gateway.deps.registry.unregister(info).await {
+        tracing::warn!(%error, "cannot unregister a connection");
+    }
+}
+
+fn text(frame: ServerFrame) -> Message {
+    Message::Text(frame.to_json().into())
+}
+
+fn close_frame(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        socket: &mut WebSocket,
+        frames: &mut mpsc::Receiver<Utf8Bytes>,
+        close: &Notify,
+    ) {
+        let hello = ServerFrame::Hello {
+            user_id: self.user.id,
+        };
+        if socket.send(text(hello)).await.is_err() {
+            return;
+        }
+        let idle_timeout = self.gateway.config.idle_timeout;
+        let shutdown = self.gateway.shutdown.clone();
+        let mut shutdown = std::pin::pin!(shutdown.wait());
+        loop {
+            tokio::select! {
+                biased;
+                _ = close.notified() => {
+                    let _ = socket.send(close_frame(close_code::POLICY, "closed by the server")).await;
+                    return;
+                }
+                _ = &mut shutdown => {
+                    let _ = socket.send(close_frame(close_code::AWAY, "server shutting down")).await;
+                    return;
+                }
+                Some(frame) = frames.recv() => {
+                    if socket.feed(Message::Text(frame)).await.is_err() {
+                        return;
+                    }
+                    // Write whatever else is queued in the same flush.
+                    while let Ok(frame) = frames.try_recv() {
+                        if socket.feed(Message::Text(frame)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if socket.flush().await.is_err() {
+                        return;
+                    }
+                }
+                received = tokio::time::timeout(idle_timeout, socket.recv()) => {
+                    let Ok(received) = received else {
+                        let _ = socket.send(close_frame(close_code::AWAY, "idle")).await;
+                        return;
+                    };
+                    let Some(Ok(first)) = received else { return };
+                    // Take what else has already arrived, so that its sends share one append.
+                    let mut batch = vec![first];
+                    while batch.len() < FRAMES_PER_TURN_MAX {
+                        match socket.recv().now_or_never() {
+                            Some(Some(Ok(message))) => batch.push(message),
+                            _ => break,
+                        }
+                    }
+                    let (replies, keep_open) = self.handle(batch).await;
+                    for reply in replies {
+                        if socket.feed(text(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if socket.flush().await.is_err() || !keep_open {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles frames in order; returns the replies and whether to keep the socket open.
+    async fn handle(&mut self, messages: Vec<Message>) -> (Vec<ServerFrame>, bool) {
+        let mut replies = Vec::new();
+        let mut entries = Vec::new();
+        let mut pending = Vec::new();
+        for message in messages {
+            let text = match message {
+                Message::Text(text) => text,
+                Message::Binary(_) => {
+                    let error =
+                        ApiError::new(ErrorCode::InvalidJson, "frames are JSON text, not binary");
+                    replies.push(ServerFrame::error(error, None));
+                    continue;
+                }
+                Message::Close(_) => return (replies, false),
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            let frame = match decode_client_frame(text.as_str()) {
+                Ok(frame) => frame,
+                Err(error) => {
+                    replies.push(ServerFrame::error(error, None));
+                    continue;
+                }
+            };
+            match frame {
+                ClientFrame::Send {
+                    conversation_id,
+                    client_msg_id,
+                    body,
+                } => {
+                    let checked = self
+                        .gateway
+                        .check_send(
+                            self.user.id,
+                            &conversation_id,
+                            client_msg_id.clone(),
+                            body,
+                            &mut self.known_member_of,
+                        )
+                        .await;
+                    match checked {
+                        Ok(entry) => {
+                            pending.push((entry.client_msg_id.clone(), entry.conversation_id));
+                            entries.push(entry);
+                        }
+                        Err(error) => replies.push(ServerFrame::error(error, Some(client_msg_id))),
+                    }
+                }
+                ClientFrame::Typing { conversation_id } => {
+                    if let Err(error) = self.typing(&conversation_id).await {
+                        replies.push(ServerFrame::error(error, None));
+                    }
+                }
+                ClientFrame::Read {
+                    conversation_id,
+                    seq,
+                } => {
+                    let result = self
+                        .gateway
+                        .read(
+                            self.user.id,
+                            &conversation_id,
+                            seq,
+                            &mut self.known_member_of,
+                        )
+                        .await;
+                    if let Err(error) = result {
+                        replies.push(ServerFrame::error(error, None));
+                    }
+                }
+                ClientFrame::Ping => replies.push(ServerFrame::Pong),
+            }
+        }
+        // `accepted` only after the append returned: the entries are durable.
+        match self.gateway.accept(entries).await {
+            Ok(()) => {
+                replies.extend(pending.into_iter().map(|(client_msg_id, conversation_id)| {
+                    ServerFrame::Accepted {
+                        client_msg_id,
+                        conversation_id,
+                    }
+                }))
+            }
+            Err(error) => {
+                replies.extend(pending.into_iter().map(|(client_msg_id, _)| {
+                    ServerFrame::error(error.clone(), Some(client_msg_id))
+                }))
+            }
+        }
+        (replies, true)
+    }
+
+    /// Tells the conversation's other members that this user is typing.
+    async fn typing(&mut self, conversation_id: &str) -> Result<(), ApiError> {
+        let conversation = self
+            .gateway
+            .member_conversation(self.user.id, conversation_id, &mut self.known_member_of)
+            .await?;
+        if !self.gateway.limits.typing.allow(&self.user.id) {
+            return Ok(()); // typing notices are advisory: drop the excess quietly
+        }
+        let backend = |error| HttpError::from(error).0;
+        let mut members: Vec<UserId> = self
+            .gateway
+            .deps
+            .store
+            .members(conversation)
+            .await
+            .map_err(backend)?;
+        members.retain(|member| *member != self.user.id);
+        let frame = ServerFrame::Typing {
+            conversation_id: conversation,
+            user_id: self.user.id,
+        };
+        deliver::to_users(&self.gateway.deps, &members, frame.to_json().into())
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! Parlor's server roles: the gateway (HTTP + WebSocket), the persister, the notifier and
+//! presence, each a `run(deps, config, shutdown)` that talks to the world only through the
+//! ports of `parlor-core`. This crate never names a backend; `parlor` wires one in.
+
+pub mod auth;
+pub mod config;
+mod deliver;
+pub mod gateway;
+pub mod limits;
+pub mod metrics;
+pub mod notifier;
+pub mod persister;
+pub mod presence;
+mod retry;
+mod shutdown;
+
+use std::sync::Arc;
+
+use parlor_core::ports::{Presence, Queue, Registry, Relay, Store};
+
+pub use shutdown::{Shutdown, ShutdownSignal};
+
+/// The ports every role is given. Cheap to clone.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: Arc<dyn Store>,
+    /// Accepted messages on their way to the persister.
+    pub inbound: Arc<dyn Queue>,
+    /// Stored messages on their way to connected members.
+    pub notifications: Arc<dyn Queue>,
+    pub registry: Arc<dyn Registry>,
+    pub presence: Arc<dyn Presence>,
+    pub relay: Arc<dyn Relay>,
+}

@@ -1,0 +1,48 @@
+//! Metric names and the Prometheus recorder. Names live here so that dashboards have one
+//! place to look.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS: &str = "parlor_connections";
+pub const MESSAGES_ACCEPTED: &str = "parlor_messages_accepted_total";
+pub const MESSAGES_STORED: &str = "parlor_messages_stored_total";
+pub const MESSAGES_DUPLICATE: &str = "parlor_messages_duplicate_total";
+pub const MESSAGES_DELIVERED: &str = "parlor_messages_delivered_total";
+pub const DEAD_LETTERED: &str = "parlor_dead_lettered_total";
+pub const SLOW_CONSUMERS: &str = "parlor_slow_consumer_disconnects_total";
+pub const RATE_LIMITED: &str = "parlor_rate_limited_total";
+pub const QUEUE_PENDING: &str = "parlor_queue_pending";
+pub const QUEUE_IN_FLIGHT: &str = "parlor_queue_in_flight";
+pub const QUEUE_DEAD: &str = "parlor_queue_dead_letters";
+/// Send received → durable in the inbound queue.
+pub const ACCEPT_SECONDS: &str = "parlor_accept_seconds";
+/// Accepted → stored.
+pub const STORE_SECONDS: &str = "parlor_store_seconds";
+/// Accepted → handed to the connections of the members.
+pub const DELIVERY_SECONDS: &str = "parlor_delivery_seconds";
+pub const PERSIST_BATCH_MESSAGES: &str = "parlor_persist_batch_messages";
+
+/// Installs the process-wide recorder (the `metrics` facade is global by design) and returns
+/// the handle that renders `/metrics`. Call once, from the binary.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let latency_buckets = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+    let batch_buckets = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+    ];
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency_buckets)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full(PERSIST_BATCH_MESSAGES.into()),
+                &batch_buckets,
+            )
+        })
+        .map_err(|error| error.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|error| error.to_string())?;
+    Ok(handle)
+}

@@ -1,0 +1,133 @@
+//! The notifier: notification queue → the live connections of every member.
+//!
+//! Notifications are handled in queue order, and each node's relay and each connection's
+//! queue are FIFO, so members see a conversation's messages in `seq` order. Whatever is
+//! missed (a slow connection dropped, a redelivery) is caught up from the store by `seq`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parlor_core::ports::Delivery;
+use parlor_core::protocol::ServerFrame;
+use parlor_core::queue::Notification;
+use parlor_core::{BackendError, BackendErrorKind, ConversationId, UserId};
+use time::OffsetDateTime;
+
+use crate::config::ConsumerConfig;
+use crate::metrics as m;
+use crate::retry::backoff;
+use crate::{Deps, Shutdown, deliver};
+
+const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+
+/// Runs until `shutdown`. Returns an error only when a queue is poisoned.
+pub async fn run(
+    deps: Deps,
+    config: ConsumerConfig,
+    shutdown: Shutdown,
+) -> Result<(), BackendError> {
+    loop {
+        let deliveries = tokio::select! {
+            deliveries = deps.notifications.receive(config.batch_max, RECEIVE_WAIT) => deliveries,
+            _ = shutdown.clone().wait() => return Ok(()),
+        };
+        match deliveries {
+            Ok(deliveries) => notify(&deps, &config, deliveries).await?,
+            Err(error) if error.kind == BackendErrorKind::Poisoned => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, "notifier: queue unavailable, pausing");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn notify(
+    deps: &Deps,
+    config: &ConsumerConfig,
+    deliveries: Vec<Delivery>,
+) -> Result<(), BackendError> {
+    // Members are looked up once per conversation per batch.
+    let mut members: HashMap<ConversationId, Arc<Vec<UserId>>> = HashMap::new();
+    let mut done = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        let notification = match Notification::decode(&delivery.payload) {
+            Ok(notification) => notification,
+            Err(error) => {
+                let reason = format!("undecodable notification: {error}");
+                dead_letter(deps, &delivery, &reason).await?;
+                continue;
+            }
+        };
+        let conversation = notification.message.conversation_id;
+        let result = async {
+            let recipients = match members.get(&conversation) {
+                Some(recipients) => Arc::clone(recipients),
+                None => {
+                    let recipients = Arc::new(deps.store.members(conversation).await?);
+                    members.insert(conversation, Arc::clone(&recipients));
+                    recipients
+                }
+            };
+            let created_at = notification.message.created_at;
+            let frame: Arc<str> = ServerFrame::Message {
+                message: notification.message,
+            }
+            .to_json()
+            .into();
+            let reached = deliver::to_users(deps, &recipients, frame).await?;
+            metrics::counter!(m::MESSAGES_DELIVERED).increment(reached as u64);
+            let latency = (OffsetDateTime::now_utc() - created_at).as_seconds_f64();
+            metrics::histogram!(m::DELIVERY_SECONDS).record(latency.max(0.0));
+            Ok::<(), BackendError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => done.push(delivery.id),
+            Err(error) if error.kind == BackendErrorKind::Poisoned => return Err(error),
+            Err(error)
+                if error.kind == BackendErrorKind::Rejected
+                    || delivery.attempts >= config.attempts_max =>
+            {
+                let reason = format!("failed {} times, last: {error}", delivery.attempts);
+                dead_letter(deps, &delivery, &reason).await?;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "delivering a notification failed; retrying later");
+                let delay = backoff(
+                    delivery.attempts,
+                    config.retry_base,
+                    config.retry_max,
+                    delivery.id.0,
+                );
+                if let Err(error) = deps.notifications.retry_later(delivery.id, delay).await
+                    && error.kind == BackendErrorKind::Poisoned
+                {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    match deps.notifications.ack(&done).await {
+        Err(error) if error.kind == BackendErrorKind::Poisoned => Err(error),
+        _ => Ok(()),
+    }
+}
+
+async fn dead_letter(deps: &Deps, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
+    tracing::warn!(
+        delivery = delivery.id.0,
+        reason,
+        "notification dead-lettered"
+    );
+    metrics::counter!(m::DEAD_LETTERED, "queue" => "notifications").increment(1);
+    match deps.notifications.dead_letter(delivery.id, reason).await {
+        Err(error) if error.kind == BackendErrorKind::Poisoned => Err(error),
+        Err(error) => {
+            tracing::error!(%error, "cannot dead-letter a notification");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}

@@ -1,0 +1,209 @@
+//! The persister: inbound queue → store → notification queue.
+//!
+//! Per batch: decode, store in one transaction (the store assigns gap-free `seq` and
+//! deduplicates), append one notification per stored message, and only then acknowledge
+//! the inbound entries. A crash anywhere in between redelivers the entries; the store
+//! answers them as duplicates and their notifications are sent again (clients drop
+//! notifications whose `seq` they have).
+
+use std::time::Duration;
+
+use parlor_core::ports::{Appended, Delivery, DeliveryId, NewMessage};
+use parlor_core::queue::{InboundEntry, Notification};
+use parlor_core::{BackendError, BackendErrorKind};
+use time::OffsetDateTime;
+
+use crate::config::ConsumerConfig;
+use crate::metrics as m;
+use crate::retry::backoff;
+use crate::{Deps, Shutdown};
+
+/// How long one receive waits for entries before checking for shutdown.
+const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+
+/// Runs until `shutdown`, then drains what is queued for up to `drain_timeout`.
+/// Returns an error only when durability is lost (a poisoned queue): the process must exit.
+pub async fn run(
+    deps: Deps,
+    config: ConsumerConfig,
+    shutdown: Shutdown,
+) -> Result<(), BackendError> {
+    let mut draining_until = None;
+    loop {
+        if draining_until.is_none() && shutdown.is_fired() {
+            draining_until = Some(tokio::time::Instant::now() + config.drain_timeout);
+        }
+        let wait = if draining_until.is_some() {
+            Duration::ZERO
+        } else {
+            RECEIVE_WAIT
+        };
+        let deliveries = tokio::select! {
+            deliveries = deps.inbound.receive(config.batch_max, wait) => deliveries,
+            _ = shutdown.clone().wait(), if draining_until.is_none() => continue,
+        };
+        let deliveries = match deliveries {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                fatal_or_pause(error).await?;
+                continue;
+            }
+        };
+        if deliveries.is_empty() {
+            if draining_until.is_some() {
+                return Ok(());
+            }
+            continue;
+        }
+        if let Some(until) = draining_until
+            && tokio::time::Instant::now() > until
+        {
+            tracing::warn!("persister drain timed out; the rest is redelivered on restart");
+            return Ok(());
+        }
+        // Entries that failed before are stored one by one, so that one poison message
+        // cannot hold its batch-mates hostage.
+        let (fresh, retried): (Vec<_>, Vec<_>) = deliveries
+            .into_iter()
+            .partition(|delivery| delivery.attempts == 1);
+        persist(&deps, &config, fresh).await?;
+        for delivery in retried {
+            persist(&deps, &config, vec![delivery]).await?;
+        }
+    }
+}
+
+/// A poisoned backend ends the role; anything else pauses briefly and goes on.
+async fn fatal_or_pause(error: BackendError) -> Result<(), BackendError> {
+    if error.kind == BackendErrorKind::Poisoned {
+        tracing::error!(%error, "a queue is poisoned: the persister stops");
+        return Err(error);
+    }
+    tracing::warn!(%error, "persister: queue unavailable, pausing");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(())
+}
+
+async fn persist(
+    deps: &Deps,
+    config: &ConsumerConfig,
+    deliveries: Vec<Delivery>,
+) -> Result<(), BackendError> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let mut batch: Vec<NewMessage> = Vec::with_capacity(deliveries.len());
+    let mut batch_ids: Vec<DeliveryId> = Vec::with_capacity(deliveries.len());
+    for delivery in &deliveries {
+        match InboundEntry::decode(&delivery.payload) {
+            Ok(entry) => {
+                batch.push(entry.into_new_message());
+                batch_ids.push(delivery.id);
+            }
+            Err(error) => {
+                dead_letter(
+                    deps,
+                    delivery.id,
+                    &format!("undecodable inbound entry: {error}"),
+                )
+                .await?;
+            }
+        }
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    metrics::histogram!(m::PERSIST_BATCH_MESSAGES).record(batch.len() as f64);
+
+    let results = match deps.store.append_messages(&batch).await {
+        Ok(results) => results,
+        Err(error) => {
+            return retry_or_dead_letter(deps, config, &deliveries, &batch_ids, error).await;
+        }
+    };
+    debug_assert_eq!(results.len(), batch.len());
+
+    let now = OffsetDateTime::now_utc();
+    let mut notifications = Vec::with_capacity(results.len());
+    let mut done = Vec::with_capacity(results.len());
+    for ((result, id), new) in results.into_iter().zip(&batch_ids).zip(&batch) {
+        match result {
+            Appended::New(message) => {
+                metrics::counter!(m::MESSAGES_STORED).increment(1);
+                metrics::histogram!(m::STORE_SECONDS)
+                    .record((now - new.accepted_at).as_seconds_f64().max(0.0));
+                notifications.push(Notification { message }.encode());
+                done.push(*id);
+            }
+            Appended::Duplicate(message) => {
+                metrics::counter!(m::MESSAGES_DUPLICATE).increment(1);
+                notifications.push(Notification { message }.encode());
+                done.push(*id);
+            }
+            Appended::Rejected(reason) => dead_letter(deps, *id, &reason).await?,
+        }
+    }
+    if let Err(error) = deps.notifications.append(notifications).await {
+        // Stored but not announced: redeliver; the store answers with duplicates whose
+        // notifications are appended then.
+        return retry_or_dead_letter(deps, config, &deliveries, &done, error).await;
+    }
+    if let Err(error) = deps.inbound.ack(&done).await {
+        fatal_or_pause(error).await?;
+    }
+    Ok(())
+}
+
+async fn retry_or_dead_letter(
+    deps: &Deps,
+    config: &ConsumerConfig,
+    deliveries: &[Delivery],
+    ids: &[DeliveryId],
+    error: BackendError,
+) -> Result<(), BackendError> {
+    if error.kind == BackendErrorKind::Poisoned {
+        return Err(error);
+    }
+    tracing::warn!(%error, entries = ids.len(), "persisting failed");
+    for delivery in deliveries.iter().filter(|d| ids.contains(&d.id)) {
+        let result = if error.kind == BackendErrorKind::Rejected && deliveries.len() == 1 {
+            dead_letter(deps, delivery.id, &error.to_string()).await
+        } else if delivery.attempts >= config.attempts_max {
+            let reason = format!("failed {} times, last: {error}", delivery.attempts);
+            dead_letter(deps, delivery.id, &reason).await
+        } else {
+            let delay = backoff(
+                delivery.attempts,
+                config.retry_base,
+                config.retry_max,
+                delivery.id.0,
+            );
+            deps.inbound
+                .retry_later(delivery.id, delay)
+                .await
+                .or_else(|e| {
+                    if e.kind == BackendErrorKind::Poisoned {
+                        Err(e)
+                    } else {
+                        Ok(())
+                    }
+                })
+        };
+        result?;
+    }
+    Ok(())
+}
+
+async fn dead_letter(deps: &Deps, id: DeliveryId, reason: &str) -> Result<(), BackendError> {
+    tracing::warn!(delivery = id.0, reason, "inbound entry dead-lettered");
+    metrics::counter!(m::DEAD_LETTERED, "queue" => "inbound").increment(1);
+    match deps.inbound.dead_letter(id, reason).await {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind == BackendErrorKind::Poisoned => Err(error),
+        // Not recorded: the entry is redelivered after its visibility timeout and tried again.
+        Err(error) => {
+            tracing::error!(%error, "cannot dead-letter an inbound entry");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Durable consumer cursors: one 16-byte file per cursor in `cursors/`, replaced atomically.
+//!
+//! File format: magic `PCUR`, value (u64 LE), CRC32C of the preceding 12 bytes (u32 LE). Because
+//! a new value is written to a temporary file, synced, and only then renamed over the old one, a
+//! cursor file is always either the old or the new value; a bad one is corruption, not a torn write.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::WalError;
+use crate::segment::{SyncHook, sync_dir, sync_file};
+
+const CURSOR_DIR: &str = "cursors";
+const CURSOR_MAGIC: [u8; 4] = *b"PCUR";
+const CURSOR_FILE_BYTES: usize = 16;
+/// Cursor names become file names; the limit keeps them far below any file-name limit.
+pub(crate) const CURSOR_NAME_BYTES_MAX: usize = 64;
+/// Cursor names cannot contain a dot, so this never collides with a cursor file.
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Refuses names that are not `[a-z0-9_-]{1,64}`, and duplicates.
+pub(crate) fn validate_names(names: &[String]) -> Result<(), WalError> {
+    for (index, name) in names.iter().enumerate() {
+        let valid = !name.is_empty()
+            && name.len() <= CURSOR_NAME_BYTES_MAX
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(WalError::invalid_input(
+                "check cursor names",
+                format!("cursor name {name:?} must match [a-z0-9_-]{{1,{CURSOR_NAME_BYTES_MAX}}}"),
+            ));
+        }
+        if names[..index].contains(name) {
+            return Err(WalError::invalid_input(
+                "check cursor names",
+                format!("cursor name {name:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn cursor_dir(dir: &Path) -> PathBuf {
+    dir.join(CURSOR_DIR)
+}
+
+/// Reads the durable value of every named cursor (0 when it has no file yet), creating the cursor
+/// directory and removing temporary files left by a crash in the middle of a commit.
+pub(crate) fn load(
+    dir: &Path,
+    names: &[String],
+    hook: &SyncHook,
+) -> Result<BTreeMap<String, u64>, WalError> {
+    let cursors = cursor_dir(dir);
+    match fs::create_dir(&cursors) {
+        Ok(()) => sync_dir(hook, dir).map_err(WalError::io("sync the log directory"))?,
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(WalError::io("create the cursor directory")(error)),
+    }
+    for entry in fs::read_dir(&cursors).map_err(WalError::io("list the cursor directory"))? {
+        let entry = entry.map_err(WalError::io("list the cursor directory"))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.ends_with(TEMP_SUFFIX))
+        {
+            fs::remove_file(entry.path())
+                .map_err(WalError::io("remove a temporary cursor file"))?;
+        }
+    }
+    let mut values = BTreeMap::new();
+    for name in names {
+        values.insert(name.clone(), read(&cursors.join(name))?);
+    }
+    Ok(values)
+}
+
+fn read(path: &Path) -> Result<u64, WalError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(WalError::io("open a cursor file")(error)),
+    };
+    // One byte more than expected, to notice a file that is too long.
+    let mut bytes = [0u8; CURSOR_FILE_BYTES + 1];
+    let mut filled = 0;
+    loop {
+        match file
+            .read(&mut bytes[filled..])
+            .map_err(WalError::io("read a cursor file"))?
+        {
+            0 => break,
+            read => filled += read,
+        }
+        if filled == bytes.len() {
+            break;
+        }
+    }
+    if filled != CURSOR_FILE_BYTES {
+        return Err(WalError::corrupt(
+            path.to_owned(),
+            0,
+            format!("cursor file has {filled} bytes, expected 16"),
+        ));
+    }
+    if bytes[0..4] != CURSOR_MAGIC {
+        return Err(WalError::corrupt(
+            path.to_owned(),
+            0,
+            "not a cursor file (bad magic)",
+        ));
+    }
+    let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&bytes[0..12]) {
+        return Err(WalError::corrupt(
+            path.to_owned(),
+            12,
+            "cursor file crc mismatch",
+        ));
+    }
+    Ok(u64::from_le_bytes(
+        bytes[4..12].try_into().expect("8 bytes"),
+    ))
+}
+
+/// Durably replaces the cursor file: write a temporary file, sync it, rename it over the old one,
+/// sync the directory.
+pub(crate) fn store(dir: &Path, name: &str, value: u64, hook: &SyncHook) -> Result<(), WalError> {
+    let cursors = cursor_dir(dir);
+    let path = cursors.join(name);
+    let temp = cursors.join(format!("{name}{TEMP_SUFFIX}"));
+    let mut bytes = [0u8; CURSOR_FILE_BYTES];
+    bytes[0..4].copy_from_slice(&CURSOR_MAGIC);
+    bytes[4..12].copy_from_slice(&value.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..12]);
+    bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp)
+        .and_then(|mut file| {
+            file.write_all(&bytes)?;
+            sync_file(hook, &file)
+        });
+    if let Err(error) = written {
+        // The old cursor file is untouched; a leftover temporary file is removed on the next open.
+        let _ = fs::remove_file(&temp);
+        return Err(WalError::io("write a cursor file")(error));
+    }
+    fs::rename(&temp, &path).map_err(WalError::io("rename a cursor file"))?;
+    // If this sync fails the rename may or may not survive a crash; both files hold a valid value.
+    sync_dir(hook, &cursors).map_err(WalError::io("sync the cursor directory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_names_are_restricted_to_file_name_safe_characters() {
+        let ok = |names: &[&str]| {
+            validate_names(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).is_ok()
+        };
+        assert!(ok(&["persister", "dead_letters-2"]));
+        assert!(!ok(&[""]));
+        assert!(!ok(&["Upper"]));
+        assert!(!ok(&["../escape"]));
+        assert!(!ok(&["dot.tmp"]));
+        assert!(!ok(&[&"x".repeat(CURSOR_NAME_BYTES_MAX + 1)]));
+        assert!(!ok(&["twice", "twice"]));
+    }
+}

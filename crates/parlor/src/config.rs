@@ -1,0 +1,163 @@
+//! Configuration: flags > `PARLOR_*` environment > TOML file > defaults, resolved here once
+//! into the typed configs of `parlor-server`. Nothing below this crate reads the environment.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use parlor_server::config::{ConsumerConfig, GatewayConfig, LimitsConfig};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "parlor-data";
+
+/// The settings of `parlor serve`, as given; every one optional so that layers can merge.
+#[derive(Args, Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ServeSettings {
+    /// Address to listen on.
+    #[arg(long, env = "PARLOR_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the write-ahead logs and the database.
+    #[arg(long, env = "PARLOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Extra origins allowed to open WebSockets (comma-separated), besides the server's own.
+    #[arg(long, env = "PARLOR_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Mark the session cookie Secure (when served over TLS).
+    #[arg(long, env = "PARLOR_COOKIE_SECURE")]
+    pub cookie_secure: Option<bool>,
+    /// Largest message body in bytes.
+    #[arg(long, env = "PARLOR_BODY_BYTES_MAX")]
+    pub body_bytes_max: Option<usize>,
+    #[arg(long, env = "PARLOR_SENDS_PER_SECOND_PER_USER")]
+    pub sends_per_second_per_user: Option<NonZeroU32>,
+    #[arg(long, env = "PARLOR_SENDS_BURST_PER_USER")]
+    pub sends_burst_per_user: Option<NonZeroU32>,
+    #[arg(long, env = "PARLOR_REQUESTS_PER_SECOND_PER_IP")]
+    pub requests_per_second_per_ip: Option<NonZeroU32>,
+    #[arg(long, env = "PARLOR_REQUESTS_BURST_PER_IP")]
+    pub requests_burst_per_ip: Option<NonZeroU32>,
+    #[arg(long, env = "PARLOR_AUTH_PER_SECOND_PER_IP")]
+    pub auth_per_second_per_ip: Option<NonZeroU32>,
+    #[arg(long, env = "PARLOR_AUTH_BURST_PER_IP")]
+    pub auth_burst_per_ip: Option<NonZeroU32>,
+    /// Deliveries of one queue entry before it goes to the dead-letter queue.
+    #[arg(long, env = "PARLOR_ATTEMPTS_MAX")]
+    pub attempts_max: Option<u32>,
+    /// First retry delay in milliseconds; doubles per attempt.
+    #[arg(long, env = "PARLOR_RETRY_BASE_MS")]
+    pub retry_base_ms: Option<u64>,
+    /// Close connections that send nothing for this many seconds.
+    #[arg(long, env = "PARLOR_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+impl ServeSettings {
+    /// Layers `self` (flags and environment) over `file`.
+    pub fn over(self, file: ServeSettings) -> ServeSettings {
+        macro_rules! pick {
+            ($($field:ident),*) => { ServeSettings { $($field: self.$field.or(file.$field)),* } };
+        }
+        pick!(
+            listen,
+            data_dir,
+            allowed_origins,
+            cookie_secure,
+            body_bytes_max,
+            sends_per_second_per_user,
+            sends_burst_per_user,
+            requests_per_second_per_ip,
+            requests_burst_per_ip,
+            auth_per_second_per_ip,
+            auth_burst_per_ip,
+            attempts_max,
+            retry_base_ms,
+            idle_timeout_secs
+        )
+    }
+
+    pub fn load_file(path: &Path) -> anyhow::Result<ServeSettings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
+    }
+}
+
+/// Everything `serve` runs with, validated.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub gateway: GatewayConfig,
+    pub persister: ConsumerConfig,
+    pub notifier: ConsumerConfig,
+}
+
+impl ServeConfig {
+    pub fn resolve(settings: ServeSettings) -> anyhow::Result<ServeConfig> {
+        let listen = settings
+            .listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let mut gateway = GatewayConfig::new(listen);
+        let defaults = LimitsConfig::default();
+        gateway.limits = LimitsConfig {
+            sends_per_second_per_user: settings
+                .sends_per_second_per_user
+                .unwrap_or(defaults.sends_per_second_per_user),
+            sends_burst_per_user: settings
+                .sends_burst_per_user
+                .unwrap_or(defaults.sends_burst_per_user),
+            requests_per_second_per_ip: settings
+                .requests_per_second_per_ip
+                .unwrap_or(defaults.requests_per_second_per_ip),
+            requests_burst_per_ip: settings
+                .requests_burst_per_ip
+                .unwrap_or(defaults.requests_burst_per_ip),
+            auth_per_second_per_ip: settings
+                .auth_per_second_per_ip
+                .unwrap_or(defaults.auth_per_second_per_ip),
+            auth_burst_per_ip: settings
+                .auth_burst_per_ip
+                .unwrap_or(defaults.auth_burst_per_ip),
+            ..defaults
+        };
+        if let Some(origins) = settings.allowed_origins {
+            gateway.allowed_origins = origins.into_iter().filter(|o| !o.is_empty()).collect();
+        }
+        gateway.cookie_secure = settings.cookie_secure.unwrap_or(false);
+        if let Some(bytes) = settings.body_bytes_max {
+            if bytes == 0 || bytes > 1024 * 1024 {
+                bail!("body_bytes_max must be between 1 and 1048576");
+            }
+            gateway.body_bytes_max = bytes;
+            gateway.request_bytes_max = gateway.request_bytes_max.max(bytes * 8);
+        }
+        if let Some(secs) = settings.idle_timeout_secs {
+            if secs == 0 {
+                bail!("idle_timeout_secs must be positive");
+            }
+            gateway.idle_timeout = Duration::from_secs(secs);
+        }
+        let mut consumer = ConsumerConfig::default();
+        if let Some(attempts) = settings.attempts_max {
+            if attempts == 0 {
+                bail!("attempts_max must be positive");
+            }
+            consumer.attempts_max = attempts;
+        }
+        if let Some(ms) = settings.retry_base_ms {
+            consumer.retry_base = Duration::from_millis(ms.max(1));
+        }
+        Ok(ServeConfig {
+            data_dir: settings
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            gateway,
+            persister: consumer.clone(),
+            notifier: consumer,
+        })
+    }
+}

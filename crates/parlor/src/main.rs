@@ -1,0 +1,329 @@
+//! `parlor`: the binary. It alone reads flags, environment and files, picks the backends,
+//! and wires the roles of `parlor-server` to them. No business logic lives here.
+
+mod assets;
+mod config;
+mod embedded;
+#[cfg(feature = "faults")]
+mod faults;
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use parlor_core::ports::{DeadLetterSelection, Queue, Store};
+use parlor_core::queue::{InboundEntry, Notification};
+use parlor_server::{ShutdownSignal, gateway, notifier, persister, presence};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{DEFAULT_DATA_DIR, ServeConfig, ServeSettings};
+use crate::embedded::{Embedded, QueueName};
+
+#[derive(Parser)]
+#[command(
+    name = "parlor",
+    version,
+    about = "Parlor: real-time chat that never loses a message"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every role in this process on the embedded backends.
+    Serve {
+        #[command(flatten)]
+        settings: ServeSettings,
+        /// A TOML file with the same settings (flags and environment win over it).
+        #[arg(long, env = "PARLOR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Prints the effective configuration of `serve`.
+    Config {
+        #[command(flatten)]
+        settings: ServeSettings,
+        #[arg(long, env = "PARLOR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Inspects and redrives dead-letter queues (Parlor must be stopped: the embedded queues
+    /// belong to one process at a time).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Manages users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqTarget {
+    #[arg(long, env = "PARLOR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "inbound")]
+    queue: QueueName,
+}
+
+#[derive(clap::Args)]
+struct DlqSelection {
+    /// Dead-letter ids (from `parlor dlq list`).
+    #[arg(long = "id", required_unless_present = "all", conflicts_with = "all")]
+    ids: Vec<u64>,
+    /// Every dead letter of the queue.
+    #[arg(long)]
+    all: bool,
+}
+
+impl DlqSelection {
+    fn selection(self) -> DeadLetterSelection {
+        if self.all {
+            DeadLetterSelection::All
+        } else {
+            DeadLetterSelection::Ids(self.ids)
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Lists dead letters as JSON lines, oldest first.
+    List {
+        #[command(flatten)]
+        target: DlqTarget,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Puts dead letters back on their queue.
+    Redrive {
+        #[command(flatten)]
+        target: DlqTarget,
+        #[command(flatten)]
+        selection: DlqSelection,
+    },
+    /// Deletes dead letters for good.
+    Purge {
+        #[command(flatten)]
+        target: DlqTarget,
+        #[command(flatten)]
+        selection: DlqSelection,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Creates a user; the password is read from standard input (one line).
+    Add {
+        username: String,
+        #[arg(long, env = "PARLOR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("PARLOR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve { settings, config } => serve(resolve(settings, config)?).await,
+            Command::Config { settings, config } => {
+                println!("{:#?}", resolve(settings, config)?);
+                Ok(())
+            }
+            Command::Dlq { command } => dlq(command).await,
+            Command::User {
+                command: UserCommand::Add { username, data_dir },
+            } => add_user(&username, &data_dir).await,
+        }
+    })
+}
+
+fn resolve(settings: ServeSettings, file: Option<PathBuf>) -> anyhow::Result<ServeConfig> {
+    let file = match file {
+        Some(path) => ServeSettings::load_file(&path)?,
+        None => ServeSettings::default(),
+    };
+    ServeConfig::resolve(settings.over(file))
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let backends = Embedded::open(&config.data_dir)?;
+    let deps = backends.deps();
+    let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+    let address = listener.local_addr().context("no local address")?;
+    let (signal, shutdown) = ShutdownSignal::new();
+
+    let mut gateway_task = tokio::spawn(gateway::run(
+        deps.clone(),
+        config.gateway.clone(),
+        listener,
+        metrics,
+        Some(assets::router()),
+        shutdown.clone(),
+    ));
+    let mut persister_task = tokio::spawn(persister::run(
+        deps.clone(),
+        config.persister.clone(),
+        shutdown.clone(),
+    ));
+    let notifier_task = tokio::spawn(notifier::run(
+        deps.clone(),
+        config.notifier.clone(),
+        shutdown.clone(),
+    ));
+    let presence_task = tokio::spawn(presence::run(deps.clone(), shutdown.clone()));
+    let commits = [
+        tokio::spawn(
+            backends
+                .inbound
+                .clone()
+                .run_cursor_commits(shutdown.clone().wait()),
+        ),
+        tokio::spawn(
+            backends
+                .notifications
+                .clone()
+                .run_cursor_commits(shutdown.clone().wait()),
+        ),
+    ];
+    tracing::info!(%address, data_dir = %config.data_dir.display(), "parlor is serving");
+    // Tests and scripts read the address from this line.
+    println!("parlor listening on http://{address}");
+    let _ = std::io::stdout().flush();
+
+    let mut failure = None;
+    tokio::select! {
+        signal = terminate() => tracing::info!(signal, "shutting down: draining connections and queues"),
+        result = &mut gateway_task => failure = Some(format!("the gateway stopped: {result:?}")),
+        result = &mut persister_task => failure = Some(format!("the persister stopped: {result:?}")),
+    }
+    signal.fire();
+    if !gateway_task.is_finished() {
+        let _ = gateway_task.await;
+    }
+    if !persister_task.is_finished()
+        && let Ok(Err(error)) = persister_task.await
+    {
+        failure = Some(format!("the persister failed: {error}"));
+    }
+    let _ = notifier_task.await;
+    let _ = presence_task.await;
+    for commit in commits {
+        let _ = commit.await;
+    }
+    backends.close();
+    match failure {
+        None => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        Some(failure) => {
+            bail!("{failure}; acknowledged messages are safe in the log, restart to recover")
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C, with the signal's name.
+async fn terminate() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "interrupt";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "terminate",
+        _ = tokio::signal::ctrl_c() => "interrupt",
+    }
+}
+
+async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    let (target, action) = match command {
+        DlqCommand::List { target, limit } => (target, Err(limit)),
+        DlqCommand::Redrive { target, selection } => (target, Ok((true, selection.selection()))),
+        DlqCommand::Purge { target, selection } => (target, Ok((false, selection.selection()))),
+    };
+    let backends = Embedded::open(&target.data_dir)?;
+    let queue = backends.queue(target.queue).clone();
+    let result = async {
+        match action {
+            Err(limit) => {
+                for letter in queue.dead_letters(limit).await? {
+                    let entry = describe(target.queue, &letter.payload);
+                    let line = serde_json::json!({
+                        "id": letter.id,
+                        "queue": format!("{:?}", target.queue).to_lowercase(),
+                        "reason": letter.reason,
+                        "attempts": letter.attempts,
+                        "failed_at": letter.failed_at.format(&time::format_description::well_known::Rfc3339)?,
+                        "entry": entry,
+                    });
+                    println!("{line}");
+                }
+            }
+            Ok((true, selection)) => println!("redriven: {}", queue.redrive(selection).await?),
+            Ok((false, selection)) => println!("purged: {}", queue.purge(selection).await?),
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    // The cursors and the logs are flushed before the lock is released.
+    queue.commit_cursor().await?;
+    backends.close();
+    result
+}
+
+/// A dead letter's payload as JSON, or its bytes as text if it does not decode.
+fn describe(queue: QueueName, payload: &[u8]) -> serde_json::Value {
+    let decoded = match queue {
+        QueueName::Inbound => InboundEntry::decode(payload)
+            .ok()
+            .and_then(|e| serde_json::to_value(e).ok()),
+        QueueName::Notifications => Notification::decode(payload)
+            .ok()
+            .and_then(|n| serde_json::to_value(n).ok()),
+    };
+    decoded
+        .unwrap_or_else(|| serde_json::Value::String(String::from_utf8_lossy(payload).into_owned()))
+}
+
+async fn add_user(username: &str, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut password = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut password)
+        .context("cannot read the password")?;
+    let password = password.trim_end_matches(['\r', '\n']).to_string();
+    parlor_core::validate::username(username)?;
+    parlor_core::validate::password(&password, username)?;
+    let store = embedded::open_store(data_dir)?;
+    let hash = parlor_server::auth::Passwords::new(1)
+        .hash(password)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    match store.create_user(username, &hash).await? {
+        Some(user) => {
+            println!("{}", serde_json::to_string(&user)?);
+            Ok(())
+        }
+        None => bail!("the username {username:?} is taken"),
+    }
+}

@@ -1,0 +1,6 @@
+//! System tests: the real `parlor` binary on a free port, spoken to over real sockets.
+
+mod dlq;
+mod durability;
+mod harness;
+mod protocol;
