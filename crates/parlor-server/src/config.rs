@@ -23,6 +23,9 @@ pub struct GatewayConfig {
     pub connection_frames_queued_max: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
+    /// A write to a connection that takes longer than this (the peer stopped reading and
+    /// the socket buffer is full) closes the connection.
+    pub write_timeout: Duration,
     pub session_ttl: Duration,
     /// Mark the session cookie `Secure` (serve over TLS, or behind a TLS proxy).
     pub cookie_secure: bool,
@@ -42,6 +45,7 @@ impl GatewayConfig {
             request_bytes_max: 128 * 1024,
             connection_frames_queued_max: 256,
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             cookie_secure: false,
             heartbeat_interval: Duration::from_secs(10),

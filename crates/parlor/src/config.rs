@@ -54,6 +54,9 @@ pub struct ServeSettings {
     /// Close connections that send nothing for this many seconds.
     #[arg(long, env = "PARLOR_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Sessions expire this many seconds after login.
+    #[arg(long, env = "PARLOR_SESSION_TTL_SECS")]
+    pub session_ttl_secs: Option<u64>,
 }
 
 impl ServeSettings {
@@ -76,7 +79,8 @@ impl ServeSettings {
             auth_burst_per_ip,
             attempts_max,
             retry_base_ms,
-            idle_timeout_secs
+            idle_timeout_secs,
+            session_ttl_secs
         )
     }
 
@@ -140,6 +144,12 @@ impl ServeConfig {
                 bail!("idle_timeout_secs must be positive");
             }
             gateway.idle_timeout = Duration::from_secs(secs);
+        }
+        if let Some(secs) = settings.session_ttl_secs {
+            if secs == 0 {
+                bail!("session_ttl_secs must be positive");
+            }
+            gateway.session_ttl = Duration::from_secs(secs);
         }
         let mut consumer = ConsumerConfig::default();
         if let Some(attempts) = settings.attempts_max {

@@ -166,7 +166,7 @@ impl Connection {
         let hello = ServerFrame::Hello {
             user_id: self.user.id,
         };
-        if socket.send(text(hello)).await.is_err() {
+        if !self.write(socket, vec![text(hello)]).await {
             return;
         }
         let idle_timeout = self.gateway.config.idle_timeout;
@@ -176,30 +176,26 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = close.notified() => {
-                    let _ = socket.send(close_frame(close_code::POLICY, "closed by the server")).await;
+                    self.write(socket, vec![close_frame(close_code::POLICY, "closed by the server")]).await;
                     return;
                 }
                 _ = &mut shutdown => {
-                    let _ = socket.send(close_frame(close_code::AWAY, "server shutting down")).await;
+                    self.write(socket, vec![close_frame(close_code::AWAY, "server shutting down")]).await;
                     return;
                 }
                 Some(frame) = frames.recv() => {
-                    if socket.feed(Message::Text(frame)).await.is_err() {
-                        return;
-                    }
                     // Write whatever else is queued in the same flush.
+                    let mut batch = vec![Message::Text(frame)];
                     while let Ok(frame) = frames.try_recv() {
-                        if socket.feed(Message::Text(frame)).await.is_err() {
-                            return;
-                        }
+                        batch.push(Message::Text(frame));
                     }
-                    if socket.flush().await.is_err() {
+                    if !self.write(socket, batch).await {
                         return;
                     }
                 }
                 received = tokio::time::timeout(idle_timeout, socket.recv()) => {
                     let Ok(received) = received else {
-                        let _ = socket.send(close_frame(close_code::AWAY, "idle")).await;
+                        self.write(socket, vec![close_frame(close_code::AWAY, "idle")]).await;
                         return;
                     };
                     let Some(Ok(first)) = received else { return };
@@ -212,17 +208,28 @@ impl Connection {
                         }
                     }
                     let (replies, keep_open) = self.handle(batch).await;
-                    for reply in replies {
-                        if socket.feed(text(reply)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if socket.flush().await.is_err() || !keep_open {
+                    let replies = replies.into_iter().map(text).collect();
+                    if !self.write(socket, replies).await || !keep_open {
                         return;
                     }
                 }
             }
         }
+    }
+
+    /// Writes and flushes `messages`; false if the socket failed or the peer stopped reading
+    /// for longer than the write timeout (the connection is then dropped).
+    async fn write(&self, socket: &mut WebSocket, messages: Vec<Message>) -> bool {
+        let write = async {
+            for message in messages {
+                socket.feed(message).await?;
+            }
+            socket.flush().await
+        };
+        matches!(
+            tokio::time::timeout(self.gateway.config.write_timeout, write).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Handles frames in order; returns the replies and whether to keep the socket open.

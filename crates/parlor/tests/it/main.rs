@@ -1,5 +1,6 @@
 //! System tests: the real `parlor` binary on a free port, spoken to over real sockets.
 
+mod cli;
 mod dlq;
 mod durability;
 mod harness;

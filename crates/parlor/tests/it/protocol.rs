@@ -733,3 +733,85 @@ pub async fn wait_for_history(
     }
     panic!("history of {conversation} never reached {count} messages");
 }
+
+#[tokio::test]
+async fn sessions_expire() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &["--session-ttl-secs", "1"], &[]);
+    let http = server.http();
+    let (_, alice) = http.register("alice").await;
+    assert_eq!(http.get("/api/v1/me", &alice).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let expired = http.get("/api/v1/me", &alice).await;
+    assert_eq!(
+        (expired.status, expired.code()),
+        (401, "unauthorized".into())
+    );
+    assert!(
+        Ws::try_connect(&server.address, &alice, None)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_disconnected_not_buffered_forever() {
+    let (_data, server) = start();
+    let http = server.http();
+    let (_, alice) = http.register("alice").await;
+    let (bob_id, bob) = http.register("bob").await;
+    let conversation = http.direct(&alice, &bob_id).await;
+    let mut stalled = Ws::connect(&server.address, &bob).await; // never reads from here on
+    let ws = Ws::connect(&server.address, &alice).await;
+    let (mut sink, mut stream) = futures::StreamExt::split(ws.stream);
+    // Alice reads everything that comes back, as a real client does.
+    let reader = tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Some(Ok(message)) = futures::StreamExt::next(&mut stream).await {
+            if message
+                .to_text()
+                .is_ok_and(|text| text.contains("\"accepted\""))
+            {
+                accepted += 1;
+                if accepted == 2000 {
+                    break;
+                }
+            }
+        }
+        (accepted, stream)
+    });
+    // 2,000 messages of 8 KiB: 16 MiB, far more than socket buffers and the bounded
+    // per-connection queue can hold.
+    let body = "x".repeat(8 * 1024);
+    for i in 0..2000 {
+        let frame = json!({"type": "send", "conversation_id": conversation, "client_msg_id": format!("m{i}"), "body": body});
+        futures::SinkExt::send(
+            &mut sink,
+            tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into()),
+        )
+        .await
+        .unwrap();
+    }
+    let (accepted, stream) = reader.await.unwrap();
+    assert_eq!(accepted, 2000);
+    let mut ws = Ws {
+        stream: stream.reunite(sink).unwrap(),
+    };
+    let mut disconnected = false;
+    for _ in 0..200 {
+        let metrics = String::from_utf8(http.raw("GET", "/metrics", &[], b"").await.body).unwrap();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("parlor_slow_consumer_disconnects_total") && !l.ends_with(" 0"))
+        {
+            disconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(disconnected, "the stalled connection was never dropped");
+    // Alice, who reads, is still connected.
+    ws.send(json!({"type": "ping"})).await;
+    ws.next_of("pong").await;
+    assert!(stalled.closed_within(Duration::from_secs(10)).await);
+}
