@@ -1,0 +1,45 @@
+import { expect, test } from '@playwright/test';
+
+import { chatItem, directChat, messages, openChat, person, send, uniqueName } from './helpers.ts';
+
+test('a message that is an XSS payload renders as text and runs nothing', async ({ browser, baseURL }) => {
+  const ada = await person(browser, baseURL, uniqueName('ada'));
+  const ben = await person(browser, baseURL, uniqueName('ben'));
+  await directChat(ada, ben);
+  await ada.page.reload();
+  await ben.page.reload();
+
+  const dialogs: string[] = [];
+  ben.page.on('dialog', (dialog) => {
+    dialogs.push(dialog.message());
+    void dialog.dismiss();
+  });
+
+  const payload =
+    '<img src=x onerror="window.parlorPwned=1;alert(1)"><script>window.parlorPwned=2</script>' +
+    '<a href="javascript:window.parlorPwned=3">click</a> **bold** &amp; javascript:alert(4)';
+  await openChat(ada.page, ben.username);
+  await send(ada.page, payload);
+  await send(ada.page, 'see https://example.com/docs?q=1. ok');
+
+  await expect(chatItem(ben.page, ada.username)).toContainText('see https://example.com');
+  await openChat(ben.page, ada.username);
+  const list = ben.page.getByRole('list', { name: 'Messages' });
+  await expect(messages(ben.page).first()).toContainText(payload);
+  await expect(list.locator('img, script, [onerror]')).toHaveCount(0);
+  await expect(list.locator('a[href^="javascript:"]')).toHaveCount(0);
+  await expect(list.getByText('**bold**', { exact: false })).toBeVisible();
+
+  // Plain http(s) links are the one thing made clickable.
+  const link = messages(ben.page).nth(1).getByRole('link', { name: 'https://example.com/docs?q=1' });
+  await expect(link).toHaveAttribute('href', 'https://example.com/docs?q=1');
+  await expect(link).toHaveAttribute('rel', /noopener/);
+
+  // The chat-list preview is text too.
+  await expect(chatItem(ben.page, ada.username).locator('img, script')).toHaveCount(0);
+  expect(await ben.page.evaluate(() => (window as unknown as { parlorPwned?: number }).parlorPwned)).toBeUndefined();
+  expect(dialogs).toEqual([]);
+
+  await ada.context.close();
+  await ben.context.close();
+});

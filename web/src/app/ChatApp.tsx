@@ -1,0 +1,203 @@
+import { useEffect, useMemo, useRef, useState, useSyncExternalStore } from 'react';
+
+import { Avatar } from '../components/ui/Avatar.tsx';
+import { Icon } from '../components/ui/Icon.tsx';
+import { ChatList } from '../features/chats/ChatList.tsx';
+import { NewChatDialog } from '../features/chats/NewChatDialog.tsx';
+import { NewGroupDialog } from '../features/chats/NewGroupDialog.tsx';
+import { ConversationView } from '../features/conversation/ConversationView.tsx';
+import { PresenceDot } from '../features/presence/PresenceDot.tsx';
+import { PresenceStatus } from '../features/presence/PresenceStatus.tsx';
+import type { Conversation, ConversationId, User, UserId } from '../lib/api/types.ts';
+import type { ChatView, EngineState, SyncEngine } from '../lib/sync/engine.ts';
+import { notificationAccess, notifyIncoming, requestNotifications, type NotificationAccess } from './notifications.ts';
+import { startSession, type Session } from './session.ts';
+import { conversationHref, useHashRoute } from './useHashRoute.ts';
+
+interface ChatAppProps {
+  user: User;
+  onEnded: () => void;
+  onLogout: () => void;
+}
+
+/** A logged-in person's Parlor: one session (engine + socket) for as long as this is mounted. */
+export function ChatApp({ user, onEnded, onLogout }: ChatAppProps) {
+  const [session, setSession] = useState<Session | null>(null);
+  const [activeId, navigate] = useHashRoute();
+  const callbacks = useRef({ onEnded, navigate });
+  useEffect(() => {
+    callbacks.current = { onEnded, navigate };
+  }, [onEnded, navigate]);
+
+  useEffect(() => {
+    const started = startSession(user, {
+      onEnded: () => callbacks.current.onEnded(),
+      onIncoming: (incoming) => notifyIncoming(incoming, (id) => callbacks.current.navigate(id)),
+    });
+    setSession(started);
+    return () => started.stop();
+  }, [user]);
+
+  if (!session) return null;
+  return <Shell engine={session.engine} activeId={activeId} navigate={navigate} onLogout={onLogout} />;
+}
+
+interface ShellProps {
+  engine: SyncEngine;
+  activeId: ConversationId | null;
+  navigate: (id: ConversationId | null) => void;
+  onLogout: () => void;
+}
+
+function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
+  const state = useSyncExternalStore(engine.subscribe, engine.getState);
+  const [dialog, setDialog] = useState<'chat' | 'group' | null>(null);
+  const [access, setAccess] = useState<NotificationAccess>(notificationAccess);
+
+  useEffect(() => engine.setActive(activeId), [engine, activeId]);
+
+  const totalUnread = state.chats.reduce((sum, chat) => sum + chat.unread, 0);
+  useEffect(() => {
+    document.title = totalUnread > 0 ? `(${totalUnread}) Parlor` : 'Parlor';
+  }, [totalUnread]);
+
+  const typingNames = useMemo(() => namesTyping(state), [state]);
+  const activeChat = activeId === null ? undefined : state.chats.find((c) => c.id === activeId);
+
+  const opened = (conversation: Conversation) => {
+    setDialog(null);
+    engine.upsertConversation(conversation);
+    navigate(conversation.id);
+  };
+  const renderPresence = (userId: UserId) => <PresenceDot online={state.presence[userId]?.online ?? false} />;
+
+  return (
+    <div className="app" data-view={activeId === null ? 'list' : 'conversation'}>
+      <aside className="sidebar">
+        <header className="sidebar-header">
+          <div className="me">
+            <Avatar name={state.me.username} seed={state.me.id} size="sm" />
+            <span className="me-name">{state.me.username}</span>
+          </div>
+          <div className="header-actions">
+            {access === 'default' ? (
+              <button
+                type="button"
+                className="icon-button"
+                aria-label="Enable notifications"
+                title="Enable notifications"
+                onClick={() => void requestNotifications().then(setAccess)}
+              >
+                <Icon name="bell" />
+              </button>
+            ) : null}
+            <button type="button" className="icon-button" aria-label="Log out" title="Log out" onClick={onLogout}>
+              <Icon name="logout" />
+            </button>
+          </div>
+        </header>
+        <div className="sidebar-actions">
+          <button type="button" className="button" onClick={() => setDialog('chat')}>
+            <Icon name="plus" /> New chat
+          </button>
+          <button type="button" className="button" onClick={() => setDialog('group')}>
+            <Icon name="group" /> New group
+          </button>
+        </div>
+        <nav className="chat-nav" aria-label="Conversations">
+          <ChatList
+            chats={state.chats}
+            status={state.chatsStatus}
+            activeId={activeId}
+            meId={state.me.id}
+            typing={typingNames}
+            hrefOf={conversationHref}
+            renderPresence={renderPresence}
+          />
+        </nav>
+      </aside>
+
+      <main className="main">
+        {activeChat ? (
+          <ConversationView
+            key={activeChat.id}
+            chat={activeChat}
+            timeline={state.timelines[activeChat.id]}
+            meId={state.me.id}
+            typing={typingNames[activeChat.id] ?? []}
+            status={<ChatStatus chat={activeChat} state={state} />}
+            badge={activeChat.peerId ? renderPresence(activeChat.peerId) : null}
+            backHref={conversationHref(null)}
+            onSend={(body) => void engine.send(activeChat.id, body)}
+            onTyping={() => engine.typingIn(activeChat.id)}
+            onLoadOlder={() => void engine.loadOlder(activeChat.id)}
+            onRetry={(id) => engine.retry(id)}
+            onDiscard={(id) => engine.discard(id)}
+          />
+        ) : activeId !== null && state.chatsStatus === 'ready' ? (
+          <div className="main-empty">
+            <p>This conversation does not exist, or you are not a member.</p>
+            <a href={conversationHref(null)}>Back to chats</a>
+          </div>
+        ) : (
+          <div className="main-empty">
+            <p>{state.chats.length > 0 ? 'Pick a chat to start reading.' : 'Start a chat to begin.'}</p>
+          </div>
+        )}
+      </main>
+
+      <ConnectionBanner connection={state.connection} />
+
+      {dialog === 'chat' ? (
+        <NewChatDialog
+          meId={state.me.id}
+          onClose={() => setDialog(null)}
+          onCreated={opened}
+          onPresence={(members) => engine.notePresence(members)}
+        />
+      ) : null}
+      {dialog === 'group' ? (
+        <NewGroupDialog
+          meId={state.me.id}
+          onClose={() => setDialog(null)}
+          onCreated={opened}
+          onPresence={(members) => engine.notePresence(members)}
+        />
+      ) : null}
+    </div>
+  );
+}
+
+function ChatStatus({ chat, state }: { chat: ChatView; state: EngineState }) {
+  if (chat.peerId) {
+    const presence = state.presence[chat.peerId];
+    return <PresenceStatus online={presence?.online ?? false} lastSeen={presence?.lastSeen ?? null} />;
+  }
+  const online = chat.members.filter((m) => m.id !== state.me.id && state.presence[m.id]?.online).length;
+  return (
+    <span className="presence-status">
+      {chat.members.length} members{online > 0 ? `, ${online} online` : ''}
+    </span>
+  );
+}
+
+function ConnectionBanner({ connection }: { connection: EngineState['connection'] }) {
+  const text =
+    connection === 'offline'
+      ? 'Offline. Reconnecting… Messages you send now go out when the connection is back.'
+      : connection === 'connecting'
+        ? 'Connecting…'
+        : '';
+  return (
+    <output className={`connection-banner is-${connection}`}>{text}</output>
+  );
+}
+
+function namesTyping(state: EngineState): Record<ConversationId, string[]> {
+  const names: Record<ConversationId, string[]> = {};
+  for (const [id, users] of Object.entries(state.typing)) {
+    const chat = state.chats.find((c) => c.id === id);
+    names[id] = users.map((userId) => chat?.members.find((m) => m.id === userId)?.username ?? 'Someone');
+  }
+  return names;
+}

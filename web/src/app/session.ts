@@ -1,0 +1,94 @@
+// One logged-in session: the sync engine, the socket that feeds it, and the browser
+// events both care about. Created on login, stopped on logout or when the session ends.
+
+import * as api from '../lib/api/client.ts';
+import type { User } from '../lib/api/types.ts';
+import { ReconnectingSocket } from '../lib/socket/socket.ts';
+import { SyncEngine, type IncomingMessage } from '../lib/sync/engine.ts';
+
+export interface Session {
+  engine: SyncEngine;
+  stop(): void;
+}
+
+export interface SessionCallbacks {
+  /** The server no longer knows this session (expired, revoked, logged out elsewhere). */
+  onEnded: () => void;
+  onIncoming: (incoming: IncomingMessage) => void;
+}
+
+/** While the socket keeps failing, ask `/me` at most this often whether the session still exists. */
+const SESSION_CHECK_INTERVAL_MS = 15_000;
+
+export function socketUrl(location: Location = window.location): string {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${location.host}/api/v1/ws`;
+}
+
+export function startSession(user: User, callbacks: SessionCallbacks): Session {
+  let socket: ReconnectingSocket | null = null;
+  const engine = new SyncEngine({
+    me: user,
+    transport: {
+      listConversations: api.listConversations,
+      fetchMessages: api.fetchMessages,
+      markRead: api.markRead,
+      send: (frame) => socket?.send(frame) ?? false,
+    },
+  });
+
+  let stopped = false;
+  let lastSessionCheck = 0;
+  const checkSession = () => {
+    const now = Date.now();
+    if (stopped || now - lastSessionCheck < SESSION_CHECK_INTERVAL_MS) return;
+    lastSessionCheck = now;
+    api.me().then(
+      (current) => {
+        if (!stopped && current === null) callbacks.onEnded();
+      },
+      () => {
+        // Unreachable server: the socket keeps trying.
+      },
+    );
+  };
+
+  socket = new ReconnectingSocket({
+    url: socketUrl(),
+    onFrame: (frame) => engine.handleFrame(frame),
+    onStatus: (status) => {
+      engine.setSocketStatus(status);
+      if (status === 'closed' && navigator.onLine) checkSession();
+    },
+  });
+
+  const unsubscribeIncoming = engine.onIncoming(callbacks.onIncoming);
+  const unsubscribeUnauthorized = api.onUnauthorized(() => {
+    if (!stopped) callbacks.onEnded();
+  });
+  const onOnline = () => socket?.reconnectNow();
+  const onOffline = () => socket?.disconnect();
+  const onVisibility = () => engine.setVisible(document.visibilityState === 'visible');
+  window.addEventListener('online', onOnline);
+  window.addEventListener('offline', onOffline);
+  document.addEventListener('visibilitychange', onVisibility);
+  onVisibility();
+
+  void engine.start();
+  socket.start();
+
+  return {
+    engine,
+    stop() {
+      if (stopped) return;
+      stopped = true;
+      window.removeEventListener('online', onOnline);
+      window.removeEventListener('offline', onOffline);
+      document.removeEventListener('visibilitychange', onVisibility);
+      unsubscribeIncoming();
+      unsubscribeUnauthorized();
+      socket?.stop();
+      engine.dispose();
+    },
+  };
+}

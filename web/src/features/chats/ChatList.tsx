@@ -1,0 +1,103 @@
+import { memo, type ReactNode } from 'react';
+
+import { Avatar } from '../../components/ui/Avatar.tsx';
+import { shortWhen } from '../../components/ui/format.ts';
+import type { ConversationId, UserId } from '../../lib/api/types.ts';
+import type { ChatView, LoadStatus } from '../../lib/sync/engine.ts';
+
+interface ChatListProps {
+  chats: readonly ChatView[];
+  status: LoadStatus;
+  activeId: ConversationId | null;
+  meId: UserId;
+  /** Who is typing, per conversation (names, already resolved). */
+  typing: Readonly<Record<ConversationId, readonly string[]>>;
+  hrefOf: (id: ConversationId) => string;
+  /** The presence dot of a direct chat's other member. */
+  renderPresence: (userId: UserId) => ReactNode;
+}
+
+/** The chat list: a list named "Chats" whose items are named with each chat's title. */
+export function ChatList({ chats, status, activeId, meId, typing, hrefOf, renderPresence }: ChatListProps) {
+  if (status === 'loading' && chats.length === 0) {
+    return <p className="chats-empty">Loading chats…</p>;
+  }
+  if (status === 'error' && chats.length === 0) {
+    return (
+      <p className="chats-empty" role="alert">
+        Could not load your chats. Retrying…
+      </p>
+    );
+  }
+  if (chats.length === 0) {
+    return <p className="chats-empty">No chats yet. Start one with “New chat”.</p>;
+  }
+  return (
+    <ul className="chat-list" aria-label="Chats">
+      {chats.map((chat) => (
+        <ChatItem
+          key={chat.id}
+          chat={chat}
+          active={chat.id === activeId}
+          meId={meId}
+          typing={typing[chat.id]}
+          href={hrefOf(chat.id)}
+          presence={chat.peerId ? renderPresence(chat.peerId) : null}
+        />
+      ))}
+    </ul>
+  );
+}
+
+interface ChatItemProps {
+  chat: ChatView;
+  active: boolean;
+  meId: UserId;
+  typing: readonly string[] | undefined;
+  href: string;
+  presence: ReactNode;
+}
+
+const ChatItem = memo(function ChatItem({ chat, active, meId, typing, href, presence }: ChatItemProps) {
+  const last = chat.lastMessage;
+  let preview: string;
+  if (typing && typing.length > 0) {
+    preview = chat.kind === 'group' ? `${typing[0]} is typing…` : 'typing…';
+  } else if (last) {
+    const firstLine = last.body.split('\n', 1)[0] ?? '';
+    const sender =
+      last.sender_id === meId
+        ? 'You: '
+        : chat.kind === 'group'
+          ? `${chat.members.find((m) => m.id === last.sender_id)?.username ?? 'Someone'}: `
+          : '';
+    preview = sender + firstLine;
+  } else {
+    preview = chat.kind === 'group' ? `${chat.members.length} members` : 'No messages yet';
+  }
+  return (
+    <li aria-label={chat.title} className={active ? 'chat-item is-active' : 'chat-item'}>
+      <a href={href} aria-current={active ? 'page' : undefined} className="chat-link">
+        <Avatar name={chat.title} seed={chat.id} badge={presence} />
+        <span className="chat-main">
+          <span className="chat-row">
+            <span className="chat-title">{chat.title}</span>
+            {last ? (
+              <time className="chat-time" dateTime={last.created_at}>
+                {shortWhen(last.created_at)}
+              </time>
+            ) : null}
+          </span>
+          <span className="chat-row">
+            <span className={typing?.length ? 'chat-preview is-typing' : 'chat-preview'}>{preview}</span>
+            {chat.unread > 0 ? (
+              <output className="badge" aria-label={`${chat.unread} unread`}>
+                {chat.unread > 99 ? '99+' : chat.unread}
+              </output>
+            ) : null}
+          </span>
+        </span>
+      </a>
+    </li>
+  );
+});
