@@ -190,12 +190,17 @@ async fn with_presence(gateway: &Gateway, users: Vec<User>) -> Result<Vec<Member
     let online = gateway.deps.presence.online(&ids).await?;
     Ok(users
         .into_iter()
-        .map(|user| Member {
-            online: online.contains(&user.id),
-            id: user.id,
-            username: user.username,
-        })
+        .map(|user| member(user, &online))
         .collect())
+}
+
+/// A user as a member, online if listed in `online`.
+fn member(user: User, online: &[UserId]) -> Member {
+    Member {
+        online: online.contains(&user.id),
+        id: user.id,
+        username: user.username,
+    }
 }
 
 async fn to_protocol(
@@ -218,11 +223,7 @@ async fn to_protocol(
             members: view
                 .members
                 .into_iter()
-                .map(|user| Member {
-                    online: online.contains(&user.id),
-                    id: user.id,
-                    username: user.username,
-                })
+                .map(|user| member(user, &online))
                 .collect(),
             last_message: view.last_message,
             last_seq: view.last_seq,

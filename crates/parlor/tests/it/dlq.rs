@@ -67,12 +67,7 @@ async fn poison_messages_are_dead_lettered_then_redriven_or_purged_with_the_cli(
         assert_eq!(ws.next_of("accepted").await["client_msg_id"], id);
     }
     // The healthy messages get through although they shared a batch with the poison.
-    for _ in 0..200 {
-        if http.history(&bob, &conversation).await.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    http.wait_for_history(&bob, &conversation, 2).await;
     let bodies: Vec<Value> = http
         .history(&bob, &conversation)
         .await
@@ -120,14 +115,7 @@ async fn poison_messages_are_dead_lettered_then_redriven_or_purged_with_the_cli(
     // Without the fault, the redriven message is stored after the others; the purged one never.
     let server = Server::start(data.path(), &[], &[]);
     let http = server.http();
-    let mut history = Vec::new();
-    for _ in 0..200 {
-        history = http.history(&bob, &conversation).await;
-        if history.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let history = http.wait_for_history(&bob, &conversation, 3).await;
     let stored: Vec<(u64, String)> = history
         .iter()
         .map(|m| {

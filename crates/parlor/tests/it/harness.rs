@@ -209,6 +209,24 @@ impl Http {
         response.json()["id"].as_str().unwrap().to_string()
     }
 
+    /// Polls history until it holds at least `count` messages (the persister runs behind
+    /// `accepted`), and returns it.
+    pub async fn wait_for_history(
+        &self,
+        token: &str,
+        conversation: &str,
+        count: usize,
+    ) -> Vec<Value> {
+        for _ in 0..400 {
+            let history = self.history(token, conversation).await;
+            if history.len() >= count {
+                return history;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("history of {conversation} never reached {count} messages");
+    }
+
     /// Every message of a conversation, paging with `after_seq`.
     pub async fn history(&self, token: &str, conversation: &str) -> Vec<Value> {
         let mut all = Vec::new();

@@ -304,8 +304,8 @@ async fn conversations_are_listed_and_hidden_from_non_members() {
         )
         .await;
     assert_eq!(posted.status, 202);
-    wait_for_history(&http, &bob, &group_id, 1).await;
-    wait_for_history(&http, &bob, &direct, 1).await;
+    http.wait_for_history(&bob, &group_id, 1).await;
+    http.wait_for_history(&bob, &direct, 1).await;
 
     // Bob's chat list: most recent first, with the last message and unread counts.
     let list = http.get("/api/v1/conversations", &bob).await.json();
@@ -401,7 +401,7 @@ async fn history_pages_by_seq() {
         ws.send_message(&conversation, &format!("m{i}"), &format!("body {i}"))
             .await;
     }
-    wait_for_history(&http, &alice, &conversation, 30).await;
+    http.wait_for_history(&alice, &conversation, 30).await;
     let page = |query: &'static str| {
         let http = http.clone();
         let alice = alice.clone();
@@ -573,7 +573,7 @@ async fn bad_frames_get_clear_errors_and_change_nothing() {
         .await;
     assert_eq!(carol_ws.next().await["code"], "not_found");
 
-    let history = wait_for_history(&http, &bob, &conversation, 1).await;
+    let history = http.wait_for_history(&bob, &conversation, 1).await;
     assert_eq!(history.len(), 1);
     assert_eq!(history[0]["client_msg_id"], "max");
     // Still connected after all that.
@@ -694,7 +694,7 @@ async fn health_readiness_metrics_and_limits() {
         json!({"client_msg_id": "m", "body": "x"}),
     )
     .await;
-    wait_for_history(&http, &alice, &conversation, 1).await;
+    http.wait_for_history(&alice, &conversation, 1).await;
     tokio::time::sleep(Duration::from_millis(1100)).await; // gauges are published every second
     let metrics = String::from_utf8(http.raw("GET", "/metrics", &[], b"").await.body).unwrap();
     for needle in [
@@ -715,23 +715,6 @@ async fn health_readiness_metrics_and_limits() {
     );
     let unknown = http.get("/api/v1/nothing-here", &alice).await;
     assert_eq!((unknown.status, unknown.code()), (404, "not_found".into()));
-}
-
-/// Polls history until it holds `count` messages.
-pub async fn wait_for_history(
-    http: &Http,
-    token: &str,
-    conversation: &str,
-    count: usize,
-) -> Vec<Value> {
-    for _ in 0..400 {
-        let history = http.history(token, conversation).await;
-        if history.len() >= count {
-            return history;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("history of {conversation} never reached {count} messages");
 }
 
 #[tokio::test]

@@ -3,21 +3,15 @@ import { memo, useCallback, useLayoutEffect, useRef, useState } from 'react';
 import { dayLabel, clockTime, longWhen, sameDay } from '../../components/ui/format.ts';
 import { Icon } from '../../components/ui/Icon.tsx';
 import type { ConversationKind, Member, Message, UserId } from '../../lib/api/types.ts';
-import type { LoadStatus, PendingMessage } from '../../lib/sync/engine.ts';
+import type { PendingMessage, TimelineView } from '../../lib/sync/engine.ts';
 import { MessageBody } from './MessageBody.tsx';
 
-interface MessageListProps {
+/** The conversation's timeline as the sync engine shows it, plus what the list needs around it. */
+interface MessageListProps extends TimelineView {
   title: string;
   kind: ConversationKind;
   members: readonly Member[];
   meId: UserId;
-  status: LoadStatus;
-  error: string | null;
-  messages: readonly Message[];
-  pending: readonly PendingMessage[];
-  hasOlder: boolean;
-  loadingOlder: boolean;
-  readByOthersSeq: number;
   onLoadOlder: () => void;
   onRetry: (clientMsgId: string) => void;
   onDiscard: (clientMsgId: string) => void;
