@@ -1,0 +1,2 @@
+//! parlor-bench: a load generator that speaks protocol v1 to a running Parlor.
+fn main() {}

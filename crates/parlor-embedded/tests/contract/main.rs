@@ -1,0 +1,3 @@
+mod queue;
+mod registry;
+mod store;

@@ -1,0 +1,1 @@
+// The queue contract against the embedded backend.

@@ -1,0 +1,1 @@
+// The registry contract against the embedded backend.

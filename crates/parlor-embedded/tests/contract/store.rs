@@ -1,0 +1,1 @@
+// The store contract against the embedded backend.

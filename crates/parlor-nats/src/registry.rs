@@ -1,0 +1,1 @@
+//! registry on NATS.

@@ -1,0 +1,1 @@
+// The registry, presence and relay contracts against NATS.

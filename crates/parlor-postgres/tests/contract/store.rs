@@ -1,0 +1,1 @@
+// The store contract against PostgreSQL.
