@@ -125,6 +125,7 @@ enum UserCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    return_large_allocations_to_the_system();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -325,5 +326,17 @@ async fn add_user(username: &str, data_dir: &std::path::Path) -> anyhow::Result<
             Ok(())
         }
         None => bail!("the username {username:?} is taken"),
+    }
+}
+
+/// Every password hash allocates 19 MiB (Argon2id's memory cost). glibc raises its mmap
+/// threshold after the first such block is freed, so later ones come from per-thread arenas
+/// and stay resident: measured, 600 MiB of RSS after a few dozen logins. A fixed threshold
+/// keeps every allocation of 1 MiB or more a private mapping, unmapped when freed.
+fn return_large_allocations_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

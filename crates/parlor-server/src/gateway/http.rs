@@ -248,8 +248,12 @@ pub struct NewConversation {
     members: Vec<String>,
 }
 
-/// Members of one group, at most: a message to a group costs one delivery per member.
+/// Members of one group, creator included, at most: a message to a group costs one delivery
+/// per member.
 const GROUP_MEMBERS_MAX: usize = 10_000;
+
+/// A group of the largest size must fit in one request: 10,000 quoted ids of 36 characters.
+pub const CREATE_CONVERSATION_BYTES_MAX: usize = 512 * 1024;
 
 pub async fn create_conversation(
     State(gateway): Shared,
@@ -271,6 +275,9 @@ pub async fn create_conversation(
     members.sort_unstable();
     members.dedup();
     members.retain(|member| *member != caller.user.id);
+    if members.len() >= GROUP_MEMBERS_MAX {
+        return Err(invalid("too many members"));
+    }
     let existing = gateway.deps.store.users(&members).await?;
     if existing.len() != members.len() {
         return Err(invalid("every member must be an existing user"));

@@ -110,7 +110,9 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .route("/users", get(http::users))
         .route(
             "/conversations",
-            get(http::conversations).post(http::create_conversation),
+            get(http::conversations)
+                .post(http::create_conversation)
+                .layer(DefaultBodyLimit::max(http::CREATE_CONVERSATION_BYTES_MAX)),
         )
         .route(
             "/conversations/{id}/messages",

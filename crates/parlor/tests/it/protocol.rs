@@ -270,6 +270,29 @@ async fn conversations_are_listed_and_hidden_from_non_members() {
             .await;
         assert_eq!(response.status, 400, "{bad}");
     }
+    // A group holds 10,000 members, creator included, and a request that large fits.
+    let ids = |count: usize| -> Vec<String> {
+        (0..count)
+            .map(|i| format!("00000000-0000-7000-8000-{i:012}"))
+            .collect()
+    };
+    for (count, message) in [
+        (9_999, "every member must be an existing user"),
+        (10_000, "too many members"),
+    ] {
+        let response = http
+            .post(
+                "/api/v1/conversations",
+                &alice,
+                json!({"kind": "group", "title": "Big", "members": ids(count)}),
+            )
+            .await;
+        assert_eq!(
+            (response.status, response.json()["error"]["message"].as_str()),
+            (400, Some(message)),
+            "{count} members"
+        );
+    }
     let group = http
         .post(
             "/api/v1/conversations",

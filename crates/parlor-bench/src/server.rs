@@ -1,0 +1,158 @@
+//! The Parlor under test: a process this benchmark starts (so it can read its memory and CPU,
+//! and kill it), or one that already runs elsewhere.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::client::Http;
+
+/// Rate limits protect a real deployment from floods; a benchmark is a deliberate flood, so the
+/// server it starts lets it through. Everything else is the default configuration.
+const BENCH_FLAGS: &[&str] = &[
+    "--sends-per-second-per-user",
+    "10000000",
+    "--sends-burst-per-user",
+    "10000000",
+    "--requests-per-second-per-ip",
+    "10000000",
+    "--requests-burst-per-ip",
+    "10000000",
+    "--auth-per-second-per-ip",
+    "100000",
+    "--auth-burst-per-ip",
+    "100000",
+    // Idle connections in the connections scenario do not ping.
+    "--idle-timeout-secs",
+    "3600",
+];
+
+pub struct Server {
+    pub address: String,
+    child: Option<Child>,
+    pid: Option<u32>,
+}
+
+impl Server {
+    /// Starts `binary serve` on a free port with a data directory of its own, and waits until
+    /// it listens.
+    pub fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(data_dir)?;
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(BENCH_FLAGS)
+            .env("PARLOR_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let address = read_listen_address(&mut child)?;
+        Ok(Server {
+            address,
+            pid: Some(child.id()),
+            child: Some(child),
+        })
+    }
+
+    /// A Parlor that runs elsewhere; `pid` (same machine) enables memory and CPU figures.
+    pub fn external(address: String, pid: Option<u32>) -> Server {
+        Server {
+            address,
+            child: None,
+            pid,
+        }
+    }
+
+    pub fn rss_kib(&self) -> Option<u64> {
+        self.pid.and_then(rss_kib)
+    }
+
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.pid.and_then(cpu_seconds)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the graceful shutdown.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("the server exited with {status}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(mut http) = Http::connect(&self.address).await
+                && let Ok((200, _)) = http.request("GET", "/readyz", None, None).await
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the server at {} is not ready", self.address);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn read_listen_address(child: &mut Child) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(address) = line.strip_prefix("parlor listening on http://") {
+            let address = address.trim().to_string();
+            // Keep draining stdout so the server never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return Ok(address);
+        }
+    }
+    bail!("the server exited before it listened")
+}
+
+/// Resident memory of a process, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU time a process has used so far, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((user + system) / ticks)
+}
