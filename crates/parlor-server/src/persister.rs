@@ -21,12 +21,41 @@ use crate::{Deps, Shutdown};
 /// How long one receive waits for entries before checking for shutdown.
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
 
+/// Batches stored and waiting for their notifications, at most. Two stages overlap: while
+/// one batch's notifications are appended and its entries acknowledged (an fsync each), the
+/// next batch is already being stored.
+const STORED_BATCHES_QUEUED_MAX: usize = 2;
+
 /// Runs until `shutdown`, then drains what is queued for up to `drain_timeout`.
 /// Returns an error only when durability is lost (a poisoned queue): the process must exit.
 pub async fn run(
     deps: Deps,
     config: ConsumerConfig,
     shutdown: Shutdown,
+) -> Result<(), BackendError> {
+    let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel(STORED_BATCHES_QUEUED_MAX);
+    let announcer = {
+        let (deps, config) = (deps.clone(), config.clone());
+        tokio::spawn(async move {
+            // In batch order, so per conversation the notifications follow `seq`.
+            while let Some(stored) = stored_rx.recv().await {
+                announce(&deps, &config, stored).await?;
+            }
+            Ok(())
+        })
+    };
+    let storing = store_until_shutdown(&deps, &config, shutdown, stored_tx).await;
+    let announcing = announcer.await.unwrap_or_else(|panic| {
+        std::panic::resume_unwind(panic.into_panic());
+    });
+    storing.and(announcing)
+}
+
+async fn store_until_shutdown(
+    deps: &Deps,
+    config: &ConsumerConfig,
+    shutdown: Shutdown,
+    stored: tokio::sync::mpsc::Sender<Stored>,
 ) -> Result<(), BackendError> {
     let mut draining_until = None;
     loop {
@@ -66,9 +95,14 @@ pub async fn run(
         let (fresh, retried): (Vec<_>, Vec<_>) = deliveries
             .into_iter()
             .partition(|delivery| delivery.attempts == 1);
-        persist(&deps, &config, fresh).await?;
-        for delivery in retried {
-            persist(&deps, &config, vec![delivery]).await?;
+        let batches = std::iter::once(fresh).chain(retried.into_iter().map(|d| vec![d]));
+        for deliveries in batches {
+            if let Some(batch) = store(deps, config, deliveries).await?
+                && stored.send(batch).await.is_err()
+            {
+                // The announcer stopped on a poisoned queue; its error is the one to report.
+                return Ok(());
+            }
         }
     }
 }
@@ -84,13 +118,21 @@ async fn fatal_or_pause(error: BackendError) -> Result<(), BackendError> {
     Ok(())
 }
 
-async fn persist(
+/// A batch in the store, its notifications not yet appended, its entries not yet acked.
+struct Stored {
+    deliveries: Vec<Delivery>,
+    notifications: Vec<Vec<u8>>,
+    done: Vec<DeliveryId>,
+}
+
+/// Stores a batch; `None` when nothing is left to announce (all failed or dead-lettered).
+async fn store(
     deps: &Deps,
     config: &ConsumerConfig,
     deliveries: Vec<Delivery>,
-) -> Result<(), BackendError> {
+) -> Result<Option<Stored>, BackendError> {
     if deliveries.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut batch: Vec<NewMessage> = Vec::with_capacity(deliveries.len());
     let mut batch_ids: Vec<DeliveryId> = Vec::with_capacity(deliveries.len());
@@ -111,14 +153,15 @@ async fn persist(
         }
     }
     if batch.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     metrics::histogram!(m::PERSIST_BATCH_MESSAGES).record(batch.len() as f64);
 
     let results = match deps.store.append_messages(&batch).await {
         Ok(results) => results,
         Err(error) => {
-            return retry_or_dead_letter(deps, config, &deliveries, &batch_ids, error).await;
+            retry_or_dead_letter(deps, config, &deliveries, &batch_ids, error).await?;
+            return Ok(None);
         }
     };
     debug_assert_eq!(results.len(), batch.len());
@@ -143,12 +186,28 @@ async fn persist(
             Appended::Rejected(reason) => dead_letter(deps, *id, &reason).await?,
         }
     }
-    if let Err(error) = deps.notifications.append(notifications).await {
+    Ok(Some(Stored {
+        deliveries,
+        notifications,
+        done,
+    }))
+}
+
+/// Appends the batch's notifications, then acknowledges its inbound entries.
+async fn announce(
+    deps: &Deps,
+    config: &ConsumerConfig,
+    stored: Stored,
+) -> Result<(), BackendError> {
+    if stored.done.is_empty() {
+        return Ok(());
+    }
+    if let Err(error) = deps.notifications.append(stored.notifications).await {
         // Stored but not announced: redeliver; the store answers with duplicates whose
         // notifications are appended then.
-        return retry_or_dead_letter(deps, config, &deliveries, &done, error).await;
+        return retry_or_dead_letter(deps, config, &stored.deliveries, &stored.done, error).await;
     }
-    if let Err(error) = deps.inbound.ack(&done).await {
+    if let Err(error) = deps.inbound.ack(&stored.done).await {
         fatal_or_pause(error).await?;
     }
     Ok(())

@@ -288,7 +288,10 @@ async fn conversations_are_listed_and_hidden_from_non_members() {
             )
             .await;
         assert_eq!(
-            (response.status, response.json()["error"]["message"].as_str()),
+            (
+                response.status,
+                response.json()["error"]["message"].as_str()
+            ),
             (400, Some(message)),
             "{count} members"
         );
