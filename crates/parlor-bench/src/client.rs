@@ -123,7 +123,7 @@ pub struct Account {
     pub token: String,
 }
 
-/// Registers `count` users named `{prefix}{i}`, `parallel` at a time (the server hashes a
+/// Registers `count` users named `{prefix}{run}.{i}`, `parallel` at a time (the server hashes a
 /// handful of passwords at once; more in flight only queue).
 pub async fn register_many(
     address: &str,
@@ -131,7 +131,12 @@ pub async fn register_many(
     count: usize,
     parallel: usize,
 ) -> anyhow::Result<Vec<Account>> {
-    let names: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
+    // Unique per run, so that runs against a long-lived server do not collide.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() % 0xff_ffff)
+        .unwrap_or_default();
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}{run:x}.{i}")).collect();
     let chunks: Vec<Vec<String>> = names
         .chunks(count.div_ceil(parallel.max(1)).max(1))
         .map(<[String]>::to_vec)

@@ -39,6 +39,10 @@ struct Target {
     /// The pid of the Parlor at `--addr`, if on this machine, for memory and CPU figures.
     #[arg(long, global = true)]
     pid: Option<u32>,
+    /// The `/metrics` addresses of the processes that store messages, comma-separated, when
+    /// they are not `--addr` (a cluster's persisters).
+    #[arg(long, global = true, value_delimiter = ',')]
+    metrics: Vec<String>,
     /// Where each scenario writes its JSON.
     #[arg(long, global = true, default_value = "bench-results")]
     out: PathBuf,
@@ -229,7 +233,10 @@ fn own_server(target: &Target, name: &str) -> anyhow::Result<(Server, TempDir)> 
 
 fn server_for(target: &Target, name: &str) -> anyhow::Result<(Server, Option<TempDir>)> {
     match &target.addr {
-        Some(address) => Ok((Server::external(address.clone(), target.pid), None)),
+        Some(address) => Ok((
+            Server::external(address.clone(), target.pid, target.metrics.clone()),
+            None,
+        )),
         None => {
             let (server, dir) = own_server(target, name)?;
             Ok((server, Some(dir)))

@@ -32,6 +32,9 @@ const BENCH_FLAGS: &[&str] = &[
 
 pub struct Server {
     pub address: String,
+    /// Where `/metrics` of the processes that persist are: the server itself, or a cluster's
+    /// persisters.
+    pub metrics: Vec<String>,
     child: Option<Child>,
     pid: Option<u32>,
 }
@@ -56,6 +59,7 @@ impl Server {
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let address = read_listen_address(&mut child)?;
         Ok(Server {
+            metrics: vec![address.clone()],
             address,
             pid: Some(child.id()),
             child: Some(child),
@@ -63,8 +67,13 @@ impl Server {
     }
 
     /// A Parlor that runs elsewhere; `pid` (same machine) enables memory and CPU figures.
-    pub fn external(address: String, pid: Option<u32>) -> Server {
+    pub fn external(address: String, pid: Option<u32>, metrics: Vec<String>) -> Server {
         Server {
+            metrics: if metrics.is_empty() {
+                vec![address.clone()]
+            } else {
+                metrics
+            },
             address,
             child: None,
             pid,

@@ -1,7 +1,7 @@
 //! Typed configuration of each role. Values come from `parlor`, which alone reads flags,
 //! environment and files; defaults live here, in one place.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -33,6 +33,9 @@ pub struct GatewayConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_lease: Duration,
     pub limits: LimitsConfig,
+    /// Load balancers whose `X-Forwarded-For` is believed: behind one, the peer address is
+    /// the balancer's, and per-IP limits would throttle every client as one.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl GatewayConfig {
@@ -51,6 +54,7 @@ impl GatewayConfig {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_lease: Duration::from_secs(25),
             limits: LimitsConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

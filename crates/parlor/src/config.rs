@@ -1,7 +1,7 @@
 //! Configuration: flags > `PARLOR_*` environment > TOML file > defaults, resolved here once
 //! into the typed configs of `parlor-server`. Nothing below this crate reads the environment.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,6 +57,9 @@ pub struct ServeSettings {
     /// Sessions expire this many seconds after login.
     #[arg(long, env = "PARLOR_SESSION_TTL_SECS")]
     pub session_ttl_secs: Option<u64>,
+    /// Load balancers (IP addresses, comma-separated) whose X-Forwarded-For names the client.
+    #[arg(long, env = "PARLOR_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<IpAddr>>,
 }
 
 impl ServeSettings {
@@ -80,7 +83,8 @@ impl ServeSettings {
             attempts_max,
             retry_base_ms,
             idle_timeout_secs,
-            session_ttl_secs
+            session_ttl_secs,
+            trusted_proxies
         )
     }
 
@@ -132,6 +136,7 @@ impl ServeConfig {
             gateway.allowed_origins = origins.into_iter().filter(|o| !o.is_empty()).collect();
         }
         gateway.cookie_secure = settings.cookie_secure.unwrap_or(false);
+        gateway.trusted_proxies = settings.trusted_proxies.unwrap_or_default();
         if let Some(bytes) = settings.body_bytes_max {
             if bytes == 0 || bytes > 1024 * 1024 {
                 bail!("body_bytes_max must be between 1 and 1048576");

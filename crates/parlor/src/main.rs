@@ -2,6 +2,7 @@
 //! and wires the roles of `parlor-server` to them. No business logic lives here.
 
 mod assets;
+mod cluster;
 mod config;
 mod embedded;
 #[cfg(feature = "faults")]
@@ -9,14 +10,17 @@ mod faults;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use parlor_core::NodeId;
 use parlor_core::ports::{DeadLetterSelection, Queue, Store};
 use parlor_core::queue::{InboundEntry, Notification};
 use parlor_server::{ShutdownSignal, gateway, notifier, persister, presence};
 use tracing_subscriber::EnvFilter;
 
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{DEFAULT_DATA_DIR, ServeConfig, ServeSettings};
 use crate::embedded::{Embedded, QueueName};
 
@@ -38,6 +42,26 @@ enum Command {
         #[command(flatten)]
         settings: ServeSettings,
         /// A TOML file with the same settings (flags and environment win over it).
+        #[arg(long, env = "PARLOR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Runs the gateway and presence roles on the cluster backends (NATS + PostgreSQL); run
+    /// several behind a load balancer.
+    Gateway {
+        #[command(flatten)]
+        settings: ServeSettings,
+        #[command(flatten)]
+        cluster: ClusterSettings,
+        #[arg(long, env = "PARLOR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Runs the persister and notifier roles on the cluster backends; run several. `--listen`
+    /// serves /healthz, /readyz and /metrics.
+    Persister {
+        #[command(flatten)]
+        settings: ServeSettings,
+        #[command(flatten)]
+        cluster: ClusterSettings,
         #[arg(long, env = "PARLOR_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -67,6 +91,12 @@ struct DlqTarget {
     data_dir: PathBuf,
     #[arg(long, value_enum, default_value = "inbound")]
     queue: QueueName,
+    /// The cluster's queues on NATS (works while the cluster runs) instead of the data
+    /// directory's.
+    #[arg(long)]
+    cluster: bool,
+    #[command(flatten)]
+    cluster_settings: ClusterSettings,
 }
 
 #[derive(clap::Args)]
@@ -121,6 +151,11 @@ enum UserCommand {
         username: String,
         #[arg(long, env = "PARLOR_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// In the cluster's PostgreSQL store instead of the data directory's.
+        #[arg(long)]
+        cluster: bool,
+        #[command(flatten)]
+        cluster_settings: ClusterSettings,
     },
 }
 
@@ -140,14 +175,40 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve { settings, config } => serve(resolve(settings, config)?).await,
+            Command::Gateway {
+                settings,
+                cluster,
+                config,
+            } => cluster_gateway(resolve(settings, config)?, cluster).await,
+            Command::Persister {
+                settings,
+                cluster,
+                config,
+            } => cluster_persister(resolve(settings, config)?, cluster).await,
             Command::Config { settings, config } => {
                 println!("{:#?}", resolve(settings, config)?);
                 Ok(())
             }
             Command::Dlq { command } => dlq(command).await,
             Command::User {
-                command: UserCommand::Add { username, data_dir },
-            } => add_user(&username, &data_dir).await,
+                command:
+                    UserCommand::Add {
+                        username,
+                        data_dir,
+                        cluster,
+                        cluster_settings,
+                    },
+            } => {
+                let store: Arc<dyn Store> = if cluster {
+                    Arc::new(
+                        parlor_postgres::PgStore::connect(&cluster_settings.postgres_url, 1)
+                            .await?,
+                    )
+                } else {
+                    Arc::new(embedded::open_store(&data_dir)?)
+                };
+                add_user(&username, store.as_ref()).await
+            }
         }
     })
 }
@@ -240,6 +301,110 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
 }
 
+/// `parlor gateway`: HTTP + WebSocket and presence, on the cluster backends.
+async fn cluster_gateway(config: ServeConfig, settings: ClusterSettings) -> anyhow::Result<()> {
+    let backends = Cluster::connect(
+        &settings,
+        config.gateway.node,
+        config.persister.attempts_max,
+    )
+    .await?;
+    let deps = backends.deps();
+    let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+    let address = listener.local_addr().context("no local address")?;
+    let (signal, shutdown) = ShutdownSignal::new();
+    let mut gateway_task = tokio::spawn(gateway::run(
+        deps.clone(),
+        config.gateway.clone(),
+        listener,
+        metrics,
+        Some(assets::router()),
+        shutdown.clone(),
+    ));
+    let presence_task = tokio::spawn(presence::run(deps, shutdown));
+    tracing::info!(%address, node = %config.gateway.node, "parlor gateway is serving");
+    println!("parlor listening on http://{address}");
+    let _ = std::io::stdout().flush();
+
+    let mut failure = None;
+    tokio::select! {
+        signal = terminate() => tracing::info!(signal, "shutting down: closing connections"),
+        result = &mut gateway_task => failure = Some(format!("the gateway stopped: {result:?}")),
+    }
+    signal.fire();
+    if !gateway_task.is_finished() {
+        let _ = gateway_task.await;
+    }
+    let _ = presence_task.await;
+    match failure {
+        None => Ok(()),
+        Some(failure) => bail!("{failure}"),
+    }
+}
+
+/// `parlor persister`: inbound queue → store → notifications → gateways, on the cluster
+/// backends; `--listen` serves health and metrics only.
+async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> anyhow::Result<()> {
+    let backends =
+        Cluster::connect(&settings, NodeId::new(), config.persister.attempts_max).await?;
+    let deps = backends.deps();
+    let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
+    let address = listener.local_addr().context("no local address")?;
+    let (signal, shutdown) = ShutdownSignal::new();
+    let mut persister_task = tokio::spawn(persister::run(
+        deps.clone(),
+        config.persister.clone(),
+        shutdown.clone(),
+    ));
+    let notifier_task = tokio::spawn(notifier::run(
+        deps.clone(),
+        config.notifier.clone(),
+        shutdown.clone(),
+    ));
+    let ops = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route("/readyz", axum::routing::get(|| async { "ready\n" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        );
+    let ops_task = tokio::spawn(
+        axum::serve(listener, ops)
+            .with_graceful_shutdown(shutdown.clone().wait())
+            .into_future(),
+    );
+    tracing::info!(%address, "parlor persister is running");
+    println!("parlor listening on http://{address}");
+    let _ = std::io::stdout().flush();
+
+    let mut failure = None;
+    tokio::select! {
+        signal = terminate() => tracing::info!(signal, "shutting down: draining the inbound queue"),
+        result = &mut persister_task => failure = Some(format!("the persister stopped: {result:?}")),
+    }
+    signal.fire();
+    if !persister_task.is_finished()
+        && let Ok(Err(error)) = persister_task.await
+    {
+        failure = Some(format!("the persister failed: {error}"));
+    }
+    let _ = notifier_task.await;
+    let _ = ops_task.await;
+    match failure {
+        None => Ok(()),
+        Some(failure) => bail!("{failure}; unacknowledged entries are redelivered"),
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C, with the signal's name.
 async fn terminate() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
@@ -262,34 +427,50 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
         DlqCommand::Redrive { target, selection } => (target, Ok((true, selection.selection()))),
         DlqCommand::Purge { target, selection } => (target, Ok((false, selection.selection()))),
     };
+    if target.cluster {
+        let backends = Cluster::connect(
+            &target.cluster_settings,
+            NodeId::new(),
+            parlor_server::config::ConsumerConfig::default().attempts_max,
+        )
+        .await?;
+        let queue: Arc<dyn Queue> = backends.queue(target.queue).clone();
+        return dlq_run(queue.as_ref(), target.queue, action).await;
+    }
     let backends = Embedded::open(&target.data_dir)?;
     let queue = backends.queue(target.queue).clone();
-    let result = async {
-        match action {
-            Err(limit) => {
-                for letter in queue.dead_letters(limit).await? {
-                    let entry = describe(target.queue, &letter.payload);
-                    let line = serde_json::json!({
-                        "id": letter.id,
-                        "queue": format!("{:?}", target.queue).to_lowercase(),
-                        "reason": letter.reason,
-                        "attempts": letter.attempts,
-                        "failed_at": letter.failed_at.format(&time::format_description::well_known::Rfc3339)?,
-                        "entry": entry,
-                    });
-                    println!("{line}");
-                }
-            }
-            Ok((true, selection)) => println!("redriven: {}", queue.redrive(selection).await?),
-            Ok((false, selection)) => println!("purged: {}", queue.purge(selection).await?),
-        }
-        anyhow::Ok(())
-    }
-    .await;
+    let result = dlq_run(queue.as_ref(), target.queue, action).await;
     // The cursors and the logs are flushed before the lock is released.
     queue.commit_cursor().await?;
     backends.close();
     result
+}
+
+/// Lists (`Err(limit)`), redrives (`Ok((true, …))`) or purges (`Ok((false, …))`).
+async fn dlq_run(
+    queue: &dyn Queue,
+    name: QueueName,
+    action: Result<(bool, DeadLetterSelection), usize>,
+) -> anyhow::Result<()> {
+    match action {
+        Err(limit) => {
+            for letter in queue.dead_letters(limit).await? {
+                let entry = describe(name, &letter.payload);
+                let line = serde_json::json!({
+                    "id": letter.id,
+                    "queue": format!("{name:?}").to_lowercase(),
+                    "reason": letter.reason,
+                    "attempts": letter.attempts,
+                    "failed_at": letter.failed_at.format(&time::format_description::well_known::Rfc3339)?,
+                    "entry": entry,
+                });
+                println!("{line}");
+            }
+        }
+        Ok((true, selection)) => println!("redriven: {}", queue.redrive(selection).await?),
+        Ok((false, selection)) => println!("purged: {}", queue.purge(selection).await?),
+    }
+    Ok(())
 }
 
 /// A dead letter's payload as JSON, or its bytes as text if it does not decode.
@@ -306,7 +487,7 @@ fn describe(queue: QueueName, payload: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|| serde_json::Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
-async fn add_user(username: &str, data_dir: &std::path::Path) -> anyhow::Result<()> {
+async fn add_user(username: &str, store: &dyn Store) -> anyhow::Result<()> {
     let mut password = String::new();
     std::io::stdin()
         .lock()
@@ -315,7 +496,6 @@ async fn add_user(username: &str, data_dir: &std::path::Path) -> anyhow::Result<
     let password = password.trim_end_matches(['\r', '\n']).to_string();
     parlor_core::validate::username(username)?;
     parlor_core::validate::password(&password, username)?;
-    let store = embedded::open_store(data_dir)?;
     let hash = parlor_server::auth::Passwords::new(1)
         .hash(password)
         .await

@@ -28,14 +28,17 @@ pub async fn run(
     let mut report = Report::new("throughput");
     let setup = super::pairs(&server.address, "tp", pairs).await?;
     let total = pairs * per_sender;
-    let mut metrics = Http::connect(&server.address).await?;
-    let stored_before = client::counter(&mut metrics, "parlor_messages_stored_total").await?;
+    let mut metrics = Vec::new();
+    for address in &server.metrics {
+        metrics.push(Http::connect(address).await?);
+    }
+    let stored_before = stored_count(&mut metrics).await?;
 
     let cpu = CpuMeter::start(server);
     let started = Instant::now();
     let stored = tokio::spawn(async move {
         loop {
-            let stored = client::counter(&mut metrics, "parlor_messages_stored_total").await?;
+            let stored = stored_count(&mut metrics).await?;
             if stored - stored_before >= total as f64 {
                 return anyhow::Ok(started.elapsed());
             }
@@ -104,6 +107,15 @@ pub async fn run(
         bail!("{violations} order violations; {accepted} accepted, {delivered} delivered");
     }
     Ok(value)
+}
+
+/// Messages stored so far, summed over the processes that store (the persisters).
+async fn stored_count(metrics: &mut [Http]) -> anyhow::Result<f64> {
+    let mut stored = 0.0;
+    for http in metrics {
+        stored += client::counter(http, "parlor_messages_stored_total").await?;
+    }
+    Ok(stored)
 }
 
 async fn send(

@@ -1,1 +1,208 @@
-// The queue contract against JetStream.
+// The queue contract against JetStream: a real, syncing nats-server (`scripts/services up`),
+// streams named per check so the checks run in parallel, deleted at the end.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use parlor_core::ports::Queue;
+use parlor_nats::queue::{JsQueue, JsQueueOptions, connect};
+use parlor_testkit::queue::{QueueFactory, QueueOptions};
+
+const DEFAULT_URL: &str = "nats://127.0.0.1:4223";
+
+/// Queues of one check: `t{uuid}-{name}`. Every `open` is a new connection, as another
+/// process would have.
+struct JsQueues {
+    url: String,
+    prefix: String,
+    /// One handle per queue opened, to delete its streams at the end.
+    opened: Mutex<Vec<Arc<JsQueue>>>,
+}
+
+async fn factory() -> JsQueues {
+    let url = std::env::var("PARLOR_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
+    // Fail here, loudly, rather than in the middle of a check.
+    if let Err(error) = connect(&url).await {
+        panic!(
+            "the NATS contract tests need a JetStream server at {url}: {error}\n\
+             start one with: eval \"$(scripts/services up)\""
+        );
+    }
+    JsQueues {
+        url,
+        prefix: format!("t{}", uuid::Uuid::now_v7().simple()),
+        opened: Mutex::new(Vec::new()),
+    }
+}
+
+impl QueueFactory for JsQueues {
+    fn open<'a>(&'a self, name: &'a str, options: QueueOptions) -> BoxFuture<'a, Arc<dyn Queue>> {
+        Box::pin(async move {
+            let client = connect(&self.url).await.expect("connect to NATS");
+            let options = JsQueueOptions {
+                visibility_timeout: options.visibility_timeout,
+                attempts_max: options.attempts_max,
+                in_flight_max: 1024,
+                append_timeout: Duration::from_secs(5),
+                replicas: 1,
+            };
+            let queue = JsQueue::open(client, &format!("{}-{name}", self.prefix), options)
+                .await
+                .expect("open the queue");
+            self.opened
+                .lock()
+                .expect("factory lock")
+                .push(Arc::clone(&queue));
+            queue as Arc<dyn Queue>
+        })
+    }
+
+    fn close<'a>(&'a self, _name: &'a str, queue: Arc<dyn Queue>) -> BoxFuture<'a, ()> {
+        // The state lives on the server, so a reopen finds it whatever becomes of this
+        // handle (the factory keeps a clone only to delete the streams at the end).
+        Box::pin(async move { drop(queue) })
+    }
+
+    fn cleanup(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let opened = std::mem::take(&mut *self.opened.lock().expect("factory lock"));
+            // Handles of one name share the streams; deleting them twice is harmless.
+            for queue in opened {
+                let _ = queue.delete().await;
+            }
+        })
+    }
+}
+
+parlor_testkit::queue_contract!(factory);
+
+/// Forwards TCP connections to `upstream` until the returned task is aborted, which drops
+/// every forwarded connection: a NATS outage as the client sees it.
+async fn proxy(upstream: std::net::SocketAddr) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let address = listener.local_addr().expect("proxy address");
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            connections.spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (format!("nats://{address}"), task)
+}
+
+/// A NATS outage fails `append` and `receive` within the timeout, never hangs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_makes_append_and_receive_fail_within_the_timeout() {
+    let factory = factory().await;
+    let upstream = factory
+        .url
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("PARLOR_TEST_NATS_URL is nats://ip:port");
+    let (url, outage) = proxy(upstream).await;
+    let options = JsQueueOptions {
+        append_timeout: Duration::from_secs(1),
+        ..JsQueueOptions::default()
+    };
+    let name = format!("{}-outage", factory.prefix);
+    let queue = JsQueue::open(connect(&url).await.expect("connect"), &name, options)
+        .await
+        .expect("open the queue");
+    queue
+        .append(vec![b"before".to_vec()])
+        .await
+        .expect("append");
+
+    outage.abort();
+    let _ = outage.await;
+    let started = std::time::Instant::now();
+    let error = queue
+        .append(vec![b"during".to_vec(), b"the outage".to_vec()])
+        .await
+        .expect_err("append fails during an outage");
+    assert_eq!(
+        error.kind,
+        parlor_core::BackendErrorKind::Unavailable,
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let started = std::time::Instant::now();
+    let error = queue
+        .receive(10, Duration::from_millis(200))
+        .await
+        .expect_err("receive fails during an outage");
+    assert_eq!(
+        error.kind,
+        parlor_core::BackendErrorKind::Unavailable,
+        "{error}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The streams outlive the outage; remove them through a direct connection.
+    let direct = JsQueue::open(
+        connect(&factory.url).await.expect("connect"),
+        &name,
+        JsQueueOptions::default(),
+    )
+    .await
+    .expect("open the queue");
+    let _ = direct.delete().await;
+}
+
+/// `in_flight_max` is the consumer's `max_ack_pending`: a bound over all processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_max_bounds_what_is_handed_out() {
+    let factory = factory().await;
+    let name = format!("{}-bounded", factory.prefix);
+    let options = JsQueueOptions {
+        in_flight_max: 2,
+        ..JsQueueOptions::default()
+    };
+    let client = connect(&factory.url).await.expect("connect");
+    let queue = JsQueue::open(client, &name, options)
+        .await
+        .expect("open the queue");
+    let entries = (0..5u8).map(|i| vec![i]).collect();
+    queue.append(entries).await.expect("append");
+
+    let first = queue
+        .receive(10, Duration::from_secs(1))
+        .await
+        .expect("receive");
+    let payloads = |got: &[parlor_core::ports::Delivery]| -> Vec<Vec<u8>> {
+        got.iter().map(|d| d.payload.clone()).collect()
+    };
+    assert_eq!(payloads(&first), [[0u8], [1]]);
+    // At the bound a receive waits: it neither fails nor polls the server in a loop.
+    let started = std::time::Instant::now();
+    let none = queue
+        .receive(10, Duration::from_millis(300))
+        .await
+        .expect("receive");
+    assert!(none.is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(290), "after {waited:?}");
+    queue.ack(&[first[0].id]).await.expect("ack");
+    let more = queue
+        .receive(10, Duration::from_secs(1))
+        .await
+        .expect("receive");
+    assert_eq!(payloads(&more), [[2u8]]);
+    let _ = queue.delete().await;
+}

@@ -1,11 +1,11 @@
 //! The HTTP endpoints of protocol v1.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parlor_core::error::ApiError;
@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Caller, Gateway, HttpError, MembershipCache};
+use super::{Caller, ClientIp, Gateway, HttpError, MembershipCache};
 use crate::deliver;
 
 type Shared = State<Arc<Gateway>>;
@@ -55,8 +55,8 @@ pub struct Credentials {
     password: String,
 }
 
-fn check_auth_rate(gateway: &Gateway, peer: SocketAddr) -> Result<(), HttpError> {
-    if gateway.limits.auth.allow(&peer.ip()) {
+fn check_auth_rate(gateway: &Gateway, ip: IpAddr) -> Result<(), HttpError> {
+    if gateway.limits.auth.allow(&ip) {
         Ok(())
     } else {
         Err(HttpError::new(
@@ -77,10 +77,10 @@ fn session_response(status: StatusCode, user: User, token: String, cookie: Strin
 
 pub async fn register(
     State(gateway): Shared,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     JsonBody(credentials): JsonBody<Credentials>,
 ) -> Result<Response, HttpError> {
-    check_auth_rate(&gateway, peer)?;
+    check_auth_rate(&gateway, ip)?;
     validate::username(&credentials.username)?;
     validate::password(&credentials.password, &credentials.username)?;
     let hash = gateway
@@ -108,10 +108,10 @@ pub async fn register(
 
 pub async fn login(
     State(gateway): Shared,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     JsonBody(credentials): JsonBody<Credentials>,
 ) -> Result<Response, HttpError> {
-    check_auth_rate(&gateway, peer)?;
+    check_auth_rate(&gateway, ip)?;
     let found = if validate::username(&credentials.username).is_ok() {
         gateway
             .deps

@@ -6,7 +6,7 @@ mod http;
 mod hub;
 mod ws;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -337,16 +337,47 @@ impl MembershipCache {
 /// A per-IP limit on every API request.
 async fn limit_requests(
     State(gateway): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     request: Request,
     next: Next,
 ) -> Response {
-    if !gateway.limits.requests.allow(&peer.ip()) {
+    if !gateway.limits.requests.allow(&ip) {
         metrics::counter!(m::RATE_LIMITED, "what" => "request").increment(1);
         return HttpError::new(ErrorCode::RateLimited, "too many requests; slow down")
             .into_response();
     }
     next.run(request).await
+}
+
+/// The client's address: the peer's, or behind a trusted load balancer the last address it
+/// appended to `X-Forwarded-For` (earlier entries come from the client and prove nothing).
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<Arc<Gateway>> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        gateway: &Arc<Gateway>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        if !gateway.config.trusted_proxies.contains(&peer) {
+            return Ok(ClientIp(peer));
+        }
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+            .next_back();
+        Ok(ClientIp(forwarded.unwrap_or(peer)))
+    }
 }
 
 /// The caller, authenticated by bearer token or session cookie. A cookie-authenticated

@@ -705,6 +705,46 @@ async fn floods_are_rate_limited() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_balancer_each_forwarded_client_has_its_own_limit() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        data.path(),
+        &[
+            "--trusted-proxies",
+            "127.0.0.1",
+            "--auth-burst-per-ip",
+            "1",
+            "--auth-per-second-per-ip",
+            "1",
+        ],
+        &[],
+    );
+    let http = server.http();
+    let register = |name: &'static str, forwarded: &'static str| {
+        let http = http.clone();
+        async move {
+            let body = json!({"username": name, "password": "correct horse battery"});
+            http.raw(
+                "POST",
+                "/api/v1/auth/register",
+                &[
+                    ("Content-Type", "application/json"),
+                    ("X-Forwarded-For", forwarded),
+                ],
+                body.to_string().as_bytes(),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(register("alice", "10.0.0.1").await, 201);
+    assert_eq!(register("bob", "10.0.0.1").await, 429, "same client");
+    assert_eq!(register("bob", "10.0.0.2").await, 201, "another client");
+    // Only the balancer's own entry counts: a client cannot pick its address.
+    assert_eq!(register("carol", "10.0.0.3, 10.0.0.2").await, 429);
+}
+
+#[tokio::test]
 async fn health_readiness_metrics_and_limits() {
     let (_data, server) = start();
     let http = server.http();

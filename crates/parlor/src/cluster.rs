@@ -1,0 +1,126 @@
+//! The cluster backend set: NATS JetStream for the queues, the connection registry, presence
+//! and the relay between nodes; PostgreSQL for the store. Any number of `parlor gateway` and
+//! `parlor persister` processes share them.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use parlor_core::NodeId;
+use parlor_core::ports::Queue;
+use parlor_nats::queue::{JsQueue, JsQueueOptions};
+use parlor_nats::registry::NatsRegistry;
+use parlor_nats::relay::NatsRelay;
+use parlor_postgres::PgStore;
+use parlor_server::Deps;
+
+use crate::embedded::QueueName;
+
+/// Where the cluster's shared services are. Flags or environment only.
+#[derive(Args, Clone, Debug)]
+pub struct ClusterSettings {
+    /// The NATS server (JetStream enabled, `sync_interval: always` for durability).
+    #[arg(long, env = "PARLOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The PostgreSQL database; the schema is migrated at start.
+    #[arg(
+        long,
+        env = "PARLOR_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/parlor"
+    )]
+    pub postgres_url: String,
+    /// Database connections per process.
+    #[arg(long, env = "PARLOR_POSTGRES_POOL", default_value_t = 8)]
+    pub postgres_pool: usize,
+    /// Keeps several Parlor clusters on one NATS apart: it prefixes stream, bucket and
+    /// subject names. Lower-case letters, digits and '-'.
+    #[arg(long, env = "PARLOR_NAMESPACE", default_value = "parlor")]
+    pub namespace: String,
+}
+
+pub struct Cluster {
+    pub store: Arc<PgStore>,
+    pub inbound: Arc<JsQueue>,
+    pub notifications: Arc<JsQueue>,
+    registry: Arc<NatsRegistry>,
+    relay: Arc<NatsRelay>,
+}
+
+impl Cluster {
+    /// Connects to NATS and PostgreSQL, creating streams, buckets and tables as needed;
+    /// `node` is this process's identity in the connection registry.
+    pub async fn connect(
+        settings: &ClusterSettings,
+        node: NodeId,
+        attempts_max: u32,
+    ) -> anyhow::Result<Cluster> {
+        let namespace = &settings.namespace;
+        let valid = !namespace.is_empty()
+            && namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            anyhow::bail!("the namespace must be lower-case letters, digits and '-'");
+        }
+        let client = parlor_nats::queue::connect(&settings.nats_url).await?;
+        let store = PgStore::connect(&settings.postgres_url, settings.postgres_pool)
+            .await
+            .context("cannot open the PostgreSQL store")?;
+        let options = JsQueueOptions {
+            attempts_max,
+            ..JsQueueOptions::default()
+        };
+        let inbound = JsQueue::open(
+            client.clone(),
+            &queue_name(namespace, QueueName::Inbound),
+            options.clone(),
+        )
+        .await
+        .context("cannot open the inbound queue")?;
+        let notifications = JsQueue::open(
+            client.clone(),
+            &queue_name(namespace, QueueName::Notifications),
+            options,
+        )
+        .await
+        .context("cannot open the notification queue")?;
+        let registry = NatsRegistry::open(client.clone(), &namespace.replace('-', "_"), node)
+            .await
+            .context("cannot open the connection registry")?;
+        let relay = Arc::new(NatsRelay::new(client, namespace));
+        Ok(Cluster {
+            store: Arc::new(store),
+            inbound,
+            notifications,
+            registry,
+            relay,
+        })
+    }
+
+    pub fn deps(&self) -> Deps {
+        Deps {
+            store: self.store.clone(),
+            inbound: self.inbound.clone() as Arc<dyn Queue>,
+            notifications: self.notifications.clone() as Arc<dyn Queue>,
+            registry: self.registry.clone(),
+            presence: self.registry.clone(),
+            relay: self.relay.clone(),
+        }
+    }
+
+    pub fn queue(&self, name: QueueName) -> &Arc<JsQueue> {
+        match name {
+            QueueName::Inbound => &self.inbound,
+            QueueName::Notifications => &self.notifications,
+        }
+    }
+}
+
+/// `parlor-inbound`, `parlor-notifications`, …
+fn queue_name(namespace: &str, queue: QueueName) -> String {
+    let queue = match queue {
+        QueueName::Inbound => "inbound",
+        QueueName::Notifications => "notifications",
+    };
+    format!("{namespace}-{queue}")
+}
