@@ -260,11 +260,25 @@ pub trait Presence: Send + Sync {
     async fn changes(&self) -> Result<BoxStream<'static, PresenceChange>, BackendError>;
 }
 
+/// Where a message frame stands in its conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageOrder {
+    pub conversation: ConversationId,
+    pub seq: Seq,
+}
+
 /// What one gateway node is asked to do for its local connections.
 #[derive(Clone, Debug)]
 pub enum NodeCommand {
-    /// Send `frame` (JSON text) to every local connection of `users`.
-    Deliver { users: Vec<UserId>, frame: Arc<str> },
+    /// Send `frame` (JSON text) to every local connection of `users`. With `order` (message
+    /// frames), the node passes a conversation's messages on in `seq` order: several
+    /// notifiers may send them out of order, and one that arrives early waits a moment for
+    /// the ones before it.
+    Deliver {
+        users: Vec<UserId>,
+        frame: Arc<str>,
+        order: Option<MessageOrder>,
+    },
     /// Close the local connections opened with this session (logout).
     CloseSession { user: UserId, token: TokenHash },
 }

@@ -15,14 +15,15 @@ use async_trait::async_trait;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use parlor_core::ports::{NodeCommand, Relay, TokenHash};
-use parlor_core::{BackendError, NodeId, UserId};
+use parlor_core::ports::{MessageOrder, NodeCommand, Relay, TokenHash};
+use parlor_core::{BackendError, ConversationId, NodeId, UserId};
 use uuid::Uuid;
 
 /// How long `inbox` waits for the server to confirm the subscription.
 const SUBSCRIBE_WAIT_MAX: Duration = Duration::from_secs(5);
 
 const DELIVER: u8 = b'D';
+const DELIVER_IN_ORDER: u8 = b'M';
 const CLOSE_SESSION: u8 = b'C';
 
 pub struct NatsRelay {
@@ -112,12 +113,24 @@ impl NatsRelay {
 }
 
 /// `D`, user count (u32, big-endian), 16 bytes per user, then the frame's UTF-8 as is;
+/// `M`, 16 bytes of conversation, the seq (u64, big-endian), then as `D`;
 /// `C`, 16 bytes of user, 32 bytes of token hash.
 fn encode(command: &NodeCommand) -> Bytes {
     match command {
-        NodeCommand::Deliver { users, frame } => {
-            let mut bytes = BytesMut::with_capacity(5 + 16 * users.len() + frame.len());
-            bytes.put_u8(DELIVER);
+        NodeCommand::Deliver {
+            users,
+            frame,
+            order,
+        } => {
+            let mut bytes = BytesMut::with_capacity(29 + 16 * users.len() + frame.len());
+            match order {
+                None => bytes.put_u8(DELIVER),
+                Some(order) => {
+                    bytes.put_u8(DELIVER_IN_ORDER);
+                    bytes.put_slice(order.conversation.0.as_bytes());
+                    bytes.put_u64(order.seq);
+                }
+            }
             bytes.put_u32(users.len() as u32);
             for user in users {
                 bytes.put_slice(user.0.as_bytes());
@@ -136,9 +149,19 @@ fn encode(command: &NodeCommand) -> Bytes {
 }
 
 fn decode(bytes: &[u8]) -> Option<NodeCommand> {
-    let (&tag, rest) = bytes.split_first()?;
+    let (&tag, mut rest) = bytes.split_first()?;
     match tag {
-        DELIVER => {
+        DELIVER | DELIVER_IN_ORDER => {
+            let mut order = None;
+            if tag == DELIVER_IN_ORDER {
+                let (conversation, after) = rest.split_first_chunk::<16>()?;
+                let (seq, after) = after.split_first_chunk::<8>()?;
+                order = Some(MessageOrder {
+                    conversation: ConversationId(Uuid::from_bytes(*conversation)),
+                    seq: u64::from_be_bytes(*seq),
+                });
+                rest = after;
+            }
             let (count, rest) = rest.split_first_chunk::<4>()?;
             let count = u32::from_be_bytes(*count) as usize;
             let users_len = count.checked_mul(16)?;
@@ -148,7 +171,11 @@ fn decode(bytes: &[u8]) -> Option<NodeCommand> {
             let (users, frame) = rest.split_at(users_len);
             let users = users.chunks_exact(16).map(user).collect::<Option<_>>()?;
             let frame: Arc<str> = std::str::from_utf8(frame).ok()?.into();
-            Some(NodeCommand::Deliver { users, frame })
+            Some(NodeCommand::Deliver {
+                users,
+                frame,
+                order,
+            })
         }
         CLOSE_SESSION => {
             let (user_bytes, token) = rest.split_first_chunk::<16>()?;
@@ -174,19 +201,28 @@ mod tests {
     fn commands_round_trip() {
         let users = vec![UserId::new(), UserId::new()];
         let frame: Arc<str> = r#"{"type":"message","body":"«ça» \"q\" 🎉"}"#.into();
-        let command = NodeCommand::Deliver {
-            users: users.clone(),
-            frame: Arc::clone(&frame),
+        let ordered = MessageOrder {
+            conversation: ConversationId::new(),
+            seq: u64::MAX - 1,
         };
-        match decode(&encode(&command)) {
-            Some(NodeCommand::Deliver {
-                users: decoded_users,
-                frame: decoded_frame,
-            }) => {
-                assert_eq!(decoded_users, users);
-                assert_eq!(decoded_frame, frame);
+        for order in [None, Some(ordered)] {
+            let command = NodeCommand::Deliver {
+                users: users.clone(),
+                frame: Arc::clone(&frame),
+                order,
+            };
+            match decode(&encode(&command)) {
+                Some(NodeCommand::Deliver {
+                    users: decoded_users,
+                    frame: decoded_frame,
+                    order: decoded_order,
+                }) => {
+                    assert_eq!(decoded_users, users);
+                    assert_eq!(decoded_frame, frame);
+                    assert_eq!(decoded_order, order);
+                }
+                other => panic!("decoded {other:?}"),
             }
-            other => panic!("decoded {other:?}"),
         }
         let (user, token) = (UserId::new(), TokenHash([7; 32]));
         match decode(&encode(&NodeCommand::CloseSession { user, token })) {

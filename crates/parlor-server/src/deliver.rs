@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use parlor_core::ports::NodeCommand;
+use parlor_core::ports::{MessageOrder, NodeCommand};
 use parlor_core::{BackendError, UserId};
 
 use crate::Deps;
@@ -13,6 +13,7 @@ pub async fn to_users(
     deps: &Deps,
     users: &[UserId],
     frame: Arc<str>,
+    order: Option<MessageOrder>,
 ) -> Result<usize, BackendError> {
     if users.is_empty() {
         return Ok(0);
@@ -27,6 +28,7 @@ pub async fn to_users(
                 NodeCommand::Deliver {
                     users,
                     frame: Arc::clone(&frame),
+                    order,
                 },
             )
             .await?;

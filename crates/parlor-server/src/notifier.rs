@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parlor_core::ports::Delivery;
+use parlor_core::ports::{Delivery, MessageOrder};
 use parlor_core::protocol::ServerFrame;
 use parlor_core::queue::Notification;
 use parlor_core::{BackendError, BackendErrorKind, ConversationId, UserId};
@@ -71,12 +71,16 @@ async fn notify(
                 }
             };
             let created_at = notification.message.created_at;
+            let order = MessageOrder {
+                conversation,
+                seq: notification.message.seq,
+            };
             let frame: Arc<str> = ServerFrame::Message {
                 message: notification.message,
             }
             .to_json()
             .into();
-            let reached = deliver::to_users(deps, &recipients, frame).await?;
+            let reached = deliver::to_users(deps, &recipients, frame, Some(order)).await?;
             metrics::counter!(m::MESSAGES_DELIVERED).increment(reached as u64);
             let latency = (OffsetDateTime::now_utc() - created_at).as_seconds_f64();
             metrics::histogram!(m::DELIVERY_SECONDS).record(latency.max(0.0));

@@ -53,6 +53,6 @@ async fn announce(deps: &Deps, change: PresenceChange) -> Result<(), parlor_core
     }
     .to_json()
     .into();
-    deliver::to_users(deps, &contacts, frame).await?;
+    deliver::to_users(deps, &contacts, frame, None).await?;
     Ok(())
 }

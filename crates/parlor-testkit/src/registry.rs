@@ -16,9 +16,9 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use parlor_core::ports::{
-    ConnectionInfo, NodeCommand, Presence, PresenceChange, Registry, Relay, TokenHash,
+    ConnectionInfo, MessageOrder, NodeCommand, Presence, PresenceChange, Registry, Relay, TokenHash,
 };
-use parlor_core::{ConnectionId, NodeId, UserId};
+use parlor_core::{ConnectionId, ConversationId, NodeId, UserId};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -470,7 +470,7 @@ pub async fn a_node_that_stops_heartbeating_loses_its_users(nodes: Nodes) {
 /// A Deliver command's parts, for comparison.
 fn delivered(command: NodeCommand) -> (Vec<UserId>, String) {
     match command {
-        NodeCommand::Deliver { users, frame } => (users, frame.to_string()),
+        NodeCommand::Deliver { users, frame, .. } => (users, frame.to_string()),
         other => panic!("expected a Deliver command, got {other:?}"),
     }
 }
@@ -496,12 +496,14 @@ pub async fn commands_reach_only_their_node_in_order(nodes: Nodes) {
         let command = NodeCommand::Deliver {
             users: vec![alice],
             frame: format!(r#"{{"n":{n}}}"#).into(),
+            order: None,
         };
         nodes.b.relay.send(nodes.a.id, command).await.expect("send");
     }
     let for_b = NodeCommand::Deliver {
         users: vec![bob],
         frame: r#"{"for":"b"}"#.into(),
+        order: None,
     };
     nodes.a.relay.send(nodes.b.id, for_b).await.expect("send");
 
@@ -546,11 +548,24 @@ pub async fn deliver_frame_round_trips_exactly(nodes: Nodes) {
     let mut inbox = nodes.a.relay.inbox(nodes.a.id).await.expect("inbox");
     let users = vec![UserId::new(), UserId::new(), UserId::new()];
     let frame = "{\"type\":\"message\",\"body\":\"she said \\\"hé\\\" — 你好 🎉\\n\\\\ \\u0000\",\"x\":\"\u{2028}\"}";
+    let order = Some(MessageOrder {
+        conversation: ConversationId::new(),
+        seq: 1 << 40,
+    });
     let command = NodeCommand::Deliver {
         users: users.clone(),
         frame: frame.into(),
+        order,
     };
     nodes.b.relay.send(nodes.a.id, command).await.expect("send");
     let command = next_command(&mut inbox, "the Deliver command").await;
+    let NodeCommand::Deliver {
+        order: received_order,
+        ..
+    } = &command
+    else {
+        panic!("expected a Deliver command, got {command:?}");
+    };
+    assert_eq!(*received_order, order, "the message order round-trips");
     assert_eq!(delivered(command), (users, frame.to_string()));
 }

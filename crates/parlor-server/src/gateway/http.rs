@@ -442,7 +442,7 @@ impl Gateway {
             user_id: user,
             seq,
         };
-        deliver::to_users(&self.deps, &members, frame.to_json().into())
+        deliver::to_users(&self.deps, &members, frame.to_json().into(), None)
             .await
             .map_err(backend)?;
         Ok(())

@@ -4,6 +4,7 @@
 
 mod http;
 mod hub;
+mod reorder;
 mod ws;
 
 use std::net::{IpAddr, SocketAddr};
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ws::Utf8Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -33,6 +35,10 @@ use crate::config::GatewayConfig;
 use crate::limits::Limits;
 use crate::metrics as m;
 use crate::{Deps, Shutdown};
+use reorder::Reorder;
+
+/// How long a message frame that arrived before its predecessors waits for them.
+const REORDER_HOLD: Duration = Duration::from_millis(100);
 
 pub use hub::Hub;
 
@@ -75,8 +81,20 @@ pub async fn run(
     let inbox_task = {
         let gateway = Arc::clone(&gateway);
         tokio::spawn(async move {
-            while let Some(command) = inbox.next().await {
-                gateway.execute(command);
+            let mut reorder = Reorder::new(REORDER_HOLD);
+            loop {
+                let deadline = reorder.deadline();
+                tokio::select! {
+                    command = inbox.next() => match command {
+                        Some(command) => gateway.execute(command, &mut reorder),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                        for (users, frame) in reorder.expire(tokio::time::Instant::now()) {
+                            gateway.hub.deliver(&users, &Utf8Bytes::from(frame.as_ref()));
+                        }
+                    }
+                }
             }
         })
     };
@@ -142,11 +160,24 @@ fn router(gateway: Arc<Gateway>) -> Router {
 
 impl Gateway {
     /// Acts on a command relayed to this node.
-    fn execute(&self, command: NodeCommand) {
+    fn execute(&self, command: NodeCommand, reorder: &mut Reorder) {
         match command {
-            NodeCommand::Deliver { users, frame } => {
-                let frame = axum::extract::ws::Utf8Bytes::from(frame.as_ref());
-                self.hub.deliver(&users, &frame);
+            NodeCommand::Deliver {
+                users,
+                frame,
+                order: None,
+            } => {
+                self.hub.deliver(&users, &Utf8Bytes::from(frame.as_ref()));
+            }
+            NodeCommand::Deliver {
+                users,
+                frame,
+                order: Some(order),
+            } => {
+                let now = tokio::time::Instant::now();
+                for (users, frame) in reorder.arrive(order, (users, frame), now) {
+                    self.hub.deliver(&users, &Utf8Bytes::from(frame.as_ref()));
+                }
             }
             NodeCommand::CloseSession { user, token } => self.hub.close_session(user, token),
         }

@@ -348,7 +348,7 @@ impl Connection {
             conversation_id: conversation,
             user_id: self.user.id,
         };
-        deliver::to_users(&self.gateway.deps, &members, frame.to_json().into())
+        deliver::to_users(&self.gateway.deps, &members, frame.to_json().into(), None)
             .await
             .map_err(backend)?;
         Ok(())
