@@ -197,8 +197,10 @@ pub trait Store: Send + Sync {
         user: UserId,
     ) -> Result<bool, BackendError>;
     async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>, BackendError>;
-    /// Everyone who shares at least one conversation with `user`, `user` excluded.
-    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, BackendError>;
+    /// Everyone who shares with `user` at least one conversation of at most `members_max`
+    /// members, `user` excluded, by id.
+    async fn contacts(&self, user: UserId, members_max: usize)
+    -> Result<Vec<UserId>, BackendError>;
 
     /// Stores a batch in one transaction: each message gets the next gap-free `seq` of its
     /// conversation; a repeated (sender, client_msg_id) yields the message stored the first

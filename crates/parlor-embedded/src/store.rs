@@ -1021,7 +1021,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, BackendError> {
+    async fn contacts(
+        &self,
+        user: UserId,
+        members_max: usize,
+    ) -> Result<Vec<UserId>, BackendError> {
+        let members_max = i64::try_from(members_max).unwrap_or(i64::MAX);
         self.read("contacts", move |tx| {
             let contacts = tx
                 .prepare_cached(
@@ -1029,9 +1034,11 @@ impl Store for SqliteStore {
                      FROM members m
                      JOIN members other ON other.conversation_id = m.conversation_id
                      WHERE m.user_id = ?1 AND other.user_id <> ?1
+                       AND (SELECT count(*) FROM members c
+                            WHERE c.conversation_id = m.conversation_id) <= ?2
                      ORDER BY other.user_id",
                 )?
-                .query_map(params![Id(user.0)], |row| {
+                .query_map(params![Id(user.0), members_max], |row| {
                     Ok(UserId(row.get::<_, Id>(0)?.0))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1602,10 +1609,10 @@ mod tests {
         assert_eq!(f.store.conversations_of(ann).await.unwrap().len(), 1);
 
         f.store.create_direct(bob, cid).await.unwrap();
-        assert_eq!(f.store.contacts(ann).await.unwrap(), [bob]);
+        assert_eq!(f.store.contacts(ann, 100).await.unwrap(), [bob]);
         let mut bobs = vec![ann, cid];
         bobs.sort();
-        assert_eq!(f.store.contacts(bob).await.unwrap(), bobs);
+        assert_eq!(f.store.contacts(bob, 100).await.unwrap(), bobs);
     }
 
     #[tokio::test]

@@ -1110,7 +1110,12 @@ impl Store for PgStore {
         .await
     }
 
-    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, BackendError> {
+    async fn contacts(
+        &self,
+        user: UserId,
+        members_max: usize,
+    ) -> Result<Vec<UserId>, BackendError> {
+        let members_max = i64::try_from(members_max).unwrap_or(i64::MAX);
         run("contacts", async {
             let client = self.client().await?;
             let statement = client
@@ -1119,10 +1124,12 @@ impl Store for PgStore {
                      FROM members m
                      JOIN members other ON other.conversation_id = m.conversation_id
                      WHERE m.user_id = $1 AND other.user_id <> $1
+                       AND (SELECT count(*) FROM members c
+                            WHERE c.conversation_id = m.conversation_id) <= $2
                      ORDER BY other.user_id",
                 )
                 .await?;
-            let rows = client.query(&statement, &[&user.0]).await?;
+            let rows = client.query(&statement, &[&user.0, &members_max]).await?;
             Ok(rows
                 .iter()
                 .map(|row| row.try_get(0).map(UserId))

@@ -19,7 +19,8 @@ pub struct GatewayConfig {
     /// Largest HTTP request body and WebSocket message.
     pub request_bytes_max: usize,
     /// Frames waiting to be written to one connection; a reader slower than this is
-    /// disconnected (it catches up from the store when it reconnects).
+    /// disconnected (it catches up from the store when it reconnects). Above the notifier's
+    /// batch (512): one batch of a busy conversation arrives at once, and must fit.
     pub connection_frames_queued_max: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
@@ -46,7 +47,7 @@ impl GatewayConfig {
             allowed_origins: Vec::new(),
             body_bytes_max: 16 * 1024,
             request_bytes_max: 128 * 1024,
-            connection_frames_queued_max: 256,
+            connection_frames_queued_max: 2048,
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             session_ttl: Duration::from_secs(30 * 24 * 3600),

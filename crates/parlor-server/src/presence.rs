@@ -10,6 +10,12 @@ use parlor_core::protocol::ServerFrame;
 
 use crate::{Deps, Shutdown, deliver};
 
+/// Presence goes to co-members of conversations up to this size. Beyond it, one user coming
+/// online would cost a frame to every member, and a group of N members connecting costs N²
+/// (measured: 10,000 members connecting flooded every connection's queue). Large groups
+/// show who is online when asked (`GET /users`, the chat list), not live.
+pub const PRESENCE_GROUP_MEMBERS_MAX: usize = 100;
+
 /// Runs until `shutdown`. Backend failures are logged and retried: presence is best effort,
 /// `last_seen` is the only thing it writes.
 pub async fn run(deps: Deps, shutdown: Shutdown) {
@@ -45,7 +51,10 @@ async fn announce(deps: &Deps, change: PresenceChange) -> Result<(), parlor_core
         deps.store.set_last_seen(change.user, change.at).await?;
         Some(change.at)
     };
-    let contacts = deps.store.contacts(change.user).await?;
+    let contacts = deps
+        .store
+        .contacts(change.user, PRESENCE_GROUP_MEMBERS_MAX)
+        .await?;
     let frame: Arc<str> = ServerFrame::Presence {
         user_id: change.user,
         online: change.online,

@@ -55,7 +55,7 @@ macro_rules! store_contract {
             conversation_views_show_members_last_message_and_read_marker,
             conversation_of_is_none_for_non_members_and_unknown_conversations,
             is_member_and_members_follow_membership,
-            contacts_are_everyone_sharing_a_conversation,
+            contacts_are_everyone_sharing_a_small_enough_conversation,
             seq_is_gap_free_per_conversation_across_batches,
             appended_messages_read_back_exactly,
             repeated_client_msg_id_returns_the_first_message_and_consumes_no_seq,
@@ -544,7 +544,7 @@ pub async fn is_member_and_members_follow_membership(fixture: impl StoreFixture)
     );
 }
 
-pub async fn contacts_are_everyone_sharing_a_conversation(fixture: impl StoreFixture) {
+pub async fn contacts_are_everyone_sharing_a_small_enough_conversation(fixture: impl StoreFixture) {
     let store = fixture.store();
     let (ann, bob, carl, dave, eve, frank) = (
         user(&*store, "ann").await,
@@ -562,12 +562,21 @@ pub async fn contacts_are_everyone_sharing_a_conversation(fixture: impl StoreFix
 
     // Once each, by id, without the user.
     assert_eq!(
-        store.contacts(ann).await.unwrap(),
+        store.contacts(ann, 100).await.unwrap(),
         sorted(vec![bob, carl, dave])
     );
-    assert_eq!(store.contacts(bob).await.unwrap(), sorted(vec![ann, carl]));
-    assert_eq!(store.contacts(eve).await.unwrap(), [frank]);
-    assert!(store.contacts(UserId::new()).await.unwrap().is_empty());
+    assert_eq!(
+        store.contacts(bob, 100).await.unwrap(),
+        sorted(vec![ann, carl])
+    );
+    assert_eq!(store.contacts(eve, 100).await.unwrap(), [frank]);
+    assert!(store.contacts(UserId::new(), 100).await.unwrap().is_empty());
+    // Only conversations of at most `members_max` members count: "one" has three.
+    assert_eq!(
+        store.contacts(ann, 2).await.unwrap(),
+        sorted(vec![bob, dave])
+    );
+    assert_eq!(store.contacts(carl, 2).await.unwrap(), []);
 }
 
 // ---- messages -------------------------------------------------------------------------

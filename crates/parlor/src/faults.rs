@@ -111,8 +111,12 @@ impl Store for PoisonedBodies {
     async fn members(&self, conversation: ConversationId) -> Result<Vec<UserId>, BackendError> {
         self.store.members(conversation).await
     }
-    async fn contacts(&self, user: UserId) -> Result<Vec<UserId>, BackendError> {
-        self.store.contacts(user).await
+    async fn contacts(
+        &self,
+        user: UserId,
+        members_max: usize,
+    ) -> Result<Vec<UserId>, BackendError> {
+        self.store.contacts(user, members_max).await
     }
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, BackendError> {
         if batch

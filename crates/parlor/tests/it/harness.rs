@@ -24,11 +24,18 @@ impl Server {
     /// Starts a server on a fresh port with limits high enough for tests, plus `extra`
     /// flags and `env`.
     pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let data_dir = data_dir.to_str().expect("a UTF-8 path");
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, env)
+    }
+
+    /// Runs `parlor ARGS…` (a command that prints its listening address) with the same
+    /// generous limits.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(BIN);
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
+            .args(args)
             // Generous limits through the environment, so that a test's flags still win.
             .env("PARLOR_AUTH_PER_SECOND_PER_IP", "1000")
             .env("PARLOR_AUTH_BURST_PER_IP", "1000")

@@ -822,17 +822,17 @@ async fn a_reader_that_stops_reading_is_disconnected_not_buffered_forever() {
                 .is_ok_and(|text| text.contains("\"accepted\""))
             {
                 accepted += 1;
-                if accepted == 2000 {
+                if accepted == 3000 {
                     break;
                 }
             }
         }
         (accepted, stream)
     });
-    // 2,000 messages of 8 KiB: 16 MiB, far more than socket buffers and the bounded
-    // per-connection queue can hold.
+    // 3,000 messages of 8 KiB: 24 MiB, far more than socket buffers and the bounded
+    // per-connection queue (2,048 frames) can hold.
     let body = "x".repeat(8 * 1024);
-    for i in 0..2000 {
+    for i in 0..3000 {
         let frame = json!({"type": "send", "conversation_id": conversation, "client_msg_id": format!("m{i}"), "body": body});
         futures::SinkExt::send(
             &mut sink,
@@ -842,7 +842,7 @@ async fn a_reader_that_stops_reading_is_disconnected_not_buffered_forever() {
         .unwrap();
     }
     let (accepted, stream) = reader.await.unwrap();
-    assert_eq!(accepted, 2000);
+    assert_eq!(accepted, 3000);
     let mut ws = Ws {
         stream: stream.reunite(sink).unwrap(),
     };

@@ -1,0 +1,215 @@
+//! Cluster tests: real `parlor gateway` and `parlor persister` processes over NATS JetStream
+//! and PostgreSQL, two of each, behind HAProxy with the shipped configuration, as
+//! `scripts/cluster` runs them. Each test has its own database and NATS namespace.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::harness::{Http, Server, Ws};
+
+const SERVICES_HINT: &str = "run `eval \"$(scripts/services up)\"` first (scripts/test does)";
+
+pub struct Cluster {
+    /// HAProxy's address: what clients use.
+    pub address: String,
+    pub gateways: Vec<Server>,
+    pub persisters: Vec<Server>,
+    haproxy: Child,
+    admin_url: String,
+    database: String,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let nats = std::env::var("PARLOR_TEST_NATS_URL")
+            .unwrap_or_else(|_| "nats://127.0.0.1:4223".into());
+        let admin_url = std::env::var("PARLOR_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        // The random end of a v7 uuid: tests that start in the same millisecond differ.
+        let id = &uuid::Uuid::now_v7().simple().to_string()[20..];
+        let database = format!("parlor_it_{id}");
+        psql(&admin_url, &format!("CREATE DATABASE {database}"));
+        let (server, _) = admin_url.rsplit_once('/').expect("a database URL");
+        let postgres = format!("{server}/{database}");
+        let namespace = format!("it-{id}");
+        let shared = [
+            "--nats-url",
+            nats.as_str(),
+            "--postgres-url",
+            postgres.as_str(),
+            "--namespace",
+            namespace.as_str(),
+        ];
+        let spawn = |role: &str, extra: &[&str]| {
+            let mut args = vec![role, "--listen", "127.0.0.1:0"];
+            args.extend_from_slice(&shared);
+            args.extend_from_slice(extra);
+            Server::spawn(&args, &[])
+        };
+        let gateways: Vec<Server> = (0..2)
+            .map(|_| spawn("gateway", &["--trusted-proxies", "127.0.0.1"]))
+            .collect();
+        let persisters: Vec<Server> = (0..2).map(|_| spawn("persister", &[])).collect();
+
+        let (listen, stats) = (free_address(), free_address());
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/haproxy.cfg");
+        let haproxy = Command::new("haproxy")
+            .args(["-db", "-f", config])
+            .env("PARLOR_LB_LISTEN", &listen)
+            .env("PARLOR_LB_STATS", &stats)
+            .env("PARLOR_GATEWAY1", &gateways[0].address)
+            .env("PARLOR_GATEWAY2", &gateways[1].address)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start haproxy ({e}): {SERVICES_HINT}"));
+        let cluster = Cluster {
+            address: listen,
+            gateways,
+            persisters,
+            haproxy,
+            admin_url,
+            database,
+        };
+        // Both gateways must be up in HAProxy's eyes before a test relies on either.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(&stats).await.is_err() {
+                assert!(Instant::now() < deadline, "HAProxy did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let stats = Http {
+                address: stats.clone(),
+            }
+            .raw("GET", "/metrics", &[], b"")
+            .await;
+            let up = String::from_utf8_lossy(&stats.body)
+                .lines()
+                .filter(|l| {
+                    l.starts_with("haproxy_server_status{")
+                        && l.contains("state=\"UP\"")
+                        && l.ends_with(" 1")
+                })
+                .count();
+            if up == 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "HAProxy never saw both gateways up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster
+    }
+
+    pub fn http(&self) -> Http {
+        Http {
+            address: self.address.clone(),
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.haproxy.kill();
+        let _ = self.haproxy.wait();
+        for server in self.gateways.iter_mut().chain(self.persisters.iter_mut()) {
+            server.kill();
+        }
+        // Best effort: a database left behind only costs disk.
+        let _ = Command::new("psql")
+            .args([self.admin_url.as_str(), "-qc"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let status = Command::new("psql")
+        .args([url, "-qc", sql])
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run psql ({e}): {SERVICES_HINT}"));
+    assert!(status.success(), "psql {sql:?} failed: {SERVICES_HINT}");
+}
+
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_gateways_chat_both_ways() {
+    let cluster = Cluster::start().await;
+    let http = cluster.http();
+    let (alice_id, alice) = http.register("alice").await;
+    let (bob_id, bob) = http.register("bob").await;
+    let conversation = http.direct(&alice, &bob_id).await;
+    let mut alice_ws = Ws::connect(&cluster.gateways[0].address, &alice).await;
+    let mut bob_ws = Ws::connect(&cluster.gateways[1].address, &bob).await;
+
+    alice_ws
+        .send_message(&conversation, "a-1", "hello from gateway 1")
+        .await;
+    alice_ws.next_of("accepted").await;
+    let message = bob_ws.next_of("message").await;
+    assert_eq!(
+        (&message["message"]["body"], &message["message"]["seq"]),
+        (&json!("hello from gateway 1"), &json!(1))
+    );
+    bob_ws
+        .send_message(&conversation, "b-1", "hello from gateway 2")
+        .await;
+    bob_ws.next_of("accepted").await;
+    // Alice's own message comes back to her connection first, then Bob's.
+    let mut bodies = Vec::new();
+    while bodies.len() < 2 {
+        bodies.push(alice_ws.next_of("message").await["message"]["body"].clone());
+    }
+    assert_eq!(
+        bodies,
+        [json!("hello from gateway 1"), json!("hello from gateway 2")]
+    );
+    let history = http.history(&alice, &conversation).await;
+    let senders: Vec<&Value> = history.iter().map(|m| &m["sender_id"]).collect();
+    assert_eq!(senders, [&json!(alice_id), &json!(bob_id)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_users_are_shown_offline_within_30_seconds() {
+    let mut cluster = Cluster::start().await;
+    let http = cluster.http();
+    let (alice_id, alice) = http.register("alice").await;
+    let (bob_id, bob) = http.register("bob").await;
+    http.direct(&alice, &bob_id).await;
+    let _alice_ws = Ws::connect(&cluster.gateways[0].address, &alice).await;
+    let mut bob_ws = Ws::connect(&cluster.gateways[1].address, &bob).await;
+    let online = http.get("/api/v1/users?q=alice", &bob).await.json();
+    assert_eq!(online[0]["online"], json!(true));
+
+    cluster.gateways[0].kill();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let frame = bob_ws
+            .try_next(wait)
+            .await
+            .expect("Bob was told within 30 s that Alice went offline");
+        if frame["type"] == "presence" && frame["user_id"] == json!(alice_id) {
+            assert_eq!(frame["online"], json!(false), "{frame}");
+            assert!(frame["last_seen"].is_string(), "{frame}");
+            break;
+        }
+    }
+    let offline = http.get("/api/v1/users?q=alice", &bob).await.json();
+    assert_eq!(offline[0]["online"], json!(false));
+}
