@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parlor_core::ports::{Delivery, MessageOrder};
 use parlor_core::protocol::ServerFrame;
@@ -20,6 +20,41 @@ use crate::retry::backoff;
 use crate::{Deps, Shutdown, deliver};
 
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
+/// How long a conversation's member list is reused. Looking it up was most of the notifier's
+/// time (one store read per conversation per batch: 18 of the 23 ms from accepted to
+/// delivered at 10,000 messages/s). v1 never changes a conversation's members after
+/// creation; the bound keeps a later version honest without an invalidation channel.
+const MEMBERS_CACHED_FOR: Duration = Duration::from_secs(10);
+/// Conversations whose members are cached, at most; the cache starts over beyond it.
+const MEMBERS_CACHED_MAX: usize = 100_000;
+
+/// Member lists by conversation, with when they were read.
+#[derive(Default)]
+struct MembersCache {
+    entries: HashMap<ConversationId, (Arc<Vec<UserId>>, Instant)>,
+}
+
+impl MembersCache {
+    async fn get(
+        &mut self,
+        deps: &Deps,
+        conversation: ConversationId,
+    ) -> Result<Arc<Vec<UserId>>, BackendError> {
+        let now = Instant::now();
+        if let Some((members, read_at)) = self.entries.get(&conversation)
+            && now.duration_since(*read_at) < MEMBERS_CACHED_FOR
+        {
+            return Ok(Arc::clone(members));
+        }
+        let members = Arc::new(deps.store.members(conversation).await?);
+        if self.entries.len() >= MEMBERS_CACHED_MAX {
+            self.entries.clear();
+        }
+        self.entries
+            .insert(conversation, (Arc::clone(&members), now));
+        Ok(members)
+    }
+}
 
 /// Runs until `shutdown`. Returns an error only when a queue is poisoned.
 pub async fn run(
@@ -27,13 +62,14 @@ pub async fn run(
     config: ConsumerConfig,
     shutdown: Shutdown,
 ) -> Result<(), BackendError> {
+    let mut members = MembersCache::default();
     loop {
         let deliveries = tokio::select! {
             deliveries = deps.notifications.receive(config.batch_max, RECEIVE_WAIT) => deliveries,
             _ = shutdown.clone().wait() => return Ok(()),
         };
         match deliveries {
-            Ok(deliveries) => notify(&deps, &config, deliveries).await?,
+            Ok(deliveries) => notify(&deps, &config, &mut members, deliveries).await?,
             Err(error) if error.kind == BackendErrorKind::Poisoned => return Err(error),
             Err(error) => {
                 tracing::warn!(%error, "notifier: queue unavailable, pausing");
@@ -46,10 +82,9 @@ pub async fn run(
 async fn notify(
     deps: &Deps,
     config: &ConsumerConfig,
+    members: &mut MembersCache,
     deliveries: Vec<Delivery>,
 ) -> Result<(), BackendError> {
-    // Members are looked up once per conversation per batch.
-    let mut members: HashMap<ConversationId, Arc<Vec<UserId>>> = HashMap::new();
     let mut done = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         let notification = match Notification::decode(&delivery.payload) {
@@ -62,14 +97,7 @@ async fn notify(
         };
         let conversation = notification.message.conversation_id;
         let result = async {
-            let recipients = match members.get(&conversation) {
-                Some(recipients) => Arc::clone(recipients),
-                None => {
-                    let recipients = Arc::new(deps.store.members(conversation).await?);
-                    members.insert(conversation, Arc::clone(&recipients));
-                    recipients
-                }
-            };
+            let recipients = members.get(deps, conversation).await?;
             let created_at = notification.message.created_at;
             let order = MessageOrder {
                 conversation,
