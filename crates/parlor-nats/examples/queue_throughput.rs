@@ -4,8 +4,11 @@
 //!
 //! ```text
 //! eval "$(scripts/services up)"
-//! cargo run --release -p parlor-nats --example queue_throughput -- [entries] [tasks]
+//! cargo run --release -p parlor-nats --example queue_throughput -- [entries] [tasks] [exclusive]
 //! ```
+//!
+//! `exclusive` opens the queue with `JsQueueOptions::exclusive`, as the cluster's persister
+//! does.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +26,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let entries: usize = args.next().map_or(20_000, |n| n.parse().expect("entries"));
     let tasks: usize = args.next().map_or(8, |n| n.parse().expect("tasks"));
+    let exclusive = args.next().is_some_and(|arg| arg == "exclusive");
     let url = std::env::var("PARLOR_TEST_NATS_URL")
         .unwrap_or_else(|_| "nats://127.0.0.1:4223".to_string());
 
@@ -30,6 +34,7 @@ async fn main() {
     let name = format!("bench-{}", uuid::Uuid::now_v7().simple());
     let options = JsQueueOptions {
         visibility_timeout: Duration::from_secs(60),
+        exclusive,
         ..JsQueueOptions::default()
     };
     let queue = JsQueue::open(client, &name, options)
@@ -72,6 +77,7 @@ async fn main() {
 
     let started = Instant::now();
     let mut received = 0;
+    let mut ack_time = Duration::ZERO;
     while received < appended {
         let got = queue
             .receive(RECEIVE_MAX, Duration::from_secs(5))
@@ -79,13 +85,16 @@ async fn main() {
             .expect("receive");
         assert!(!got.is_empty(), "entries went missing after {received}");
         let ids: Vec<_> = got.iter().map(|delivery| delivery.id).collect();
+        let acking = Instant::now();
         queue.ack(&ids).await.expect("ack");
+        ack_time += acking.elapsed();
         received += got.len();
     }
     let receive_time = started.elapsed();
     println!(
-        "receive+ack: {received} entries, up to {RECEIVE_MAX} per receive: {:.2?}, {:.0} entries/s",
+        "receive+ack: {received} entries, up to {RECEIVE_MAX} per receive: {:.2?} ({:.2?} in ack), {:.0} entries/s",
         receive_time,
+        ack_time,
         received as f64 / receive_time.as_secs_f64()
     );
     println!("depth after: {:?}", queue.depth().await.expect("depth"));

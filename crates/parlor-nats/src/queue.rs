@@ -18,23 +18,28 @@
 //!   waiting out a `retry_later` delay.
 //! - A delivery id is fresh for every delivery, and known only to the handle that
 //!   received it.
+//!
+//! With [`JsQueueOptions::exclusive`] the consumer uses a JetStream priority group with the
+//! `pinned_client` policy (ADR-42, server 2.11+): the server pins one handle and hands entries
+//! only to it, so entries are processed one batch after another, in append order, by one
+//! process at a time. See `exclusive` for how the pin is held and how it moves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::client::PublishErrorKind as ClientPublishErrorKind;
 use async_nats::jetstream::consumer::pull;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, PullConsumer};
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{
     self, DeleteMessageErrorKind, LastRawMessageErrorKind, RetentionPolicy, StorageType,
 };
 use async_nats::jetstream::{self, AckKind, ErrorCode};
-use async_nats::{HeaderMap, Subject, header};
+use async_nats::{HeaderMap, StatusCode, Subject, header};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -48,6 +53,10 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::Semaphore;
 
 const CONSUMER: &str = "parlor";
+/// The one priority group of an exclusive queue's consumer.
+const GROUP: &str = "parlor";
+/// How often a standby handle asks whether the pin is free.
+const STANDBY_POLL: Duration = Duration::from_millis(200);
 const REASON: &str = "Parlor-Reason";
 const ATTEMPTS: &str = "Parlor-Attempts";
 const FAILED_AT: &str = "Parlor-Failed-At";
@@ -93,6 +102,30 @@ pub struct JsQueueOptions {
     pub append_timeout: Duration,
     /// Stream replicas: 1 for a single server, 3 for a cluster.
     pub replicas: usize,
+    /// At most one handle (process) consumes the queue at a time; the others idle on standby
+    /// (their `receive` returns empty after `wait`) until the active one is gone, for
+    /// `takeover_after`, and one of them takes over. Use it where the order of processing
+    /// matters across processes, as with the inbound queue: competing consumers would
+    /// process neighbouring batches at once and commit them in either order.
+    ///
+    /// The server pins the first handle that pulls and keeps the pin for as long as that
+    /// handle keeps pulling: a handle that does not call `receive` for `takeover_after` (a
+    /// batch that takes that long, say) loses the pin. Entries a dead active handle held come
+    /// back after the visibility timeout, before newer entries and in append order, if the
+    /// visibility timeout is shorter than `takeover_after`.
+    ///
+    /// There is no renewal apart from pulling: the only pull that takes nothing (one with
+    /// `max_bytes` too small for any entry) makes the server move the first entry due for
+    /// redelivery to the back of its redelivery queue, which breaks the order above.
+    ///
+    /// Every process must agree: a handle opened without `exclusive` cannot pull from an
+    /// exclusive consumer, and the last `open` sets the consumer's policy.
+    pub exclusive: bool,
+    /// With `exclusive`: how long the active handle may be gone (crashed, cut off from NATS,
+    /// dropped) before a standby takes over (the consumer's `priority_timeout`). A standby
+    /// that is waiting in `receive` gets the next entry within this bound after the active
+    /// handle's last pull.
+    pub takeover_after: Duration,
 }
 
 impl Default for JsQueueOptions {
@@ -103,6 +136,8 @@ impl Default for JsQueueOptions {
             in_flight_max: 64 * 1024,
             append_timeout: Duration::from_secs(5),
             replicas: 1,
+            exclusive: false,
+            takeover_after: Duration::from_secs(5),
         }
     }
 }
@@ -121,6 +156,18 @@ pub struct JsQueue {
     /// Deliveries handed out by this handle and not yet settled, by id.
     held: Mutex<HashMap<DeliveryId, Held>>,
     publish_window: Semaphore,
+    /// With `exclusive`: the pull subject and this handle's pin.
+    pinning: Option<Pinning>,
+}
+
+/// What an exclusive handle needs to pull as a member of the consumer's priority group.
+struct Pinning {
+    /// `$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}`.
+    next: Subject,
+    /// The `Nats-Pin-Id` the server gave this handle, while it holds the pin.
+    pin: Mutex<Option<String>>,
+    /// Set by [`JsQueue::release`]: the handle never pulls again.
+    released: AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -157,6 +204,11 @@ impl JsQueue {
         if options.attempts_max == 0 || options.in_flight_max == 0 {
             return Err(BackendError::rejected(
                 "attempts_max and in_flight_max must be at least 1",
+            ));
+        }
+        if options.exclusive && options.takeover_after < Duration::from_millis(100) {
+            return Err(BackendError::rejected(
+                "takeover_after must be at least 100 ms",
             ));
         }
         let jetstream = jetstream::ContextBuilder::new()
@@ -201,6 +253,16 @@ impl JsQueue {
             max_ack_pending: i64::try_from(options.in_flight_max).unwrap_or(i64::MAX),
             ..Default::default()
         };
+        let consumer_config = if options.exclusive {
+            pull::Config {
+                priority_policy: PriorityPolicy::PinnedClient,
+                priority_groups: vec![GROUP.to_string()],
+                priority_timeout: options.takeover_after,
+                ..consumer_config
+            }
+        } else {
+            consumer_config
+        };
 
         let setup = async {
             let context = &jetstream;
@@ -227,6 +289,16 @@ impl JsQueue {
             Ok::<_, BackendError>((entries, dead, consumer))
         };
         let (entries, dead, consumer) = timed(options.append_timeout * 4, "open", setup).await?;
+        let pinning = options.exclusive.then(|| {
+            let next = Subject::from(format!(
+                "$JS.API.CONSUMER.MSG.NEXT.{stream_name}.{CONSUMER}"
+            ));
+            Pinning {
+                next,
+                pin: Mutex::new(None),
+                released: AtomicBool::new(false),
+            }
+        });
 
         Ok(Arc::new(Self {
             name: name.to_string(),
@@ -240,11 +312,38 @@ impl JsQueue {
             next_id: AtomicU64::new(1),
             held: Mutex::new(HashMap::new()),
             publish_window: Semaphore::new(PUBLISH_WINDOW),
+            pinning,
         }))
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// With `exclusive`: gives up this handle's pin, so that a standby takes over at once
+    /// rather than `takeover_after` later. For a graceful shutdown, after the last `ack`:
+    /// from now on this handle's `receive` returns empty after `wait`, and entries it still
+    /// holds come back after the visibility timeout. Does nothing without `exclusive`.
+    ///
+    /// The server unpins whichever handle holds the pin: should this handle have lost it
+    /// unnoticed within the last `takeover_after / 4` (cut off from NATS, say), the new
+    /// holder loses it too and has to pull for it again.
+    pub async fn release(&self) -> Result<(), BackendError> {
+        let Some(pinning) = &self.pinning else {
+            return Ok(());
+        };
+        pinning.released.store(true, Ordering::SeqCst);
+        let held = pinning.pin.lock().expect("pin lock").take();
+        if held.is_none() {
+            return Ok(());
+        }
+        timed(self.options.append_timeout, "release the queue", async {
+            self.entries
+                .unpin_consumer(CONSUMER, GROUP)
+                .await
+                .map_err(|error| nats_error("release the queue", error))
+        })
+        .await
     }
 
     /// Deletes both streams, with every entry and dead letter: for tests and tear-down.
@@ -378,6 +477,15 @@ impl JsQueue {
         let expires = match kind {
             Pull::Now(wait) | Pull::InLine(wait) => wait.max(PULL_EXPIRES_MIN),
         };
+        if let Some(pinning) = &self.pinning {
+            let bound = expires + self.options.append_timeout;
+            return timed(
+                bound,
+                "pull from the queue",
+                self.pull_pinned(pinning, kind, expires, max),
+            )
+            .await;
+        }
         let request = async {
             let batch = match kind {
                 Pull::Now(_) => {
@@ -404,6 +512,8 @@ impl JsQueue {
                     Ok(message) => messages.push(message),
                     // The consumer holds `in_flight_max` unacknowledged entries: none for now.
                     Err(error) if error.to_string().contains("MaxAckPending") => break,
+                    // What was handed out already must reach the caller (see `receive`).
+                    Err(_) if !messages.is_empty() => break,
                     Err(error) => {
                         return Err(BackendError::unavailable(format!(
                             "pull from the queue: {error}"
@@ -415,6 +525,119 @@ impl JsQueue {
         };
         let bound = expires + self.options.append_timeout;
         timed(bound, "pull from the queue", request).await
+    }
+
+    /// A pull as a member of the consumer's priority group, with this handle's pin if it has
+    /// one: the library's `fetch` and `batch` refuse a pinned-client consumer (they would not
+    /// keep the pin), and its continuous `stream` would prefetch entries nobody asked for.
+    ///
+    /// Without a pin the server parks the pull while another handle holds the pin (it ends
+    /// empty at its expiry), or pins this handle with the first entry it hands over. A pull
+    /// with a pin that is no longer the server's is refused (423): the pin is dropped and the
+    /// handle is a standby again.
+    async fn pull_pinned(
+        &self,
+        pinning: &Pinning,
+        kind: Pull,
+        expires: Duration,
+        max: usize,
+    ) -> Result<Vec<jetstream::Message>, BackendError> {
+        let pin = pinning.pin.lock().expect("pin lock").clone();
+        let request = PullRequest {
+            batch: max,
+            expires: u64::try_from(expires.as_nanos()).unwrap_or(u64::MAX),
+            no_wait: matches!(kind, Pull::Now(_)),
+            group: GROUP,
+            id: pin.as_deref(),
+        };
+        let body = serde_json::to_vec(&request).expect("a pull request serializes");
+        let client = self.jetstream.client();
+        let inbox = Subject::from(client.new_inbox());
+        // Dropping the subscription ends the pull, should this future be dropped early.
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|error| nats_error("pull from the queue", error))?;
+        client
+            .publish_with_reply(pinning.next.clone(), inbox, body.into())
+            .await
+            .map_err(|error| nats_error("pull from the queue", error))?;
+        let mut messages = Vec::new();
+        while messages.len() < max {
+            let Some(message) = replies.next().await else {
+                if !messages.is_empty() {
+                    break;
+                }
+                return Err(BackendError::unavailable(
+                    "pull from the queue: the connection closed",
+                ));
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    if let Some(id) = message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get_last(header::NATS_PIN_ID))
+                    {
+                        let mut pin = pinning.pin.lock().expect("pin lock");
+                        if pin.as_deref() != Some(id.as_str()) {
+                            *pin = Some(id.as_str().to_string());
+                        }
+                    }
+                    messages.push(jetstream::Message {
+                        message,
+                        context: self.jetstream.clone(),
+                    });
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                // The pull is over: expired, or nothing more to hand out right now.
+                Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => break,
+                Some(StatusCode::PIN_ID_MISMATCH) => {
+                    let mut current = pinning.pin.lock().expect("pin lock");
+                    if *current == pin {
+                        *current = None;
+                    }
+                    break;
+                }
+                // The consumer holds `in_flight_max` unacknowledged entries: none for now.
+                Some(StatusCode::REQUEST_TERMINATED)
+                    if message
+                        .description
+                        .as_deref()
+                        .is_some_and(|description| description.contains("MaxAckPending")) =>
+                {
+                    break;
+                }
+                // What was handed out already must reach the caller (see `receive`).
+                Some(_) if !messages.is_empty() => break,
+                Some(status) => {
+                    return Err(BackendError::unavailable(format!(
+                        "pull from the queue: {status} {}",
+                        message.description.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Whether another handle holds the pin of this exclusive queue.
+    async fn pinned_elsewhere(&self) -> Result<bool, BackendError> {
+        let info = timed(
+            self.options.append_timeout,
+            "read the queue consumer",
+            async {
+                self.consumer
+                    .get_info()
+                    .await
+                    .map_err(|error| nats_error("read the queue consumer", error))
+            },
+        )
+        .await?;
+        Ok(info
+            .priority_groups
+            .iter()
+            .any(|group| group.group == GROUP && group.pinned_client_id.is_some()))
     }
 
     /// Turns pulled messages into deliveries, dead-lettering those delivered more than
@@ -631,17 +854,50 @@ impl Queue for JsQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
+        if let Some(pinning) = &self.pinning
+            && pinning.released.load(Ordering::SeqCst)
+        {
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
         let give_up = Instant::now() + wait;
         loop {
             let left = give_up.saturating_duration_since(Instant::now());
-            let mut messages = self.pull(Pull::Now(left), max).await?;
+            // A standby waits in line for one entry, which pins it if the pin is free: a
+            // large parked pull would make the server refuse the active handle's "no wait"
+            // pulls (it counts every parked pull's size against what is there).
+            let standby = self
+                .pinning
+                .as_ref()
+                .is_some_and(|pinning| pinning.pin.lock().expect("pin lock").is_none());
+            if standby && self.pinned_elsewhere().await? {
+                // Ask, don't pull: while the pin is another handle's, the server answers a
+                // pull from this one by moving the first entry due for redelivery to the back
+                // of its line, and the entries a crashed handle held would come back out of
+                // order.
+                tokio::time::sleep(left.min(STANDBY_POLL)).await;
+                if Instant::now() >= give_up {
+                    return Ok(Vec::new());
+                }
+                continue;
+            }
+            let mut messages = if standby {
+                Vec::new()
+            } else {
+                self.pull(Pull::Now(left), max).await?
+            };
             let left = give_up.saturating_duration_since(Instant::now());
-            if messages.is_empty() && !left.is_zero() {
+            if messages.is_empty() && (!left.is_zero() || standby) {
                 // Refused before the wait was over: wait in line for one, then take the rest.
                 messages = self.pull(Pull::InLine(left), 1).await?;
                 if !messages.is_empty() && max > 1 {
-                    let rest = self.pull(Pull::Now(Duration::ZERO), max - 1).await?;
-                    messages.extend(rest);
+                    // The server has handed the first one out: it must reach the caller even
+                    // if taking the rest fails, or it would come back only after the
+                    // visibility timeout, behind the entries that followed it.
+                    match self.pull(Pull::Now(Duration::ZERO), max - 1).await {
+                        Ok(rest) => messages.extend(rest),
+                        Err(error) => tracing::debug!(%error, "cannot take the rest of a batch"),
+                    }
                 }
             }
             let pulled = !messages.is_empty();
@@ -664,23 +920,34 @@ impl Queue for JsQueue {
                 .filter_map(|id| held.get(id).map(|held| (*id, held.reply.clone())))
                 .collect()
         };
-        let results = join_all(
-            replies
-                .iter()
-                .map(|(_, reply)| self.settle(reply, AckKind::Ack.into())),
-        )
-        .await;
-        let mut failure = None;
-        let mut held = self.held.lock().expect("queue lock");
-        for ((id, _), result) in replies.iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    held.remove(id);
-                }
-                Err(error) => failure = Some(error),
+        let Some(((_, last), rest)) = replies.split_last() else {
+            return Ok(());
+        };
+        // One round trip for the lot: the server handles one consumer's acks in the order
+        // they arrive, so its answer to the last one means every one before it is done too
+        // (and a following `depth` or `receive` sees them all). What an ack still costs is
+        // the server's: each one removes its entry from the work-queue stream, and with
+        // `sync_interval: always` every removal is an fsync (about 100 µs here).
+        let client = self.jetstream.client();
+        timed(self.options.append_timeout, "acknowledge", async {
+            for (_, reply) in rest {
+                client
+                    .publish(reply.clone(), AckKind::Ack.into())
+                    .await
+                    .map_err(|error| nats_error("acknowledge", error))?;
             }
+            client
+                .request(last.clone(), AckKind::Ack.into())
+                .await
+                .map(|_| ())
+                .map_err(|error| nats_error("acknowledge", error))
+        })
+        .await?;
+        let mut held = self.held.lock().expect("queue lock");
+        for (id, _) in &replies {
+            held.remove(id);
         }
-        failure.map_or(Ok(()), Err)
+        Ok(())
     }
 
     async fn retry_later(&self, id: DeliveryId, delay: Duration) -> Result<(), BackendError> {
@@ -835,6 +1102,20 @@ impl Queue for JsQueue {
             dead: dead.messages,
         })
     }
+}
+
+/// A pull request as the server reads it (ADR-13, with ADR-42's priority group).
+#[derive(serde::Serialize)]
+struct PullRequest<'a> {
+    batch: usize,
+    /// Nanoseconds.
+    expires: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_wait: bool,
+    group: &'a str,
+    /// The pin this handle holds, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
 }
 
 /// Bounds `work` by `limit`: a server that does not answer is `Unavailable`, never a hang.

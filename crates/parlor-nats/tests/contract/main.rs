@@ -1,2 +1,3 @@
 mod queue;
+mod queue_exclusive;
 mod registry;

@@ -11,16 +11,51 @@ use parlor_testkit::queue::{QueueFactory, QueueOptions};
 
 const DEFAULT_URL: &str = "nats://127.0.0.1:4223";
 
+/// How long an exclusive queue's pin outlives its handle in these checks: short, so that a
+/// reopened handle takes over well within the contract's slack.
+pub const TAKEOVER_AFTER: Duration = Duration::from_secs(1);
+
 /// Queues of one check: `t{uuid}-{name}`. Every `open` is a new connection, as another
 /// process would have.
-struct JsQueues {
-    url: String,
-    prefix: String,
-    /// One handle per queue opened, to delete its streams at the end.
-    opened: Mutex<Vec<Arc<JsQueue>>>,
+pub struct JsQueues {
+    pub url: String,
+    pub prefix: String,
+    exclusive: bool,
+    /// The name of every queue opened, to delete its streams at the end. Names, not handles:
+    /// a handle kept alive here would keep an exclusive queue's pin after `close`.
+    opened: Mutex<Vec<String>>,
+}
+
+impl JsQueues {
+    pub fn options(&self, visibility_timeout: Duration, attempts_max: u32) -> JsQueueOptions {
+        JsQueueOptions {
+            visibility_timeout,
+            attempts_max,
+            in_flight_max: 1024,
+            append_timeout: Duration::from_secs(5),
+            replicas: 1,
+            exclusive: self.exclusive,
+            takeover_after: TAKEOVER_AFTER,
+        }
+    }
+
+    /// Opens `{prefix}-{name}` on a new connection.
+    pub async fn open_js(&self, name: &str, options: JsQueueOptions) -> Arc<JsQueue> {
+        let client = connect(&self.url).await.expect("connect to NATS");
+        let name = format!("{}-{name}", self.prefix);
+        let queue = JsQueue::open(client, &name, options)
+            .await
+            .expect("open the queue");
+        self.opened.lock().expect("factory lock").push(name);
+        queue
+    }
 }
 
 async fn factory() -> JsQueues {
+    factory_with(false).await
+}
+
+pub async fn factory_with(exclusive: bool) -> JsQueues {
     let url = std::env::var("PARLOR_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
     // Fail here, loudly, rather than in the middle of a check.
     if let Err(error) = connect(&url).await {
@@ -32,6 +67,7 @@ async fn factory() -> JsQueues {
     JsQueues {
         url,
         prefix: format!("t{}", uuid::Uuid::now_v7().simple()),
+        exclusive,
         opened: Mutex::new(Vec::new()),
     }
 }
@@ -39,43 +75,46 @@ async fn factory() -> JsQueues {
 impl QueueFactory for JsQueues {
     fn open<'a>(&'a self, name: &'a str, options: QueueOptions) -> BoxFuture<'a, Arc<dyn Queue>> {
         Box::pin(async move {
-            let client = connect(&self.url).await.expect("connect to NATS");
-            let options = JsQueueOptions {
-                visibility_timeout: options.visibility_timeout,
-                attempts_max: options.attempts_max,
-                in_flight_max: 1024,
-                append_timeout: Duration::from_secs(5),
-                replicas: 1,
-            };
-            let queue = JsQueue::open(client, &format!("{}-{name}", self.prefix), options)
-                .await
-                .expect("open the queue");
-            self.opened
-                .lock()
-                .expect("factory lock")
-                .push(Arc::clone(&queue));
-            queue as Arc<dyn Queue>
+            let options = self.options(options.visibility_timeout, options.attempts_max);
+            self.open_js(name, options).await as Arc<dyn Queue>
         })
     }
 
     fn close<'a>(&'a self, _name: &'a str, queue: Arc<dyn Queue>) -> BoxFuture<'a, ()> {
-        // The state lives on the server, so a reopen finds it whatever becomes of this
-        // handle (the factory keeps a clone only to delete the streams at the end).
+        // The state lives on the server, so a reopen finds it; dropping the last handle is
+        // what a process that exits does (an exclusive queue's pin outlives it for
+        // `TAKEOVER_AFTER`).
         Box::pin(async move { drop(queue) })
     }
 
     fn cleanup(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let opened = std::mem::take(&mut *self.opened.lock().expect("factory lock"));
-            // Handles of one name share the streams; deleting them twice is harmless.
-            for queue in opened {
-                let _ = queue.delete().await;
+            let mut opened = std::mem::take(&mut *self.opened.lock().expect("factory lock"));
+            opened.sort();
+            opened.dedup();
+            let options = self.options(Duration::from_secs(30), 8);
+            for name in opened {
+                let Ok(client) = connect(&self.url).await else {
+                    return;
+                };
+                if let Ok(queue) = JsQueue::open(client, &name, options.clone()).await {
+                    let _ = queue.delete().await;
+                }
             }
         })
     }
 }
 
 parlor_testkit::queue_contract!(factory);
+
+/// The whole contract again, on exclusive queues: one handle consumes at a time.
+mod exclusive {
+    async fn factory() -> super::JsQueues {
+        super::factory_with(true).await
+    }
+
+    parlor_testkit::queue_contract!(factory);
+}
 
 /// Forwards TCP connections to `upstream` until the returned task is aborted, which drops
 /// every forwarded connection: a NATS outage as the client sees it.
@@ -100,7 +139,16 @@ async fn proxy(upstream: std::net::SocketAddr) -> (String, tokio::task::JoinHand
 /// A NATS outage fails `append` and `receive` within the timeout, never hangs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_makes_append_and_receive_fail_within_the_timeout() {
-    let factory = factory().await;
+    outage_fails_within_the_timeout(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_makes_append_and_receive_fail_within_the_timeout_when_exclusive() {
+    outage_fails_within_the_timeout(true).await;
+}
+
+async fn outage_fails_within_the_timeout(exclusive: bool) {
+    let factory = factory_with(exclusive).await;
     let upstream = factory
         .url
         .trim_start_matches("nats://")
@@ -109,6 +157,8 @@ async fn an_outage_makes_append_and_receive_fail_within_the_timeout() {
     let (url, outage) = proxy(upstream).await;
     let options = JsQueueOptions {
         append_timeout: Duration::from_secs(1),
+        exclusive,
+        takeover_after: TAKEOVER_AFTER,
         ..JsQueueOptions::default()
     };
     let name = format!("{}-outage", factory.prefix);
@@ -119,6 +169,12 @@ async fn an_outage_makes_append_and_receive_fail_within_the_timeout() {
         .append(vec![b"before".to_vec()])
         .await
         .expect("append");
+    // Pinned, when exclusive: the pulls during the outage are the active handle's.
+    let got = queue
+        .receive(10, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(got.len(), 1);
 
     outage.abort();
     let _ = outage.await;
@@ -158,7 +214,11 @@ async fn an_outage_makes_append_and_receive_fail_within_the_timeout() {
     let direct = JsQueue::open(
         connect(&factory.url).await.expect("connect"),
         &name,
-        JsQueueOptions::default(),
+        JsQueueOptions {
+            exclusive,
+            takeover_after: TAKEOVER_AFTER,
+            ..JsQueueOptions::default()
+        },
     )
     .await
     .expect("open the queue");
@@ -168,10 +228,21 @@ async fn an_outage_makes_append_and_receive_fail_within_the_timeout() {
 /// `in_flight_max` is the consumer's `max_ack_pending`: a bound over all processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_max_bounds_what_is_handed_out() {
-    let factory = factory().await;
+    in_flight_max_bounds(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_max_bounds_what_is_handed_out_when_exclusive() {
+    in_flight_max_bounds(true).await;
+}
+
+async fn in_flight_max_bounds(exclusive: bool) {
+    let factory = factory_with(exclusive).await;
     let name = format!("{}-bounded", factory.prefix);
     let options = JsQueueOptions {
         in_flight_max: 2,
+        exclusive,
+        takeover_after: TAKEOVER_AFTER,
         ..JsQueueOptions::default()
     };
     let client = connect(&factory.url).await.expect("connect");
