@@ -202,6 +202,10 @@ pub trait Store: Send + Sync {
     async fn contacts(&self, user: UserId, members_max: usize)
     -> Result<Vec<UserId>, BackendError>;
 
+    /// Answers once the store can serve a request (one round trip to a remote one). Tells an
+    /// outage, which every request meets, from a failure of one request.
+    async fn ping(&self) -> Result<(), BackendError>;
+
     /// Stores a batch in one transaction: each message gets the next gap-free `seq` of its
     /// conversation; a repeated (sender, client_msg_id) yields the message stored the first
     /// time and stores nothing. The sender's read marker moves to their own message. The

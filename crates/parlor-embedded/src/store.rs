@@ -990,6 +990,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.read("ping", |tx| {
+            tx.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn is_member(
         &self,
         conversation: ConversationId,

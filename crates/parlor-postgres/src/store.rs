@@ -1071,6 +1071,15 @@ impl Store for PgStore {
         .await
     }
 
+    async fn ping(&self) -> Result<(), BackendError> {
+        run("ping", async {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn is_member(
         &self,
         conversation: ConversationId,

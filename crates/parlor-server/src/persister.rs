@@ -91,13 +91,16 @@ async fn store_until_shutdown(
             return Ok(());
         }
         // Entries that failed before are stored one by one, so that one poison message
-        // cannot hold its batch-mates hostage.
+        // cannot hold its batch-mates hostage, and first: they are older than the fresh ones.
         let (fresh, retried): (Vec<_>, Vec<_>) = deliveries
             .into_iter()
             .partition(|delivery| delivery.attempts == 1);
-        let batches = std::iter::once(fresh).chain(retried.into_iter().map(|d| vec![d]));
+        let batches = retried
+            .into_iter()
+            .map(|delivery| vec![delivery])
+            .chain(std::iter::once(fresh));
         for deliveries in batches {
-            if let Some(batch) = store(deps, config, deliveries).await?
+            if let Some(batch) = store(deps, config, deliveries, &shutdown).await?
                 && stored.send(batch).await.is_err()
             {
                 // The announcer stopped on a poisoned queue; its error is the one to report.
@@ -130,6 +133,7 @@ async fn store(
     deps: &Deps,
     config: &ConsumerConfig,
     deliveries: Vec<Delivery>,
+    shutdown: &Shutdown,
 ) -> Result<Option<Stored>, BackendError> {
     if deliveries.is_empty() {
         return Ok(None);
@@ -157,12 +161,24 @@ async fn store(
     }
     metrics::histogram!(m::PERSIST_BATCH_MESSAGES).record(batch.len() as f64);
 
-    let results = match deps.store.append_messages(&batch).await {
-        Ok(results) => results,
-        Err(error) => {
-            retry_or_dead_letter(deps, config, &deliveries, &batch_ids, error).await?;
-            return Ok(None);
+    let results = loop {
+        let error = match deps.store.append_messages(&batch).await {
+            Ok(results) => break results,
+            Err(error) => error,
+        };
+        // An outage (the store answers nothing at all) is nobody's fault: the batch waits
+        // here for the store and spends no attempt. Handing it back to the queue instead
+        // would let newer entries be stored before it once the store is back, and a long
+        // outage would dead-letter healthy messages.
+        if error.kind == BackendErrorKind::Unavailable
+            && !shutdown.is_fired()
+            && deps.store.ping().await.is_err()
+        {
+            wait_for_store(deps, shutdown, &error).await;
+            continue;
         }
+        retry_or_dead_letter(deps, config, &deliveries, &batch_ids, error).await?;
+        return Ok(None);
     };
     debug_assert_eq!(results.len(), batch.len());
 
@@ -191,6 +207,24 @@ async fn store(
         notifications,
         done,
     }))
+}
+
+/// Waits until the store answers again, or until shutdown.
+async fn wait_for_store(deps: &Deps, shutdown: &Shutdown, error: &BackendError) {
+    tracing::warn!(%error, "the store is unavailable: the persister waits for it");
+    metrics::counter!(m::STORE_OUTAGES).increment(1);
+    let mut pause = Duration::from_millis(100);
+    while !shutdown.is_fired() {
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.clone().wait() => return,
+        }
+        if deps.store.ping().await.is_ok() {
+            tracing::info!("the store answers again");
+            return;
+        }
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// Appends the batch's notifications, then acknowledges its inbound entries.

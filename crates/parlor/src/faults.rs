@@ -47,6 +47,9 @@ impl Store for PoisonedBodies {
     async fn users_by_prefix(&self, prefix: &str, limit: u16) -> Result<Vec<User>, BackendError> {
         self.store.users_by_prefix(prefix, limit).await
     }
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.store.ping().await
+    }
     async fn users(&self, ids: &[UserId]) -> Result<Vec<User>, BackendError> {
         self.store.users(ids).await
     }
