@@ -3,6 +3,7 @@
 //! `parlor persister` processes share them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -66,8 +67,16 @@ impl Cluster {
         let store = PgStore::connect(&settings.postgres_url, settings.postgres_pool)
             .await
             .context("cannot open the PostgreSQL store")?;
+        // One active consumer per queue, the others on standby: with competing persisters a
+        // later batch could be stored before an earlier one, and a connection's messages would
+        // lose their send order. A standby takes over within `takeover_after` of a crash; by
+        // then what the dead one held is past its visibility timeout, and JetStream hands
+        // redeliveries out before newer entries, so the order survives the crash too.
         let options = JsQueueOptions {
             attempts_max,
+            exclusive: true,
+            visibility_timeout: Duration::from_secs(4),
+            takeover_after: Duration::from_secs(6),
             ..JsQueueOptions::default()
         };
         let inbound = JsQueue::open(

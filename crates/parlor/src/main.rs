@@ -398,6 +398,13 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
         failure = Some(format!("the persister failed: {error}"));
     }
     let _ = notifier_task.await;
+    // Hand the queues to a standby persister at once rather than after the takeover delay
+    // (if this fails, the standby takes over after it anyway).
+    for queue in [&backends.inbound, &backends.notifications] {
+        if let Err(error) = queue.release().await {
+            tracing::warn!(%error, queue = queue.name(), "cannot hand the queue over");
+        }
+    }
     let _ = ops_task.await;
     match failure {
         None => Ok(()),

@@ -23,11 +23,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster on the NATS and PostgreSQL that scripts/services runs.
     pub async fn start() -> Cluster {
         let nats = std::env::var("PARLOR_TEST_NATS_URL")
             .unwrap_or_else(|_| "nats://127.0.0.1:4223".into());
         let admin_url = std::env::var("PARLOR_TEST_PG_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        Cluster::start_on(&nats, &admin_url).await
+    }
+
+    /// A cluster on the given NATS server and PostgreSQL server (`admin_url` names a database
+    /// where this one can create its own).
+    pub async fn start_on(nats: &str, admin_url: &str) -> Cluster {
+        let admin_url = admin_url.to_string();
         // The random end of a v7 uuid: tests that start in the same millisecond differ.
         let id = &uuid::Uuid::now_v7().simple().to_string()[20..];
         let database = format!("parlor_it_{id}");
@@ -37,7 +45,7 @@ impl Cluster {
         let namespace = format!("it-{id}");
         let shared = [
             "--nats-url",
-            nats.as_str(),
+            nats,
             "--postgres-url",
             postgres.as_str(),
             "--namespace",
@@ -133,7 +141,7 @@ impl Drop for Cluster {
     }
 }
 
-fn psql(url: &str, sql: &str) {
+pub fn psql(url: &str, sql: &str) {
     let status = Command::new("psql")
         .args([url, "-qc", sql])
         .status()
@@ -141,7 +149,7 @@ fn psql(url: &str, sql: &str) {
     assert!(status.success(), "psql {sql:?} failed: {SERVICES_HINT}");
 }
 
-fn free_address() -> String {
+pub fn free_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address").to_string()
 }

@@ -2,6 +2,8 @@
 
 mod cli;
 mod cluster;
+mod cluster_chaos;
+mod cluster_outage;
 mod dlq;
 mod durability;
 mod harness;
