@@ -25,7 +25,10 @@ process.env.PARLOR_E2E_DATA_DIR ??= mkdtempSync(path.join(tmpdir(), 'parlor-e2e-
 const port = Number(process.env.PARLOR_E2E_PORT);
 const dataDir = process.env.PARLOR_E2E_DATA_DIR;
 const bin = process.env.PARLOR_BIN ?? path.resolve(here, '../target/debug/parlor');
-const baseURL = `http://127.0.0.1:${port}`;
+// PARLOR_E2E_URL points the tests at a Parlor that runs already (a local cluster behind
+// HAProxy, say) instead of starting one.
+const external = process.env.PARLOR_E2E_URL;
+const baseURL = external ?? `http://127.0.0.1:${port}`;
 
 export default defineConfig({
   testDir: 'e2e',
@@ -57,7 +60,7 @@ export default defineConfig({
       ],
     },
   },
-  webServer: {
+  webServer: external ? undefined : {
     // Every test user registers from 127.0.0.1: lift the per-IP authentication limit, which
     // is there to slow password guessing, not test suites.
     command:
