@@ -1,14 +1,21 @@
 //! [`JsQueue`]: a [`Queue`] on NATS JetStream, for several processes consuming one queue.
 //!
-//! One queue is two file-storage streams: `PARLOR_{NAME}` (subject `parlor.queue.{name}`,
-//! work-queue retention, so an acknowledged entry is removed) with one durable pull consumer
-//! shared by every process (competing consumers; `ack_wait` is the visibility timeout), and
+//! One queue is two file-storage streams: `PARLOR_{NAME}` (subject `parlor.queue.{name}`)
+//! with one durable pull consumer shared by every process (competing consumers; `ack_wait`
+//! is the visibility timeout), and
 //! `PARLOR_{NAME}_DEAD` (subject `parlor.queue.{name}.dead`) holding the dead letters, whose
 //! stream sequence is the dead letter's id. JetStream has no dead-letter queue of its own.
 //!
 //! Durability rests on the server: run it with `sync_interval: always`, so a publish ack
 //! means the entry is on disk (see `scripts/services`). An append of several entries is one
 //! atomic batch (all or nothing, and a few fsyncs instead of one per entry).
+//!
+//! The entries stream keeps what was acknowledged (limits retention) until a trim purges it
+//! below the consumer's ack floor, at most once per [`TRIM_EVERY`]. With work-queue
+//! retention each ack removed its entry at once, and with `sync_interval: always` each
+//! removal was an fsync: receive + ack ran at 4,200 entries/s, against 55,000 this way. An
+//! ack the server had not yet written down when it crashed redelivers its entry: a
+//! duplicate, which the port allows.
 //!
 //! Where it differs from the embedded `WalQueue`, within the port's contract:
 //! - `attempts` survives restarts (the server counts deliveries), and a delivery after a
@@ -55,6 +62,8 @@ use tokio::sync::Semaphore;
 const CONSUMER: &str = "parlor";
 /// The one priority group of an exclusive queue's consumer.
 const GROUP: &str = "parlor";
+/// How often a handle purges acknowledged entries from the stream, at most.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// How often a standby handle asks whether the pin is free.
 const STANDBY_POLL: Duration = Duration::from_millis(200);
 const REASON: &str = "Parlor-Reason";
@@ -158,6 +167,10 @@ pub struct JsQueue {
     publish_window: Semaphore,
     /// With `exclusive`: the pull subject and this handle's pin.
     pinning: Option<Pinning>,
+    /// When this handle last trimmed acknowledged entries from the stream.
+    trimmed_at: Mutex<Instant>,
+    /// When this handle last received an entry for the second time or more.
+    redelivered_at: Mutex<Option<Instant>>,
 }
 
 /// What an exclusive handle needs to pull as a member of the consumer's priority group.
@@ -223,7 +236,7 @@ impl JsQueue {
             name: stream_name.clone(),
             description: Some(format!("Parlor queue {name}")),
             subjects: vec![subject.clone()],
-            retention: RetentionPolicy::WorkQueue,
+            retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             num_replicas: options.replicas,
             allow_atomic_publish: true,
@@ -266,6 +279,7 @@ impl JsQueue {
 
         let setup = async {
             let context = &jetstream;
+            replace_empty_work_queue(context, &stream_name).await?;
             context
                 .create_or_update_stream(entries_config)
                 .await
@@ -313,6 +327,8 @@ impl JsQueue {
             held: Mutex::new(HashMap::new()),
             publish_window: Semaphore::new(PUBLISH_WINDOW),
             pinning,
+            trimmed_at: Mutex::new(Instant::now()),
+            redelivered_at: Mutex::new(None),
         }))
     }
 
@@ -621,6 +637,45 @@ impl JsQueue {
         Ok(messages)
     }
 
+    /// Purges acknowledged entries, those below the consumer's ack floor, if this handle has
+    /// not done so for [`TRIM_EVERY`]. Best effort: what is left is purged by the next trim.
+    ///
+    /// Not while redeliveries come in: a purge makes the server forget which entries are due
+    /// for redelivery, and those it has not handed out yet would come back after newer ones
+    /// (the entries a crashed persister held, say).
+    async fn trim_if_due(&self) {
+        let redelivered_at = *self.redelivered_at.lock().expect("trim lock");
+        if redelivered_at.is_some_and(|at| at.elapsed() < self.options.visibility_timeout * 2) {
+            return;
+        }
+        {
+            let mut trimmed_at = self.trimmed_at.lock().expect("trim lock");
+            if trimmed_at.elapsed() < TRIM_EVERY {
+                return;
+            }
+            *trimmed_at = Instant::now();
+        }
+        let trim = async {
+            let consumer = self
+                .consumer
+                .get_info()
+                .await
+                .map_err(|error| nats_error("read the queue consumer", error))?;
+            let floor = consumer.ack_floor.stream_sequence;
+            if floor > 0 {
+                self.entries
+                    .purge()
+                    .sequence(floor + 1)
+                    .await
+                    .map_err(|error| nats_error("trim the queue", error))?;
+            }
+            Ok::<_, BackendError>(())
+        };
+        if let Err(error) = timed(self.options.append_timeout, "trim the queue", trim).await {
+            tracing::debug!(%error, queue = %self.name, "cannot trim the queue");
+        }
+    }
+
     /// Whether another handle holds the pin of this exclusive queue.
     async fn pinned_elsewhere(&self) -> Result<bool, BackendError> {
         let info = timed(
@@ -657,6 +712,9 @@ impl JsQueue {
             let Some(reply) = message.reply else {
                 continue;
             };
+            if delivered > 1 {
+                *self.redelivered_at.lock().expect("trim lock") = Some(now);
+            }
             if delivered > self.options.attempts_max {
                 let attempts = delivered - 1;
                 let reason = format!(
@@ -925,9 +983,7 @@ impl Queue for JsQueue {
         };
         // One round trip for the lot: the server handles one consumer's acks in the order
         // they arrive, so its answer to the last one means every one before it is done too
-        // (and a following `depth` or `receive` sees them all). What an ack still costs is
-        // the server's: each one removes its entry from the work-queue stream, and with
-        // `sync_interval: always` every removal is an fsync (about 100 µs here).
+        // (and a following `depth` or `receive` sees them all).
         let client = self.jetstream.client();
         timed(self.options.append_timeout, "acknowledge", async {
             for (_, reply) in rest {
@@ -943,10 +999,13 @@ impl Queue for JsQueue {
                 .map_err(|error| nats_error("acknowledge", error))
         })
         .await?;
-        let mut held = self.held.lock().expect("queue lock");
-        for (id, _) in &replies {
-            held.remove(id);
+        {
+            let mut held = self.held.lock().expect("queue lock");
+            for (id, _) in &replies {
+                held.remove(id);
+            }
         }
+        self.trim_if_due().await;
         Ok(())
     }
 
@@ -1081,23 +1140,18 @@ impl Queue for JsQueue {
     }
 
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
-        let (entries, consumer) = timed(self.options.append_timeout, "depth", async {
-            let entries = self
-                .entries
+        let consumer = timed(self.options.append_timeout, "depth", async {
+            self.consumer
                 .get_info()
                 .await
-                .map_err(|error| nats_error("read the queue stream", error))?;
-            let consumer = self
-                .consumer
-                .get_info()
-                .await
-                .map_err(|error| nats_error("read the queue consumer", error))?;
-            Ok((entries, consumer))
+                .map_err(|error| nats_error("read the queue consumer", error))
         })
         .await?;
         let dead = self.dead_state().await?;
+        // The stream still holds acknowledged entries until the next trim: count what the
+        // consumer has not delivered yet and what it has delivered and not seen acknowledged.
         Ok(QueueDepth {
-            pending: entries.state.messages,
+            pending: consumer.num_pending + consumer.num_ack_pending as u64,
             in_flight: consumer.num_ack_pending as u64,
             dead: dead.messages,
         })
@@ -1144,4 +1198,39 @@ fn publish_error(error: async_nats::jetstream::context::PublishError) -> Backend
         }
         _ => nats_error("publish", error),
     }
+}
+
+/// Parlor's queues were work-queue streams before; JetStream cannot change a stream's
+/// retention. An empty one is replaced; one that holds entries is refused with what to do.
+async fn replace_empty_work_queue(
+    context: &jetstream::Context,
+    stream_name: &str,
+) -> Result<(), BackendError> {
+    // Processes that start together race to replace it: look again after a failed delete.
+    let mut failure = None;
+    for _ in 0..3 {
+        let Ok(mut stream) = context.get_stream(stream_name).await else {
+            return Ok(()); // none (any more), or the next call reports why not
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|error| nats_error("read the queue stream", error))?;
+        if info.config.retention != RetentionPolicy::WorkQueue {
+            return Ok(());
+        }
+        if info.state.messages > 0 {
+            return Err(BackendError::rejected(format!(
+                "the queue stream {stream_name} is a work-queue stream of an earlier Parlor \
+                 holding {} entries: let that version's persisters drain it, then start again",
+                info.state.messages
+            )));
+        }
+        tracing::info!(stream = stream_name, "replacing an empty work-queue stream");
+        match context.delete_stream(stream_name).await {
+            Ok(_) => return Ok(()),
+            Err(error) => failure = Some(nats_error("replace the queue stream", error)),
+        }
+    }
+    Err(failure.expect("a failed attempt"))
 }
