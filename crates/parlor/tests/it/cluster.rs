@@ -221,3 +221,35 @@ async fn a_killed_gateways_users_are_shown_offline_within_30_seconds() {
     let offline = http.get("/api/v1/users?q=alice", &bob).await.json();
     assert_eq!(offline[0]["online"], json!(false));
 }
+
+/// Two persisters run (one active, one on standby): in several conversations at once, each
+/// sender's messages are stored in send order, once each, with gap-free `seq`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_conversation_order_holds_with_two_persisters() {
+    let cluster = Cluster::start().await;
+    let http = cluster.http();
+    let (alice_id, alice) = http.register("alice").await;
+    // Each conversation has its own sender: client_msg_id is unique per sender.
+    let mut conversations = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let (_, sender) = http.register(name).await;
+        conversations.push((http.direct(&sender, &alice_id).await, sender));
+    }
+    let bursts = conversations.iter().map(|(conversation, sender)| {
+        crate::cluster_chaos::burst_through_chaos(
+            &cluster.address,
+            sender,
+            conversation,
+            2,
+            500,
+            0,
+            || {},
+        )
+    });
+    let accepted = futures::future::join_all(bursts).await;
+    for ((conversation, _), accepted) in conversations.iter().zip(&accepted) {
+        assert_eq!(accepted.len(), 1000);
+        crate::cluster_chaos::assert_stored_exactly_once(&http, &alice, conversation, accepted)
+            .await;
+    }
+}

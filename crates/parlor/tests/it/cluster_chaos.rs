@@ -15,7 +15,7 @@ use crate::harness::{Http, Ws};
 /// Sends `count` messages on as many connections as `senders`, reconnecting through the
 /// balancer whenever a connection breaks and resending what was not yet accepted (as the web
 /// client does), until every one is accepted. Calls `chaos` once `trigger` are accepted.
-async fn burst_through_chaos(
+pub async fn burst_through_chaos(
     address: &str,
     token: &str,
     conversation: &str,
