@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure; the cause is in the server log.
     Internal,
+    /// A request body that is not JSON (`Content-Type` other than `application/json`).
+    UnsupportedMediaType,
 }
 
 impl ErrorCode {
@@ -54,6 +56,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 }
@@ -64,12 +67,14 @@ impl fmt::Display for ErrorCode {
     }
 }
 
-/// A client-visible error: a code and a human-readable message.
+/// A client-visible error: a code, a human-readable message and, for `rate_limited`, how
+/// long to wait before the same request can succeed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -77,6 +82,21 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// `rate_limited`, with the wait after which the limit allows the next one.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after_ms: Some(
+                retry_after
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            ),
+            ..Self::new(ErrorCode::RateLimited, message)
         }
     }
 }

@@ -134,6 +134,13 @@ pub struct ConversationView {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TokenHash(pub [u8; 32]);
 
+/// A live session: whose it is, and when it ends (sockets opened with it close then).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub user: User,
+    pub expires_at: OffsetDateTime,
+}
+
 /// Users, sessions, conversations, messages and read markers: the truth.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -164,12 +171,12 @@ pub trait Store: Send + Sync {
         user: UserId,
         expires_at: OffsetDateTime,
     ) -> Result<(), BackendError>;
-    /// The session's user, if the session exists and has not expired at `now`.
+    /// The session, if it exists and has not expired at `now`.
     async fn session_user(
         &self,
         token: TokenHash,
         now: OffsetDateTime,
-    ) -> Result<Option<User>, BackendError>;
+    ) -> Result<Option<Session>, BackendError>;
     async fn delete_session(&self, token: TokenHash) -> Result<(), BackendError>;
 
     /// The one direct conversation of the pair, created if needed; `true` if created now.
@@ -219,13 +226,14 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Message>, BackendError>;
 
     /// Moves `user`'s read marker forward to `seq` (clamped to the last seq; never
-    /// backwards). Returns the marker now in force.
+    /// backwards). Returns the new marker if it moved, `None` if it stayed where it was (a
+    /// marker that moves nothing is announced to nobody).
     async fn mark_read(
         &self,
         conversation: ConversationId,
         user: UserId,
         seq: Seq,
-    ) -> Result<Seq, BackendError>;
+    ) -> Result<Option<Seq>, BackendError>;
 }
 
 /// One live connection, as the registry knows it.

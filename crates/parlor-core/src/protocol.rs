@@ -108,6 +108,9 @@ pub enum ServerFrame {
         message: String,
         #[serde(skip_serializing_if = "Option::is_none", default)]
         client_msg_id: Option<String>,
+        /// With `rate_limited`: milliseconds until the same frame can succeed.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -122,6 +125,7 @@ impl ServerFrame {
             code: error.code,
             message: error.message,
             client_msg_id,
+            retry_after_ms: error.retry_after_ms,
         }
     }
 }
@@ -264,6 +268,7 @@ mod tests {
             code: ErrorCode::BodyTooLarge,
             message: "too big".into(),
             client_msg_id: Some("m1".into()),
+            retry_after_ms: None,
         };
         assert_eq!(
             frame.to_json(),

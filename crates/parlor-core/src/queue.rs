@@ -42,6 +42,11 @@ impl InboundEntry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     pub message: Message,
+    /// Only the sender's connections get it: a client resent a message that was stored and
+    /// announced before, and only the sender needs to learn its `seq`; everyone else has it.
+    /// Absent in notifications written before this field existed (they go to everyone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sender_only: bool,
 }
 
 impl Notification {
@@ -69,5 +74,30 @@ mod tests {
         };
         assert_eq!(InboundEntry::decode(&entry.encode()).unwrap(), entry);
         assert!(InboundEntry::decode(b"{\"garbage\":1}").is_err());
+    }
+
+    #[test]
+    fn notifications_without_an_audience_go_to_everyone() {
+        let message = Message {
+            id: crate::ids::MessageId::new(),
+            conversation_id: ConversationId::new(),
+            seq: 7,
+            sender_id: UserId::new(),
+            client_msg_id: "m-1".into(),
+            body: "hi".into(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let everyone = Notification {
+            message: message.clone(),
+            sender_only: false,
+        };
+        let bytes = everyone.encode();
+        assert!(!String::from_utf8_lossy(&bytes).contains("sender_only"));
+        assert_eq!(Notification::decode(&bytes).unwrap(), everyone);
+        let sender = Notification {
+            message,
+            sender_only: true,
+        };
+        assert_eq!(Notification::decode(&sender.encode()).unwrap(), sender);
     }
 }

@@ -30,7 +30,7 @@ use deadpool_postgres::{
 use futures::future::{try_join, try_join3};
 use parlor_core::error::BackendError;
 use parlor_core::ids::{ConversationId, MessageId, Seq, UserId};
-use parlor_core::ports::{Appended, ConversationView, NewMessage, Page, Store, TokenHash};
+use parlor_core::ports::{Appended, ConversationView, NewMessage, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{ConversationKind, Message, User};
 use time::{OffsetDateTime, UtcOffset};
 use tokio_postgres::error::SqlState;
@@ -893,19 +893,26 @@ impl Store for PgStore {
         &self,
         token: TokenHash,
         now: OffsetDateTime,
-    ) -> Result<Option<User>, BackendError> {
+    ) -> Result<Option<Session>, BackendError> {
         run("session user", async {
             let client = self.client().await?;
             let statement = client
                 .prepare_cached(
-                    "SELECT u.id, u.username FROM sessions s JOIN users u ON u.id = s.user_id
+                    "SELECT u.id, u.username, s.expires_at_ns FROM sessions s
+                     JOIN users u ON u.id = s.user_id
                      WHERE s.token_hash = $1 AND s.expires_at_ns > $2",
                 )
                 .await?;
             let row = client
                 .query_opt(&statement, &[&&token.0[..], &nanos(now)?])
                 .await?;
-            Ok(row.as_ref().map(user_row).transpose()?)
+            let session = |row: &Row| -> Result<Session, tokio_postgres::Error> {
+                Ok(Session {
+                    user: user_row(row)?,
+                    expires_at: row.try_get::<_, Nanos>(2)?.0,
+                })
+            };
+            Ok(row.as_ref().map(session).transpose()?)
         })
         .await
     }
@@ -1234,20 +1241,25 @@ impl Store for PgStore {
         conversation: ConversationId,
         user: UserId,
         seq: Seq,
-    ) -> Result<Seq, BackendError> {
+    ) -> Result<Option<Seq>, BackendError> {
         run("mark read", async {
             let client = self.client().await?;
-            // One statement that locks only the member row. Should an append move this
-            // marker meanwhile, the statement goes on with the newer marker and the
-            // last_seq it read first: still never backwards, never past the last seq.
+            // One statement that locks only the member row (the CTE's FOR UPDATE, which
+            // reads the newest marker should an append move it meanwhile): still never
+            // backwards, never past the last seq it read.
             let statement = client
                 .prepare_cached(
-                    "UPDATE members m
-                     SET last_read_seq = greatest(m.last_read_seq, least($3, c.last_seq))
-                     FROM conversations c
-                     WHERE c.id = m.conversation_id AND m.conversation_id = $1
-                       AND m.user_id = $2
-                     RETURNING m.last_read_seq",
+                    "WITH marker AS (
+                         SELECT m.last_read_seq AS old,
+                                greatest(m.last_read_seq, least($3, c.last_seq)) AS new
+                         FROM members m JOIN conversations c ON c.id = m.conversation_id
+                         WHERE m.conversation_id = $1 AND m.user_id = $2
+                         FOR UPDATE OF m
+                     )
+                     UPDATE members m SET last_read_seq = marker.new
+                     FROM marker
+                     WHERE m.conversation_id = $1 AND m.user_id = $2
+                     RETURNING marker.old, marker.new",
                 )
                 .await?;
             let row = client
@@ -1258,7 +1270,11 @@ impl Store for PgStore {
                     "user {user} is not a member of conversation {conversation}"
                 )));
             };
-            Ok(row.try_get::<_, SeqColumn>(0)?.0)
+            let (old, new) = (
+                row.try_get::<_, SeqColumn>(0)?.0,
+                row.try_get::<_, SeqColumn>(1)?.0,
+            );
+            Ok((new != old).then_some(new))
         })
         .await
     }

@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use parlor_core::NodeId;
 
+use crate::gateway::Origin;
+
 /// The HTTP + WebSocket gateway.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub node: NodeId,
-    /// Origins allowed to open a WebSocket besides the server's own (`https://chat.example`).
-    pub allowed_origins: Vec<String>,
+    /// Origins that may use this server from a browser besides its own
+    /// (`https://chat.example`): open a WebSocket, change state.
+    pub allowed_origins: Vec<Origin>,
     /// Largest message body, in bytes of UTF-8.
     pub body_bytes_max: usize,
     /// Largest HTTP request body and WebSocket message.
@@ -37,6 +40,9 @@ pub struct GatewayConfig {
     /// Load balancers whose `X-Forwarded-For` is believed: behind one, the peer address is
     /// the balancer's, and per-IP limits would throttle every client as one.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Peers besides loopback that may read `/metrics` on this (the clients') port. Through a
+    /// balancer nobody may: its peer address is loopback, but the request is a client's.
+    pub metrics_allowed: Vec<IpAddr>,
 }
 
 impl GatewayConfig {
@@ -56,6 +62,7 @@ impl GatewayConfig {
             heartbeat_lease: Duration::from_secs(25),
             limits: LimitsConfig::default(),
             trusted_proxies: Vec::new(),
+            metrics_allowed: Vec::new(),
         }
     }
 }

@@ -4,7 +4,9 @@
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parlor_core::UserId;
 
@@ -22,7 +24,14 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
     /// Whether `key` may act now (and counts it).
     pub fn allow(&self, key: &K) -> bool {
-        self.0.check_key(key).is_ok()
+        self.check(key).is_ok()
+    }
+
+    /// Counts an action of `key` if the limit allows it now; otherwise how long until it will.
+    pub fn check(&self, key: &K) -> Result<(), Duration> {
+        self.0
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
     /// Forgets keys whose buckets are full again, bounding memory.
@@ -37,6 +46,9 @@ pub struct Limits {
     pub sends: Limiter<UserId>,
     /// Typing notices: a client sends one every few seconds while typing.
     pub typing: Limiter<UserId>,
+    /// Read markers that are written and announced. A WebSocket holds back and coalesces
+    /// markers above this rate; each costs a store write and a frame to every member.
+    pub reads: Limiter<UserId>,
     pub requests: Limiter<IpAddr>,
     pub auth: Limiter<IpAddr>,
 }
@@ -52,6 +64,10 @@ impl Limits {
                 NonZeroU32::new(2).expect("non-zero"),
                 NonZeroU32::new(10).expect("non-zero"),
             ),
+            reads: Limiter::new(
+                NonZeroU32::new(4).expect("non-zero"),
+                NonZeroU32::new(10).expect("non-zero"),
+            ),
             requests: Limiter::new(
                 config.requests_per_second_per_ip,
                 config.requests_burst_per_ip,
@@ -63,6 +79,7 @@ impl Limits {
     pub fn forget_idle(&self) {
         self.sends.forget_idle();
         self.typing.forget_idle();
+        self.reads.forget_idle();
         self.requests.forget_idle();
         self.auth.forget_idle();
     }
@@ -78,7 +95,11 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert!((0..3).all(|_| limiter.allow(&ip)));
-        assert!(!limiter.allow(&ip));
+        let wait = limiter.check(&ip).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         assert!(limiter.allow(&other));
     }
 }

@@ -11,6 +11,8 @@ pub const MESSAGES_DELIVERED: &str = "parlor_messages_delivered_total";
 pub const DEAD_LETTERED: &str = "parlor_dead_lettered_total";
 pub const SLOW_CONSUMERS: &str = "parlor_slow_consumer_disconnects_total";
 pub const RATE_LIMITED: &str = "parlor_rate_limited_total";
+/// State changes refused because a browser said they came from another site.
+pub const CROSS_SITE_REFUSED: &str = "parlor_cross_site_refused_total";
 /// Times the persister found the store down and held its batch until it answered.
 pub const STORE_OUTAGES: &str = "parlor_store_outages_total";
 pub const QUEUE_PENDING: &str = "parlor_queue_pending";

@@ -97,18 +97,23 @@ async fn notify(
         };
         let conversation = notification.message.conversation_id;
         let result = async {
-            let recipients = members.get(deps, conversation).await?;
             let created_at = notification.message.created_at;
-            let order = MessageOrder {
-                conversation,
-                seq: notification.message.seq,
+            let (recipients, order) = if notification.sender_only {
+                // An old message again: nothing waits for it, and nobody else needs it.
+                (Arc::new(vec![notification.message.sender_id]), None)
+            } else {
+                let order = MessageOrder {
+                    conversation,
+                    seq: notification.message.seq,
+                };
+                (members.get(deps, conversation).await?, Some(order))
             };
             let frame: Arc<str> = ServerFrame::Message {
                 message: notification.message,
             }
             .to_json()
             .into();
-            let reached = deliver::to_users(deps, &recipients, frame, Some(order)).await?;
+            let reached = deliver::to_users(deps, &recipients, frame, order).await?;
             metrics::counter!(m::MESSAGES_DELIVERED).increment(reached as u64);
             let latency = (OffsetDateTime::now_utc() - created_at).as_seconds_f64();
             metrics::histogram!(m::DELIVERY_SECONDS).record(latency.max(0.0));

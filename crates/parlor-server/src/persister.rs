@@ -140,11 +140,13 @@ async fn store(
     }
     let mut batch: Vec<NewMessage> = Vec::with_capacity(deliveries.len());
     let mut batch_ids: Vec<DeliveryId> = Vec::with_capacity(deliveries.len());
+    let mut batch_attempts: Vec<u32> = Vec::with_capacity(deliveries.len());
     for delivery in &deliveries {
         match InboundEntry::decode(&delivery.payload) {
             Ok(entry) => {
                 batch.push(entry.into_new_message());
                 batch_ids.push(delivery.id);
+                batch_attempts.push(delivery.attempts);
             }
             Err(error) => {
                 dead_letter(
@@ -185,18 +187,37 @@ async fn store(
     let now = OffsetDateTime::now_utc();
     let mut notifications = Vec::with_capacity(results.len());
     let mut done = Vec::with_capacity(results.len());
-    for ((result, id), new) in results.into_iter().zip(&batch_ids).zip(&batch) {
+    let entries = batch_ids.iter().zip(&batch_attempts).zip(&batch);
+    for (result, ((id, attempts), new)) in results.into_iter().zip(entries) {
         match result {
             Appended::New(message) => {
                 metrics::counter!(m::MESSAGES_STORED).increment(1);
                 metrics::histogram!(m::STORE_SECONDS)
                     .record((now - new.accepted_at).as_seconds_f64().max(0.0));
-                notifications.push(Notification { message }.encode());
+                let sender_only = false;
+                notifications.push(
+                    Notification {
+                        message,
+                        sender_only,
+                    }
+                    .encode(),
+                );
                 done.push(*id);
             }
             Appended::Duplicate(message) => {
                 metrics::counter!(m::MESSAGES_DUPLICATE).increment(1);
-                notifications.push(Notification { message }.encode());
+                // A first delivery that is a duplicate is a client's resend of a message
+                // stored and announced before: only the sender needs it back, to learn its
+                // seq. A redelivered entry may have been stored by an attempt that died
+                // before announcing it, so everyone gets it then.
+                let sender_only = *attempts == 1;
+                notifications.push(
+                    Notification {
+                        message,
+                        sender_only,
+                    }
+                    .encode(),
+                );
                 done.push(*id);
             }
             Appended::Rejected(reason) => dead_letter(deps, *id, &reason).await?,

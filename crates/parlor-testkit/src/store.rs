@@ -20,7 +20,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use parlor_core::error::BackendErrorKind;
 use parlor_core::ids::{ConversationId, Seq, UserId};
-use parlor_core::ports::{Appended, NewMessage, Page, Store, TokenHash};
+use parlor_core::ports::{Appended, NewMessage, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{ConversationKind, Message, User};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime, UtcOffset};
@@ -274,14 +274,18 @@ pub async fn session_is_valid_until_it_expires(fixture: impl StoreFixture) {
         .await
         .unwrap();
 
+    let session = Session {
+        user: ann,
+        expires_at,
+    };
     assert_eq!(
         store.session_user(token, T0).await.unwrap(),
-        Some(ann.clone())
+        Some(session.clone())
     );
     let just_before = expires_at - Duration::nanoseconds(1);
     assert_eq!(
         store.session_user(token, just_before).await.unwrap(),
-        Some(ann)
+        Some(session)
     );
     assert_eq!(store.session_user(token, expires_at).await.unwrap(), None);
     let later = expires_at + Duration::days(1);
@@ -302,7 +306,10 @@ pub async fn deleted_session_is_gone(fixture: impl StoreFixture) {
 
     store.delete_session(one).await.unwrap();
     assert_eq!(store.session_user(one, T0).await.unwrap(), None);
-    assert_eq!(store.session_user(two, T0).await.unwrap(), Some(ann));
+    assert_eq!(
+        store.session_user(two, T0).await.unwrap().map(|s| s.user),
+        Some(ann)
+    );
     // Deleting what is not there is fine.
     store.delete_session(one).await.unwrap();
     store.delete_session(TokenHash([3; 32])).await.unwrap();
@@ -323,7 +330,7 @@ pub async fn create_session_rejects_a_reused_token_and_an_unknown_user(fixture: 
     assert_eq!(stranger.unwrap_err().kind, BackendErrorKind::Rejected);
     // The first session still belongs to ann.
     let owner = store.session_user(token, T0).await.unwrap().unwrap();
-    assert_eq!(owner.id, ann);
+    assert_eq!(owner.user.id, ann);
     assert_eq!(
         store.session_user(TokenHash([9; 32]), T0).await.unwrap(),
         None
@@ -867,8 +874,8 @@ pub async fn sender_read_marker_moves_to_their_own_message(fixture: impl StoreFi
     assert_eq!((marker(ann).await, marker(bob).await), (3, 4));
 
     // A marker ahead of one's own message stays where it is.
-    assert_eq!(store.mark_read(chat, bob, 4).await.unwrap(), 4);
-    assert_eq!(store.mark_read(chat, ann, 4).await.unwrap(), 4);
+    assert_eq!(store.mark_read(chat, bob, 4).await.unwrap(), None);
+    assert_eq!(store.mark_read(chat, ann, 4).await.unwrap(), Some(4));
     append_new(&*store, &[new_message(chat, ann, "a3", "five")]).await;
     assert_eq!((marker(ann).await, marker(bob).await), (5, 4));
     // A duplicate moves nothing.
@@ -970,18 +977,20 @@ pub async fn mark_read_clamps_to_last_seq_and_never_goes_back(fixture: impl Stor
         user(&*store, "eve").await,
     );
     let (chat, _) = store.create_direct(ann, bob).await.unwrap();
-    assert_eq!(store.mark_read(chat, bob, 3).await.unwrap(), 0);
+    assert_eq!(store.mark_read(chat, bob, 3).await.unwrap(), None);
 
     let batch: Vec<_> = (1..=5)
         .map(|i| new_message(chat, ann, &format!("m{i}"), "x"))
         .collect();
     append_new(&*store, &batch).await;
-    assert_eq!(store.mark_read(chat, bob, 0).await.unwrap(), 0);
-    assert_eq!(store.mark_read(chat, bob, 3).await.unwrap(), 3);
-    assert_eq!(store.mark_read(chat, bob, 2).await.unwrap(), 3);
-    assert_eq!(store.mark_read(chat, bob, 99).await.unwrap(), 5);
-    assert_eq!(store.mark_read(chat, bob, Seq::MAX).await.unwrap(), 5);
-    assert_eq!(store.mark_read(chat, ann, 0).await.unwrap(), 5);
+    // Only a marker that moves forward says so; the rest move nothing.
+    assert_eq!(store.mark_read(chat, bob, 0).await.unwrap(), None);
+    assert_eq!(store.mark_read(chat, bob, 3).await.unwrap(), Some(3));
+    assert_eq!(store.mark_read(chat, bob, 3).await.unwrap(), None);
+    assert_eq!(store.mark_read(chat, bob, 2).await.unwrap(), None);
+    assert_eq!(store.mark_read(chat, bob, 99).await.unwrap(), Some(5));
+    assert_eq!(store.mark_read(chat, bob, Seq::MAX).await.unwrap(), None);
+    assert_eq!(store.mark_read(chat, ann, 0).await.unwrap(), None);
     let view = store.conversation_of(bob, chat).await.unwrap().unwrap();
     assert_eq!(view.last_read_seq, 5);
 

@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use rust_embed::RustEmbed;
 
@@ -16,7 +16,16 @@ pub fn router() -> Router {
     Router::new().fallback(serve)
 }
 
-async fn serve(uri: Uri) -> Response {
+async fn serve(method: Method, uri: Uri) -> Response {
+    // Files are read, never written: CONNECT, POST and the rest get 405, not a page.
+    if method != Method::GET && method != Method::HEAD {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET, HEAD")],
+            "the web client's files can only be read\n",
+        )
+            .into_response();
+    }
     let path = uri.path().trim_start_matches('/');
     if let Some(response) = file(path) {
         return response;
@@ -48,7 +57,7 @@ fn file(path: &str) -> Option<Response> {
                 (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
                 (
                     header::CONTENT_SECURITY_POLICY,
-                    "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'".to_string(),
+                    "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'".to_string(),
                 ),
             ],
             Body::from(file.data.into_owned()),

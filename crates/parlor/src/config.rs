@@ -24,7 +24,8 @@ pub struct ServeSettings {
     /// Directory for the write-ahead logs and the database.
     #[arg(long, env = "PARLOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Extra origins allowed to open WebSockets (comma-separated), besides the server's own.
+    /// Extra origins (`https://chat.example`, comma-separated) that browsers may use this
+    /// server from, besides its own: open WebSockets, log in, change state.
     #[arg(long, env = "PARLOR_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
     /// Mark the session cookie Secure (when served over TLS).
@@ -60,6 +61,9 @@ pub struct ServeSettings {
     /// Load balancers (IP addresses, comma-separated) whose X-Forwarded-For names the client.
     #[arg(long, env = "PARLOR_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<IpAddr>>,
+    /// Addresses (comma-separated) besides loopback that may read /metrics on the client port.
+    #[arg(long, env = "PARLOR_METRICS_ALLOWED", value_delimiter = ',')]
+    pub metrics_allowed: Option<Vec<IpAddr>>,
 }
 
 impl ServeSettings {
@@ -84,7 +88,8 @@ impl ServeSettings {
             retry_base_ms,
             idle_timeout_secs,
             session_ttl_secs,
-            trusted_proxies
+            trusted_proxies,
+            metrics_allowed
         )
     }
 
@@ -132,9 +137,16 @@ impl ServeConfig {
                 .unwrap_or(defaults.auth_burst_per_ip),
             ..defaults
         };
-        if let Some(origins) = settings.allowed_origins {
-            gateway.allowed_origins = origins.into_iter().filter(|o| !o.is_empty()).collect();
+        for origin in settings.allowed_origins.unwrap_or_default() {
+            if origin.is_empty() {
+                continue;
+            }
+            let parsed = parlor_server::gateway::Origin::parse(&origin).with_context(|| {
+                format!("allowed origin {origin:?} is not an origin like https://chat.example")
+            })?;
+            gateway.allowed_origins.push(parsed);
         }
+        gateway.metrics_allowed = settings.metrics_allowed.unwrap_or_default();
         gateway.cookie_secure = settings.cookie_secure.unwrap_or(false);
         gateway.trusted_proxies = settings.trusted_proxies.unwrap_or_default();
         if let Some(bytes) = settings.body_bytes_max {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use parlor_core::ports::{Appended, ConversationView, NewMessage, Page, Store, TokenHash};
+use parlor_core::ports::{Appended, ConversationView, NewMessage, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{Message, User};
 use parlor_core::{BackendError, ConversationId, Seq, UserId};
 use time::OffsetDateTime;
@@ -74,7 +74,7 @@ impl Store for PoisonedBodies {
         &self,
         token: TokenHash,
         now: OffsetDateTime,
-    ) -> Result<Option<User>, BackendError> {
+    ) -> Result<Option<Session>, BackendError> {
         self.store.session_user(token, now).await
     }
     async fn delete_session(&self, token: TokenHash) -> Result<(), BackendError> {
@@ -142,7 +142,7 @@ impl Store for PoisonedBodies {
         conversation: ConversationId,
         user: UserId,
         seq: Seq,
-    ) -> Result<Seq, BackendError> {
+    ) -> Result<Option<Seq>, BackendError> {
         self.store.mark_read(conversation, user, seq).await
     }
 }

@@ -2,34 +2,64 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parlor_core::error::ApiError;
 use parlor_core::ports::{ConversationView, NodeCommand, Page};
 use parlor_core::protocol::{Conversation, ConversationKind, Member, ServerFrame, User};
-use parlor_core::{ErrorCode, Seq, UserId, validate};
+use parlor_core::{ConversationId, ErrorCode, Seq, UserId, validate};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Caller, ClientIp, Gateway, HttpError, MembershipCache};
+use super::{Caller, ClientIp, Gateway, HttpError, MembershipCache, Peer};
 use crate::deliver;
 
 type Shared = State<Arc<Gateway>>;
 
 /// A JSON request body, with protocol errors instead of axum's plain-text rejections.
+///
+/// The body must say it is JSON: an HTML form can post `text/plain` (or form data) to any
+/// site without asking, but only a script can send `application/json`, and to another origin
+/// only after a CORS preflight that Parlor never grants.
 pub struct JsonBody<T>(pub T);
+
+/// How long a client may take to send a request body (the gateway's bodies are small).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(essence) = content_type
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
+    else {
+        return false;
+    };
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, HttpError> {
-        let bytes = Bytes::from_request(request, state)
+        if !is_json(request.headers().get(header::CONTENT_TYPE)) {
+            return Err(HttpError::new(
+                ErrorCode::UnsupportedMediaType,
+                "the request body must be JSON, sent as Content-Type: application/json",
+            ));
+        }
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, state));
+        let bytes = read
             .await
+            .map_err(|_| {
+                HttpError::new(ErrorCode::InvalidInput, "the request body came too slowly")
+            })?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     HttpError::new(ErrorCode::BodyTooLarge, "the request body is too large")
@@ -56,14 +86,12 @@ pub struct Credentials {
 }
 
 fn check_auth_rate(gateway: &Gateway, ip: IpAddr) -> Result<(), HttpError> {
-    if gateway.limits.auth.allow(&ip) {
-        Ok(())
-    } else {
-        Err(HttpError::new(
-            ErrorCode::RateLimited,
+    gateway.limits.auth.check(&ip).map_err(|wait| {
+        HttpError(ApiError::rate_limited(
             "too many attempts; wait a little",
+            wait,
         ))
-    }
+    })
 }
 
 fn session_response(status: StatusCode, user: User, token: String, cookie: String) -> Response {
@@ -400,37 +428,41 @@ pub async fn mark_read(
     Path(id): Path<String>,
     JsonBody(marker): JsonBody<ReadMarker>,
 ) -> Result<Response, HttpError> {
-    gateway
-        .read(
-            caller.user.id,
-            &id,
-            marker.seq,
-            &mut MembershipCache::default(),
-        )
+    let user = caller.user.id;
+    let conversation = gateway
+        .member_conversation(user, &id, &mut MembershipCache::default())
         .await?;
+    gateway.limits.reads.check(&user).map_err(|wait| {
+        metrics::counter!(crate::metrics::RATE_LIMITED, "what" => "read").increment(1);
+        HttpError(ApiError::rate_limited(
+            "too many read markers; send the newest one later",
+            wait,
+        ))
+    })?;
+    gateway.mark_read(user, conversation, marker.seq).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 impl Gateway {
-    /// Moves a read marker and tells the conversation's members (the reader's other devices
-    /// clear their badge; the others see a receipt).
-    pub(super) async fn read(
+    /// Moves a read marker and, if it moved, tells the conversation's members (the reader's
+    /// other devices clear their badge; the others see a receipt) and returns where it is
+    /// now. A marker that moves nothing costs one store read and reaches nobody.
+    pub(super) async fn mark_read(
         &self,
         user: UserId,
-        conversation_id: &str,
+        conversation: ConversationId,
         seq: Seq,
-        known_member_of: &mut MembershipCache,
-    ) -> Result<(), ApiError> {
-        let conversation = self
-            .member_conversation(user, conversation_id, known_member_of)
-            .await?;
+    ) -> Result<Option<Seq>, ApiError> {
         let backend = |error| HttpError::from(error).0;
-        let seq = self
+        let moved = self
             .deps
             .store
             .mark_read(conversation, user, seq)
             .await
             .map_err(backend)?;
+        let Some(seq) = moved else {
+            return Ok(None);
+        };
         let members = self
             .deps
             .store
@@ -445,7 +477,7 @@ impl Gateway {
         deliver::to_users(&self.deps, &members, frame.to_json().into(), None)
             .await
             .map_err(backend)?;
-        Ok(())
+        Ok(Some(seq))
     }
 }
 
@@ -457,7 +489,21 @@ pub async fn ready(State(gateway): Shared) -> Response {
     }
 }
 
-pub async fn metrics(State(gateway): Shared) -> Response {
+/// Metrics tell a lot about the users (how many, how active): they are for operators, so
+/// only loopback peers and configured addresses may read them, never a client forwarded by
+/// a balancer.
+pub async fn metrics(
+    State(gateway): Shared,
+    Peer(peer): Peer,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let forwarded = headers.contains_key("x-forwarded-for") || headers.contains_key("forwarded");
+    let allowed = peer.is_some_and(|peer| {
+        (peer.is_loopback() && !forwarded) || gateway.config.metrics_allowed.contains(&peer)
+    });
+    if !allowed {
+        return HttpError::new(ErrorCode::NotFound, "no such endpoint").into_response();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         gateway.metrics.render(),

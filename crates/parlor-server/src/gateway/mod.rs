@@ -4,6 +4,7 @@
 
 mod http;
 mod hub;
+mod origin;
 mod reorder;
 mod ws;
 
@@ -15,7 +16,7 @@ use axum::Router;
 use axum::extract::ws::Utf8Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,24 +24,27 @@ use axum::serve::ListenerExt;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use parlor_core::error::ApiError;
-use parlor_core::ports::{NodeCommand, TokenHash};
+use parlor_core::ports::{NodeCommand, Session, TokenHash};
 use parlor_core::protocol::User;
 use parlor_core::queue::InboundEntry;
 use parlor_core::{BackendError, BackendErrorKind, ConversationId, ErrorCode, UserId, validate};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::auth::{self, Passwords};
 use crate::config::GatewayConfig;
 use crate::limits::Limits;
 use crate::metrics as m;
 use crate::{Deps, Shutdown};
+use origin::{OriginPolicy, Scheme};
 use reorder::Reorder;
 
 /// How long a message frame that arrived before its predecessors waits for them.
 const REORDER_HOLD: Duration = Duration::from_millis(100);
 
 pub use hub::Hub;
+pub use origin::Origin;
 
 /// Everything a request handler needs. Shared as `Arc<Gateway>`.
 pub struct Gateway {
@@ -147,6 +151,10 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .fallback(|| async { HttpError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),
+            refuse_cross_site,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&gateway),
             limit_requests,
         ))
         .layer(DefaultBodyLimit::max(gateway.config.request_bytes_max));
@@ -156,6 +164,16 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(http::metrics))
         .nest("/api/v1", api)
         .with_state(gateway)
+        // On every answer, the web client's files included: no type sniffing (a JSON error
+        // quoting input must never become a page), and no URLs leaking to other sites.
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
 }
 
 impl Gateway {
@@ -216,19 +234,19 @@ impl Gateway {
         }
     }
 
-    /// The user behind a session token, if the session is live.
-    async fn session_user(&self, token: &str) -> Result<Option<(User, TokenHash)>, HttpError> {
+    /// The session behind a token, if it is live.
+    async fn session(&self, token: &str) -> Result<Option<(Session, TokenHash)>, HttpError> {
         // Tokens are 64 hex digits; anything else cannot be one of ours.
         if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(None);
         }
         let hash = auth::token_hash(token);
-        let user = self
+        let session = self
             .deps
             .store
             .session_user(hash, OffsetDateTime::now_utc())
             .await?;
-        Ok(user.map(|user| (user, hash)))
+        Ok(session.map(|session| (session, hash)))
     }
 
     /// Opens a session for `user`: the token, and the cookie that carries it for browsers.
@@ -284,12 +302,9 @@ impl Gateway {
         let conversation = self
             .member_conversation(sender, conversation_id, known_member_of)
             .await?;
-        if !self.limits.sends.allow(&sender) {
+        if let Err(wait) = self.limits.sends.check(&sender) {
             metrics::counter!(m::RATE_LIMITED, "what" => "send").increment(1);
-            return Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "too many messages; slow down",
-            ));
+            return Err(ApiError::rate_limited("too many messages; slow down", wait));
         }
         Ok(InboundEntry {
             conversation_id: conversation,
@@ -372,12 +387,80 @@ async fn limit_requests(
     request: Request,
     next: Next,
 ) -> Response {
-    if !gateway.limits.requests.allow(&ip) {
+    if let Err(wait) = gateway.limits.requests.check(&ip) {
         metrics::counter!(m::RATE_LIMITED, "what" => "request").increment(1);
-        return HttpError::new(ErrorCode::RateLimited, "too many requests; slow down")
+        return HttpError(ApiError::rate_limited("too many requests; slow down", wait))
             .into_response();
     }
     next.run(request).await
+}
+
+/// Refuses every state change that a browser says comes from another site. Cookies ride
+/// along with cross-site requests, and an HTML form can post a body of any text: without
+/// this a foreign page could log its visitor into an account of its choosing, or act in the
+/// visitor's name. Non-browser clients send no `Origin` and pass.
+async fn refuse_cross_site(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let policy = gateway.origin_policy(request.headers(), peer_of(request.extensions()));
+    if !safe && policy.is_cross_site(request.headers()) {
+        metrics::counter!(m::CROSS_SITE_REFUSED).increment(1);
+        return HttpError::new(
+            ErrorCode::Forbidden,
+            "a request from another site may not change anything here",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The TCP peer of a request.
+fn peer_of(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip().to_canonical())
+}
+
+/// The TCP peer of a request (a balancer's address behind one), if known.
+pub struct Peer(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(peer_of(&parts.extensions)))
+    }
+}
+
+impl Gateway {
+    /// The origins a browser may use this server from: its own, as clients reach it (the
+    /// scheme from `--cookie-secure`, or from a trusted balancer's `X-Forwarded-Proto`), and
+    /// the configured ones.
+    fn origin_policy(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> OriginPolicy<'_> {
+        let forwarded = peer
+            .filter(|peer| self.config.trusted_proxies.contains(peer))
+            .and_then(|_| headers.get("x-forwarded-proto"))
+            .and_then(|proto| proto.to_str().ok())
+            // A balancer appends; the last hop is the one that terminated the client's TLS.
+            .and_then(|proto| proto.rsplit(',').next())
+            .map(str::trim);
+        let scheme = match forwarded {
+            Some(proto) if proto.eq_ignore_ascii_case("https") => Scheme::Https,
+            Some(proto) if proto.eq_ignore_ascii_case("http") => Scheme::Http,
+            _ if self.config.cookie_secure => Scheme::Https,
+            _ => Scheme::Http,
+        };
+        OriginPolicy {
+            scheme,
+            allowed: &self.config.allowed_origins,
+        }
+    }
 }
 
 /// The client's address: the peer's, or behind a trusted load balancer the last address it
@@ -391,11 +474,7 @@ impl FromRequestParts<Arc<Gateway>> for ClientIp {
         parts: &mut Parts,
         gateway: &Arc<Gateway>,
     ) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let peer = peer_of(&parts.extensions).unwrap_or(IpAddr::from([0, 0, 0, 0]));
         if !gateway.config.trusted_proxies.contains(&peer) {
             return Ok(ClientIp(peer));
         }
@@ -438,8 +517,11 @@ impl FromRequestParts<Arc<Gateway>> for Caller {
                 "a cookie-authenticated request must carry the X-Parlor-CSRF header",
             ));
         }
-        match gateway.session_user(&token).await? {
-            Some((user, token)) => Ok(Caller { user, token }),
+        match gateway.session(&token).await? {
+            Some((session, token)) => Ok(Caller {
+                user: session.user,
+                token,
+            }),
             None => Err(HttpError::unauthorized()),
         }
     }
@@ -530,6 +612,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::WeakPassword => StatusCode::BAD_REQUEST,
         ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UsernameTaken => StatusCode::CONFLICT,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -541,9 +624,27 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": { "code": self.0.code, "message": self.0.message }
-        });
-        (status_of(self.0.code), axum::Json(body)).into_response()
+        let ApiError {
+            code,
+            message,
+            retry_after_ms,
+        } = self.0;
+        let mut error = serde_json::json!({ "code": code, "message": message });
+        if let Some(wait_ms) = retry_after_ms {
+            error["retry_after_ms"] = wait_ms.into();
+        }
+        let mut response = (
+            status_of(code),
+            axum::Json(serde_json::json!({ "error": error })),
+        )
+            .into_response();
+        if let Some(wait_ms) = retry_after_ms {
+            // Whole seconds, rounded up, for clients that only know the header.
+            let seconds = wait_ms.div_ceil(1000).max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }

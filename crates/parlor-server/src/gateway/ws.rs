@@ -1,6 +1,7 @@
 //! The WebSocket endpoint: one task per connection, reading frames and writing the frames
 //! the hub queues for it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
@@ -9,14 +10,16 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures::{FutureExt, SinkExt};
 use parlor_core::error::ApiError;
-use parlor_core::ports::{ConnectionInfo, TokenHash};
+use parlor_core::ports::{ConnectionInfo, Session, TokenHash};
 use parlor_core::protocol::{ClientFrame, ServerFrame, User, decode_client_frame};
-use parlor_core::{ConnectionId, ErrorCode, UserId};
+use parlor_core::{ConnectionId, ConversationId, ErrorCode, Seq, UserId};
 use serde::Deserialize;
+use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 use super::hub::ConnectionHandle;
-use super::{Gateway, HttpError, MembershipCache, credentials};
+use super::{Gateway, HttpError, MembershipCache, Peer, credentials};
 use crate::deliver;
 
 /// Frames read and handled together: their sends go to the inbound queue in one append.
@@ -35,17 +38,18 @@ pub struct WsQuery {
 
 pub async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, HttpError> {
-    check_origin(&gateway, &headers)?;
+    check_origin(&gateway, &headers, peer)?;
     let token = credentials(&headers)
         .map(|(token, _)| token)
         .or(query.token)
         .ok_or_else(HttpError::unauthorized)?;
-    let (user, token) = gateway
-        .session_user(&token)
+    let (session, token) = gateway
+        .session(&token)
         .await?
         .ok_or_else(HttpError::unauthorized)?;
     let frame_bytes_max = gateway.config.request_bytes_max;
@@ -55,31 +59,24 @@ pub async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER_BYTES.max(frame_bytes_max) * 4)
         .max_message_size(frame_bytes_max)
         .max_frame_size(frame_bytes_max)
-        .on_upgrade(move |socket| serve(gateway, socket, user, token))
+        .on_upgrade(move |socket| serve(gateway, socket, session, token))
         .into_response())
 }
 
-/// A browser always sends `Origin`; it must be this server's own or an allowed one. A
-/// client that sends none (not a browser) is allowed.
-fn check_origin(gateway: &Gateway, headers: &HeaderMap) -> Result<(), HttpError> {
+/// A browser always sends `Origin`; it must be this server's own origin (scheme, host and
+/// port) or an allowed one. A client that sends none (not a browser) is allowed.
+fn check_origin(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), HttpError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
-    let origin = origin.to_str().unwrap_or_default();
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let same_origin = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"))
-        .is_some_and(|origin_host| !host.is_empty() && origin_host == host);
-    if same_origin
-        || gateway
-            .config
-            .allowed_origins
-            .iter()
-            .any(|allowed| allowed == origin)
+    let policy = gateway.origin_policy(headers, peer);
+    if origin
+        .to_str()
+        .is_ok_and(|origin| policy.allows(origin, headers))
     {
         Ok(())
     } else {
@@ -93,10 +90,55 @@ fn check_origin(gateway: &Gateway, headers: &HeaderMap) -> Result<(), HttpError>
 struct Connection {
     gateway: Arc<Gateway>,
     user: User,
+    /// When the session ends: the socket closes then, as after a logout.
+    session_expires_at: OffsetDateTime,
     known_member_of: MembershipCache,
+    reads: ReadMarkers,
 }
 
-async fn serve(gateway: Arc<Gateway>, mut socket: WebSocket, user: User, token: TokenHash) {
+/// Read markers of one connection, coalesced: a client may send one per message it shows,
+/// but each written marker costs a store write and a frame to every member. Markers wait
+/// here while the user's read limit is spent; only the newest of each conversation is
+/// written, and none at or below a marker this connection has already moved.
+#[derive(Default)]
+struct ReadMarkers {
+    pending: HashMap<ConversationId, Seq>,
+    /// Where the markers this connection moved are now, as the store said.
+    written: HashMap<ConversationId, Seq>,
+    /// When to try the pending ones again (the limit allows one more then).
+    retry_at: Option<Instant>,
+}
+
+impl ReadMarkers {
+    /// Conversations remembered, at most; beyond, the memory of written markers starts over
+    /// (the store still refuses to move a marker backwards).
+    const CONVERSATIONS_MAX: usize = 1024;
+
+    fn add(&mut self, conversation: ConversationId, seq: Seq) {
+        if self
+            .written
+            .get(&conversation)
+            .is_some_and(|&written| written >= seq)
+        {
+            return;
+        }
+        if self.pending.len() >= Self::CONVERSATIONS_MAX {
+            self.pending.clear();
+        }
+        let pending = self.pending.entry(conversation).or_insert(seq);
+        *pending = (*pending).max(seq);
+    }
+
+    fn written(&mut self, conversation: ConversationId, seq: Seq) {
+        if self.written.len() >= Self::CONVERSATIONS_MAX {
+            self.written.clear();
+        }
+        self.written.insert(conversation, seq);
+    }
+}
+
+async fn serve(gateway: Arc<Gateway>, mut socket: WebSocket, session: Session, token: TokenHash) {
+    let user = session.user;
     let (frames_sender, mut frames) = mpsc::channel(gateway.config.connection_frames_queued_max);
     let close = Arc::new(Notify::new());
     let info = ConnectionInfo {
@@ -138,7 +180,9 @@ async fn serve(gateway: Arc<Gateway>, mut socket: WebSocket, user: User, token: 
     let mut connection = Connection {
         gateway: Arc::clone(&gateway),
         user,
+        session_expires_at: session.expires_at,
         known_member_of: MembershipCache::default(),
+        reads: ReadMarkers::default(),
     };
     connection.run(&mut socket, &mut frames, &close).await;
     gateway.hub.remove(connection.user.id, info.id);
@@ -174,12 +218,28 @@ impl Connection {
         let idle_timeout = self.gateway.config.idle_timeout;
         let shutdown = self.gateway.shutdown.clone();
         let mut shutdown = std::pin::pin!(shutdown.wait());
+        let session_left = (self.session_expires_at - OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(std::time::Duration::ZERO);
+        let session_end = tokio::time::sleep(session_left);
+        let mut session_end = std::pin::pin!(session_end);
         loop {
+            let retry_reads_at = self.reads.retry_at;
             tokio::select! {
                 biased;
                 _ = close.notified() => {
                     self.write(socket, vec![close_frame(close_code::POLICY, "closed by the server")]).await;
                     return;
+                }
+                _ = &mut session_end => {
+                    self.write(socket, vec![close_frame(close_code::POLICY, "session expired")]).await;
+                    return;
+                }
+                _ = tokio::time::sleep_until(retry_reads_at.unwrap_or_else(Instant::now)), if retry_reads_at.is_some() => {
+                    let replies = self.write_reads().await.into_iter().map(text).collect();
+                    if !self.write(socket, replies).await {
+                        return;
+                    }
                 }
                 _ = &mut shutdown => {
                     self.write(socket, vec![close_frame(close_code::AWAY, "server shutting down")]).await;
@@ -236,6 +296,11 @@ impl Connection {
 
     /// Handles frames in order; returns the replies and whether to keep the socket open.
     async fn handle(&mut self, messages: Vec<Message>) -> (Vec<ServerFrame>, bool) {
+        if OffsetDateTime::now_utc() >= self.session_expires_at {
+            // The timer closes the socket; nothing read meanwhile may act.
+            let error = ApiError::new(ErrorCode::Unauthorized, "the session has expired");
+            return (vec![ServerFrame::error(error, None)], false);
+        }
         let mut replies = Vec::new();
         let mut entries = Vec::new();
         let mut pending = Vec::new();
@@ -291,17 +356,17 @@ impl Connection {
                     conversation_id,
                     seq,
                 } => {
-                    let result = self
+                    let conversation = self
                         .gateway
-                        .read(
+                        .member_conversation(
                             self.user.id,
                             &conversation_id,
-                            seq,
                             &mut self.known_member_of,
                         )
                         .await;
-                    if let Err(error) = result {
-                        replies.push(ServerFrame::error(error, None));
+                    match conversation {
+                        Ok(conversation) => self.reads.add(conversation, seq),
+                        Err(error) => replies.push(ServerFrame::error(error, None)),
                     }
                 }
                 ClientFrame::Ping => replies.push(ServerFrame::Pong),
@@ -323,7 +388,34 @@ impl Connection {
                 }))
             }
         }
+        if self.reads.retry_at.is_none() {
+            replies.extend(self.write_reads().await);
+        }
         (replies, true)
+    }
+
+    /// Writes the pending read markers the user's read limit allows now, and schedules the
+    /// rest; returns errors to reply with.
+    async fn write_reads(&mut self) -> Vec<ServerFrame> {
+        self.reads.retry_at = None;
+        let mut errors = Vec::new();
+        while let Some((&conversation, &seq)) = self.reads.pending.iter().next() {
+            if let Err(wait) = self.gateway.limits.reads.check(&self.user.id) {
+                self.reads.retry_at = Some(Instant::now() + wait);
+                break;
+            }
+            self.reads.pending.remove(&conversation);
+            match self
+                .gateway
+                .mark_read(self.user.id, conversation, seq)
+                .await
+            {
+                Ok(Some(marker)) => self.reads.written(conversation, marker),
+                Ok(None) => {}
+                Err(error) => errors.push(ServerFrame::error(error, None)),
+            }
+        }
+        errors
     }
 
     /// Tells the conversation's other members that this user is typing.

@@ -8,3 +8,4 @@ mod dlq;
 mod durability;
 mod harness;
 mod protocol;
+mod security;

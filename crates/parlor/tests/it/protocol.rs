@@ -63,7 +63,12 @@ async fn accounts_register_log_in_and_out() {
     let weak = register_raw(&http, "carol", "short").await;
     assert_eq!((weak.status, weak.code()), (400, "weak_password".into()));
     let malformed = http
-        .raw("POST", "/api/v1/auth/register", &[], b"{\"username\": ")
+        .raw(
+            "POST",
+            "/api/v1/auth/register",
+            &[("Content-Type", "application/json")],
+            b"{\"username\": ",
+        )
         .await;
     assert_eq!(
         (malformed.status, malformed.code()),
@@ -85,7 +90,7 @@ async fn accounts_register_log_in_and_out() {
         .raw(
             "POST",
             "/api/v1/auth/register",
-            &[],
+            &[("Content-Type", "application/json")],
             b"{\"username\":\"\xff\xfe\",\"password\":\"correct horse\"}",
         )
         .await;
@@ -186,11 +191,12 @@ async fn cookie_sessions_need_the_csrf_header_to_change_anything() {
         .await;
     assert_eq!(me.status, 200);
     let body = json!({"kind": "direct", "members": [bob_id]}).to_string();
+    let json = ("Content-Type", "application/json");
     let forged = http
         .raw(
             "POST",
             "/api/v1/conversations",
-            &[("Cookie", &cookie)],
+            &[("Cookie", &cookie), json],
             body.as_bytes(),
         )
         .await;
@@ -205,7 +211,7 @@ async fn cookie_sessions_need_the_csrf_header_to_change_anything() {
         .raw(
             "POST",
             "/api/v1/conversations",
-            &[("Cookie", &cookie), ("X-Parlor-CSRF", "1")],
+            &[("Cookie", &cookie), ("X-Parlor-CSRF", "1"), json],
             body.as_bytes(),
         )
         .await;
@@ -494,7 +500,8 @@ async fn two_people_chat_live_with_typing_reads_and_presence() {
     alice_phone
         .send_message(&conversation, "a1", "hello bob")
         .await;
-    let accepted = alice_phone.next().await;
+    // (A presence frame of Bob's may come first: presence is announced asynchronously.)
+    let accepted = alice_phone.next_of("accepted").await;
     assert_eq!(
         accepted,
         json!({"type": "accepted", "client_msg_id": "a1", "conversation_id": conversation})
@@ -521,13 +528,19 @@ async fn two_people_chat_live_with_typing_reads_and_presence() {
         "hi alice"
     );
 
+    // Bob's own message moved his marker to 2; a marker that moves nothing is announced to
+    // nobody, so Alice writes once more and Bob reads that.
+    alice_phone
+        .send_message(&conversation, "a2", "see you")
+        .await;
+    while bob_ws.next_of("message").await["message"]["seq"] != 3 {}
     bob_ws
-        .send(json!({"type": "read", "conversation_id": conversation, "seq": 2}))
+        .send(json!({"type": "read", "conversation_id": conversation, "seq": 3}))
         .await;
     let read = alice_laptop.next_of("read").await;
     assert_eq!(
         read,
-        json!({"type": "read", "conversation_id": conversation, "user_id": bob_id, "seq": 2})
+        json!({"type": "read", "conversation_id": conversation, "user_id": bob_id, "seq": 3})
     );
 
     bob_ws.send(json!({"type": "ping"})).await;
@@ -774,7 +787,8 @@ async fn health_readiness_metrics_and_limits() {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
     let huge = vec![b'x'; 1024 * 1024];
-    let too_big = http.raw("POST", "/api/v1/auth/login", &[], &huge).await;
+    let json = [("Content-Type", "application/json")];
+    let too_big = http.raw("POST", "/api/v1/auth/login", &json, &huge).await;
     assert_eq!(
         (too_big.status, too_big.code()),
         (413, "body_too_large".into())

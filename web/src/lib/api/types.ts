@@ -64,7 +64,9 @@ export type ErrorCode =
   | 'not_found'
   | 'rate_limited'
   | 'unavailable'
-  | 'internal';
+  | 'internal'
+  | 'unsupported_media_type'
+  | 'storage_full';
 
 export type ClientFrame =
   | { type: 'send'; conversation_id: ConversationId; client_msg_id: string; body: string }
@@ -80,7 +82,14 @@ export type ServerFrame =
   | { type: 'typing'; conversation_id: ConversationId; user_id: UserId }
   | { type: 'read'; conversation_id: ConversationId; user_id: UserId; seq: number }
   | { type: 'pong' }
-  | { type: 'error'; code: ErrorCode | string; message: string; client_msg_id?: string };
+  | {
+      type: 'error';
+      code: ErrorCode | string;
+      message: string;
+      client_msg_id?: string;
+      /** With `rate_limited`: how long until the same frame can succeed. */
+      retry_after_ms?: number;
+    };
 
 /** Limits the server enforces; checked here too so that people get a message before sending. */
 export const LIMITS = {

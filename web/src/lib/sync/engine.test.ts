@@ -390,6 +390,22 @@ describe('sending: pending → sent', () => {
     expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'slow down' }]);
   });
 
+  it('waits as long as the server asks before sending again, and out of disk space too', () => {
+    const id = engine.send(DM, 'later');
+    server.received.splice(0);
+    const wait = SYNC_LIMITS.retryInitialMs * 5;
+    deliver({ type: 'error', code: 'rate_limited', message: 'slow down', client_msg_id: id, retry_after_ms: wait });
+    clock.advance(wait - 1);
+    expect(server.received).toEqual([]);
+    clock.advance(1);
+    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'later' }]);
+    server.received.splice(0);
+    deliver({ type: 'error', code: 'storage_full', message: 'out of disk space', client_msg_id: id });
+    expect(pending()[0]!.state).toBe('queued');
+    clock.advance(SYNC_LIMITS.retryMaxMs);
+    expect(server.received[0]).toEqual({ type: 'send', conversation_id: DM, client_msg_id: id, body: 'later' });
+  });
+
   it('marks a refused message failed and retries it by hand with the same id', () => {
     const id = engine.send(DM, 'refused');
     server.received.splice(0);

@@ -71,6 +71,14 @@ export const SYNC_LIMITS = {
   unknownBufferMax: 100,
 } as const;
 
+/** Errors that are not the message's fault: it stays pending and is sent again later. */
+const RETRYABLE_CODES: ReadonlySet<string> = new Set([
+  'rate_limited',
+  'unavailable',
+  'storage_full',
+  'internal',
+]);
+
 export type ConnectionState = 'connecting' | 'online' | 'offline';
 export type LoadStatus = 'loading' | 'ready' | 'error';
 
@@ -322,7 +330,7 @@ export class SyncEngine {
         this.someoneRead(frame.conversation_id, frame.user_id, frame.seq);
         return;
       case 'error':
-        this.serverError(frame.code, frame.message, frame.client_msg_id);
+        this.serverError(frame.code, frame.message, frame.client_msg_id, frame.retry_after_ms);
         return;
       case 'pong':
         return;
@@ -807,14 +815,19 @@ export class SyncEngine {
     this.changed();
   }
 
-  private serverError(code: string, message: string, clientMsgId: string | undefined): void {
+  private serverError(
+    code: string,
+    message: string,
+    clientMsgId: string | undefined,
+    retryAfterMs: number | undefined,
+  ): void {
     if (clientMsgId === undefined) {
       console.warn(`parlor: server error ${code}: ${message}`);
       return;
     }
     const record = this.pendingById.get(clientMsgId);
     if (!record) return;
-    if (code === 'rate_limited' || code === 'unavailable' || code === 'internal') {
+    if (RETRYABLE_CODES.has(code)) {
       // Not this message's fault: keep it pending and send it again later.
       record.state = 'queued';
       record.attempts += 1;
@@ -828,7 +841,7 @@ export class SyncEngine {
           this.touchTimeline(record.conversationId);
           this.changed();
         }
-      }, this.retryDelay(record.attempts));
+      }, Math.max(retryAfterMs ?? 0, this.retryDelay(record.attempts)));
     } else {
       record.state = 'failed';
       record.error = message;
