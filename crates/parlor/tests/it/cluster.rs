@@ -189,6 +189,33 @@ async fn users_on_different_gateways_chat_both_ways() {
     let history = http.history(&alice, &conversation).await;
     let senders: Vec<&Value> = history.iter().map(|m| &m["sender_id"]).collect();
     assert_eq!(senders, [&json!(alice_id), &json!(bob_id)]);
+
+    // A resend after a reconnect (to the other gateway) goes back to Alice only.
+    drop(alice_ws);
+    let mut alice_ws = Ws::connect(&cluster.gateways[1].address, &alice).await;
+    alice_ws
+        .send_message(&conversation, "a-1", "hello from gateway 1")
+        .await;
+    let again = alice_ws.next_of("message").await;
+    assert_eq!(again["message"]["seq"], 1, "{again}");
+    alice_ws.send_message(&conversation, "a-2", "and again").await;
+    // Bob's own b-1 is still queued on his socket; then comes a-2, and never a-1 again.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&json!("a-2")) {
+        seen.push(bob_ws.next_of("message").await["message"]["client_msg_id"].clone());
+    }
+    assert_eq!(seen, [json!("b-1"), json!("a-2")], "Bob must not get a-1 twice");
+
+    // Through the balancer, the scheme is what it says, not what the client claims.
+    let own = format!("http://{}", cluster.address);
+    assert!(
+        Ws::try_connect(&cluster.address, &alice, Some(&own))
+            .await
+            .is_ok()
+    );
+    let claimed = format!("https://{}", cluster.address);
+    let refused = Ws::try_connect(&cluster.address, &alice, Some(&claimed)).await;
+    assert!(refused.is_err(), "https origin over a plain balancer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
