@@ -49,6 +49,8 @@ pub struct Limits {
     /// Read markers that are written and announced. A WebSocket holds back and coalesces
     /// markers above this rate; each costs a store write and a frame to every member.
     pub reads: Limiter<UserId>,
+    /// New conversations: each is a store write and, for a group, a row per member.
+    pub conversations: Limiter<UserId>,
     pub requests: Limiter<IpAddr>,
     pub auth: Limiter<IpAddr>,
 }
@@ -68,6 +70,10 @@ impl Limits {
                 NonZeroU32::new(4).expect("non-zero"),
                 NonZeroU32::new(10).expect("non-zero"),
             ),
+            conversations: Limiter::new(
+                NonZeroU32::new(2).expect("non-zero"),
+                NonZeroU32::new(20).expect("non-zero"),
+            ),
             requests: Limiter::new(
                 config.requests_per_second_per_ip,
                 config.requests_burst_per_ip,
@@ -80,6 +86,7 @@ impl Limits {
         self.sends.forget_idle();
         self.typing.forget_idle();
         self.reads.forget_idle();
+        self.conversations.forget_idle();
         self.requests.forget_idle();
         self.auth.forget_idle();
     }

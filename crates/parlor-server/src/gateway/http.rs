@@ -289,6 +289,17 @@ pub async fn create_conversation(
     JsonBody(request): JsonBody<NewConversation>,
 ) -> Result<Response, HttpError> {
     let invalid = |message: &str| HttpError::new(ErrorCode::InvalidInput, message);
+    gateway
+        .limits
+        .conversations
+        .check(&caller.user.id)
+        .map_err(|wait| {
+            metrics::counter!(crate::metrics::RATE_LIMITED, "what" => "conversation").increment(1);
+            HttpError(ApiError::rate_limited(
+                "too many new conversations; wait a little",
+                wait,
+            ))
+        })?;
     if request.members.len() > GROUP_MEMBERS_MAX {
         return Err(invalid("too many members"));
     }

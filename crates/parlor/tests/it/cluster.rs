@@ -198,13 +198,19 @@ async fn users_on_different_gateways_chat_both_ways() {
         .await;
     let again = alice_ws.next_of("message").await;
     assert_eq!(again["message"]["seq"], 1, "{again}");
-    alice_ws.send_message(&conversation, "a-2", "and again").await;
+    alice_ws
+        .send_message(&conversation, "a-2", "and again")
+        .await;
     // Bob's own b-1 is still queued on his socket; then comes a-2, and never a-1 again.
     let mut seen = Vec::new();
     while seen.last() != Some(&json!("a-2")) {
         seen.push(bob_ws.next_of("message").await["message"]["client_msg_id"].clone());
     }
-    assert_eq!(seen, [json!("b-1"), json!("a-2")], "Bob must not get a-1 twice");
+    assert_eq!(
+        seen,
+        [json!("b-1"), json!("a-2")],
+        "Bob must not get a-1 twice"
+    );
 
     // Through the balancer, the scheme is what it says, not what the client claims.
     let own = format!("http://{}", cluster.address);

@@ -553,4 +553,21 @@ async fn rate_limited_answers_say_when_to_retry() {
     assert_eq!(limited["client_msg_id"], "m2");
     let wait_ms = limited["retry_after_ms"].as_u64().unwrap();
     assert!(wait_ms > 0 && wait_ms <= 1000, "{wait_ms}");
+
+    // Creating conversations is a write like any other.
+    let mut created = 0;
+    let limited = loop {
+        let body = json!({"kind": "group", "title": format!("g{created}"), "members": [bob_id]});
+        let response = http.post("/api/v1/conversations", &alice, body).await;
+        if response.status != 201 {
+            break response;
+        }
+        created += 1;
+        assert!(created <= 100, "100 groups in a burst were all created");
+    };
+    assert_eq!(
+        (limited.status, limited.code()),
+        (429, "rate_limited".into())
+    );
+    assert!(limited.json()["error"]["retry_after_ms"].as_u64().is_some());
 }
