@@ -19,7 +19,6 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use parlor_core::error::ApiError;
@@ -33,6 +32,7 @@ use tokio::net::TcpListener;
 use crate::auth::{self, Passwords};
 use crate::config::GatewayConfig;
 use crate::limits::Limits;
+use crate::listen::{self, ConnectionsPerAddress};
 use crate::metrics as m;
 use crate::{Deps, Shutdown};
 use reorder::Reorder;
@@ -49,6 +49,9 @@ pub struct Gateway {
     limits: Limits,
     passwords: Passwords,
     hub: Hub,
+    /// Open WebSockets per client address: behind a trusted proxy the listener sees only the
+    /// proxy, so this is where one client's connections are capped.
+    websockets_per_ip: Arc<ConnectionsPerAddress>,
     metrics: PrometheusHandle,
     shutdown: Shutdown,
 }
@@ -67,6 +70,7 @@ pub async fn run(
         limits: Limits::new(&config.limits),
         passwords: Passwords::new(config.limits.password_hashes_concurrent_max),
         hub: Hub::default(),
+        websockets_per_ip: ConnectionsPerAddress::new(config.listener.connections_per_ip_max),
         deps,
         config,
         metrics,
@@ -104,7 +108,6 @@ pub async fn run(
     if let Some(fallback) = fallback {
         app = app.fallback_service(fallback);
     }
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let serve_shutdown = {
         let gateway = Arc::clone(&gateway);
         async move {
@@ -112,17 +115,11 @@ pub async fn run(
             gateway.hub.close_all();
         }
     };
-    // Frames are small and latency matters more than packet count: without this, Nagle's
-    // algorithm held `accepted` frames back ~10 ms behind the previous unacknowledged one.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(serve_shutdown)
-        .await;
+    let listen_config = gateway.config.listener.clone();
+    listen::serve(listener, app, listen_config, serve_shutdown).await;
     inbox_task.abort();
     housekeeping_task.abort();
-    result
+    Ok(())
 }
 
 fn router(gateway: Arc<Gateway>) -> Router {
@@ -396,7 +393,7 @@ impl FromRequestParts<Arc<Gateway>> for ClientIp {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(peer)| peer.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        if !gateway.config.trusted_proxies.contains(&peer) {
+        if !gateway.config.listener.trusted_proxies.contains(&peer) {
             return Ok(ClientIp(peer));
         }
         let forwarded = parts
