@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -242,6 +243,40 @@ async fn hundreds_of_idle_connections_under_a_low_open_file_limit_do_not_stop_he
 }
 
 #[tokio::test]
+async fn over_the_total_cap_below_the_open_file_limit_new_connections_are_closed_at_once() {
+    // No header timeout within this test: only the total cap, derived from the open-file
+    // limit, can close anything.
+    let open_files_max = 256;
+    let (_data, mut server) = start(&["--header-read-timeout-secs", "600"], Some(open_files_max));
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let source = format!("127.0.0.{}", 3 + i % 6);
+        idle.push(connect_from(&source, &server).await);
+    }
+    // The excess is closed, not left waiting in the backlog, and what is held leaves the
+    // binary's reserve (at least 64 files) free.
+    let held_max = open_files_max as usize - 64;
+    let deadline = Instant::now() + PATIENCE;
+    let held = loop {
+        let held = idle.iter().filter(|stream| !closed_now(stream)).count();
+        if held <= held_max || Instant::now() >= deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        held <= held_max,
+        "{held} of 300 connections held, with no room left for files"
+    );
+    assert!(
+        server.child.try_wait().expect("poll parlor").is_none(),
+        "parlor exited"
+    );
+    drop(idle);
+    assert!(healthz_answers_from("127.0.0.2", &server).await);
+}
+
+#[tokio::test]
 async fn behind_a_trusted_proxy_websockets_are_capped_per_forwarded_address() {
     let (_data, server) = start(
         &[
@@ -279,6 +314,29 @@ async fn behind_a_trusted_proxy_websockets_are_capped_per_forwarded_address() {
         .expect("another forwarded address is not capped");
 }
 
+#[tokio::test]
+async fn sigterm_closes_waiting_connections_and_websockets_and_exits_cleanly() {
+    let (_data, mut server) = start(&["--header-read-timeout-secs", "600"], None);
+    let (_, token) = server.http().register("alice").await;
+    let mut silent = connect_from("127.0.0.1", &server).await;
+    let stream = connect_from("127.0.0.1", &server).await;
+    let mut socket = websocket(stream, &server, &token, None)
+        .await
+        .expect("a WebSocket");
+    assert!(server.terminate().success(), "SIGTERM exits cleanly");
+    assert!(closed_within(&mut silent, PATIENCE).await);
+    let closed = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) | Some(Ok(tungstenite::Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the WebSocket stayed open");
+}
+
 type WebSocket = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 /// Opens a WebSocket over `stream`, as the balancer would for `forwarded_for` if given, and
@@ -289,8 +347,6 @@ async fn websocket(
     token: &str,
     forwarded_for: Option<&str>,
 ) -> Result<WebSocket, tungstenite::Error> {
-    use futures::StreamExt;
-
     let mut request = format!("ws://{}/api/v1/ws", server.address).into_client_request()?;
     let headers = request.headers_mut();
     headers.insert(
