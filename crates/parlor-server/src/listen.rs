@@ -122,6 +122,8 @@ pub async fn serve(
             drop(draining);
         });
     }
+    // Refuse new connections at once (a balancer moves on) rather than queue them unanswered.
+    drop(listener);
     drop(drained);
     draining.send_replace(true);
     if tokio::time::timeout(DRAIN_TIMEOUT, draining.closed())
