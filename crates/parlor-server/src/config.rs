@@ -37,12 +37,11 @@ pub struct GatewayConfig {
     pub heartbeat_interval: Duration,
     pub heartbeat_lease: Duration,
     pub limits: LimitsConfig,
-    /// Load balancers whose `X-Forwarded-For` is believed: behind one, the peer address is
-    /// the balancer's, and per-IP limits would throttle every client as one.
-    pub trusted_proxies: Vec<IpAddr>,
     /// Peers besides loopback that may read `/metrics` on this (the clients') port. Through a
     /// balancer nobody may: its peer address is loopback, but the request is a client's.
     pub metrics_allowed: Vec<IpAddr>,
+    /// How the listener treats connections: the header deadline and the connection caps.
+    pub listener: ListenConfig,
 }
 
 impl GatewayConfig {
@@ -61,8 +60,40 @@ impl GatewayConfig {
             heartbeat_interval: Duration::from_secs(10),
             heartbeat_lease: Duration::from_secs(25),
             limits: LimitsConfig::default(),
-            trusted_proxies: Vec::new(),
+            listener: ListenConfig::default(),
             metrics_allowed: Vec::new(),
+        }
+    }
+}
+
+/// The HTTP listener (`listen::serve`), shared by the gateway and the persister's ops port:
+/// what an unauthenticated peer may hold open.
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    /// A connection must deliver a complete request head this long after it opened, and after
+    /// each answered request (so it also bounds idle keep-alive connections).
+    pub header_read_timeout: Duration,
+    /// Open TCP connections from one address (IPv6: one /64) that is not a trusted proxy;
+    /// behind one, open WebSockets per forwarded client address. Above every real client's
+    /// needs (`connections_per_user_max` is 32, and a NAT may hide a few users), far below
+    /// what would exhaust the process's files.
+    pub connections_per_ip_max: usize,
+    /// Open connections in all; one more is accepted and closed at once, so that the process
+    /// never runs out of files. The binary derives it from the open-file limit.
+    pub connections_max: usize,
+    /// Load balancers whose `X-Forwarded-For` is believed: behind one, the peer address is
+    /// the balancer's, and per-IP limits would throttle every client as one.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            connections_per_ip_max: 256,
+            // What a default open-file limit of 1024 leaves after the binary's reserve.
+            connections_max: 900,
+            trusted_proxies: Vec::new(),
         }
     }
 }

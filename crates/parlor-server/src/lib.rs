@@ -7,6 +7,7 @@ pub mod config;
 mod deliver;
 pub mod gateway;
 pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod notifier;
 pub mod persister;

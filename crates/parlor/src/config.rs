@@ -64,6 +64,17 @@ pub struct ServeSettings {
     /// Addresses (comma-separated) besides loopback that may read /metrics on the client port.
     #[arg(long, env = "PARLOR_METRICS_ALLOWED", value_delimiter = ',')]
     pub metrics_allowed: Option<Vec<IpAddr>>,
+    /// Close connections that have not sent a complete request head this many seconds after
+    /// opening or after their last answer.
+    #[arg(long, env = "PARLOR_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Open connections per client address (IPv6: per /64); behind --trusted-proxies, open
+    /// WebSockets per forwarded address.
+    #[arg(long, env = "PARLOR_CONNECTIONS_PER_IP_MAX")]
+    pub connections_per_ip_max: Option<usize>,
+    /// Open connections in all (default: the open-file limit less a reserve for data files).
+    #[arg(long, env = "PARLOR_CONNECTIONS_MAX")]
+    pub connections_max: Option<usize>,
 }
 
 impl ServeSettings {
@@ -89,7 +100,10 @@ impl ServeSettings {
             idle_timeout_secs,
             session_ttl_secs,
             trusted_proxies,
-            metrics_allowed
+            metrics_allowed,
+            header_read_timeout_secs,
+            connections_per_ip_max,
+            connections_max
         )
     }
 
@@ -148,7 +162,25 @@ impl ServeConfig {
         }
         gateway.metrics_allowed = settings.metrics_allowed.unwrap_or_default();
         gateway.cookie_secure = settings.cookie_secure.unwrap_or(false);
-        gateway.trusted_proxies = settings.trusted_proxies.unwrap_or_default();
+        gateway.listener.trusted_proxies = settings.trusted_proxies.unwrap_or_default();
+        if let Some(secs) = settings.header_read_timeout_secs {
+            if secs == 0 {
+                bail!("header_read_timeout_secs must be positive");
+            }
+            gateway.listener.header_read_timeout = Duration::from_secs(secs);
+        }
+        if let Some(max) = settings.connections_per_ip_max {
+            if max == 0 {
+                bail!("connections_per_ip_max must be positive");
+            }
+            gateway.listener.connections_per_ip_max = max;
+        }
+        gateway.listener.connections_max = match settings.connections_max {
+            Some(0) => bail!("connections_max must be positive"),
+            Some(max) => max,
+            None => connections_max_for_open_files(open_files_limit())
+                .unwrap_or(gateway.listener.connections_max),
+        };
         if let Some(bytes) = settings.body_bytes_max {
             if bytes == 0 || bytes > 1024 * 1024 {
                 bail!("body_bytes_max must be between 1 and 1048576");
@@ -186,5 +218,52 @@ impl ServeConfig {
             persister: consumer.clone(),
             notifier: consumer,
         })
+    }
+}
+
+/// This process's soft limit on open files, if the system tells.
+fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
+/// Connections to hold at most under an open-file limit: the limit less a reserve for
+/// everything else the process opens (WAL segments, SQLite and its journal, the log, the
+/// sockets to NATS and PostgreSQL, a pool). Those are tens of files, so the reserve is 10 %
+/// of the limit but at least 64 (a small limit still leaves room) and at most 4096 (a large
+/// one is not wasted). Over the cap a connection is accepted and closed at once, so the
+/// process never reaches the limit and keeps answering the clients it holds.
+fn connections_max_for_open_files(limit: Option<u64>) -> Option<usize> {
+    const RESERVE_MIN: u64 = 64;
+    const RESERVE_MAX: u64 = 4096;
+    let limit = limit?;
+    let reserve = (limit / 10).clamp(RESERVE_MIN, RESERVE_MAX);
+    // RLIM_INFINITY is u64::MAX; a cap beyond usize means no cap worth counting.
+    let connections = limit.saturating_sub(reserve).max(1);
+    Some(usize::try_from(connections).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_max_leaves_a_reserve_of_ten_percent_between_64_and_4096_files() {
+        assert_eq!(connections_max_for_open_files(Some(256)), Some(192));
+        assert_eq!(connections_max_for_open_files(Some(1024)), Some(922));
+        assert_eq!(connections_max_for_open_files(Some(20_000)), Some(18_000));
+        assert_eq!(
+            connections_max_for_open_files(Some(1_048_576)),
+            Some(1_044_480)
+        );
+        assert_eq!(connections_max_for_open_files(Some(10)), Some(1));
+        assert_eq!(connections_max_for_open_files(None), None);
     }
 }

@@ -377,11 +377,12 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
                 async move { metrics.render() }
             }),
         );
-    let ops_task = tokio::spawn(
-        axum::serve(listener, ops)
-            .with_graceful_shutdown(shutdown.clone().wait())
-            .into_future(),
-    );
+    let ops_task = tokio::spawn(parlor_server::listen::serve(
+        listener,
+        ops,
+        config.gateway.listener.clone(),
+        shutdown.clone().wait(),
+    ));
     tracing::info!(%address, "parlor persister is running");
     println!("parlor listening on http://{address}");
     let _ = std::io::stdout().flush();

@@ -20,7 +20,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use parlor_core::error::ApiError;
@@ -35,6 +34,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use crate::auth::{self, Passwords};
 use crate::config::GatewayConfig;
 use crate::limits::Limits;
+use crate::listen::{self, ConnectionsPerAddress};
 use crate::metrics as m;
 use crate::{Deps, Shutdown};
 use origin::{OriginPolicy, Scheme};
@@ -53,6 +53,9 @@ pub struct Gateway {
     limits: Limits,
     passwords: Passwords,
     hub: Hub,
+    /// Open WebSockets per client address: behind a trusted proxy the listener sees only the
+    /// proxy, so this is where one client's connections are capped.
+    websockets_per_ip: Arc<ConnectionsPerAddress>,
     metrics: PrometheusHandle,
     shutdown: Shutdown,
 }
@@ -71,6 +74,7 @@ pub async fn run(
         limits: Limits::new(&config.limits),
         passwords: Passwords::new(config.limits.password_hashes_concurrent_max),
         hub: Hub::default(),
+        websockets_per_ip: ConnectionsPerAddress::new(config.listener.connections_per_ip_max),
         deps,
         config,
         metrics,
@@ -108,7 +112,6 @@ pub async fn run(
     if let Some(fallback) = fallback {
         app = app.fallback_service(fallback);
     }
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let serve_shutdown = {
         let gateway = Arc::clone(&gateway);
         async move {
@@ -116,17 +119,11 @@ pub async fn run(
             gateway.hub.close_all();
         }
     };
-    // Frames are small and latency matters more than packet count: without this, Nagle's
-    // algorithm held `accepted` frames back ~10 ms behind the previous unacknowledged one.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(serve_shutdown)
-        .await;
+    let listen_config = gateway.config.listener.clone();
+    listen::serve(listener, app, listen_config, serve_shutdown).await;
     inbox_task.abort();
     housekeeping_task.abort();
-    result
+    Ok(())
 }
 
 fn router(gateway: Arc<Gateway>) -> Router {
@@ -444,7 +441,7 @@ impl Gateway {
     /// the configured ones.
     fn origin_policy(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> OriginPolicy<'_> {
         let forwarded = peer
-            .filter(|peer| self.config.trusted_proxies.contains(peer))
+            .filter(|peer| self.config.listener.trusted_proxies.contains(peer))
             .and_then(|_| headers.get("x-forwarded-proto"))
             .and_then(|proto| proto.to_str().ok())
             // A balancer appends; the last hop is the one that terminated the client's TLS.
@@ -475,7 +472,7 @@ impl FromRequestParts<Arc<Gateway>> for ClientIp {
         gateway: &Arc<Gateway>,
     ) -> Result<Self, Self::Rejection> {
         let peer = peer_of(&parts.extensions).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        if !gateway.config.trusted_proxies.contains(&peer) {
+        if !gateway.config.listener.trusted_proxies.contains(&peer) {
             return Ok(ClientIp(peer));
         }
         let forwarded = parts

@@ -19,8 +19,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::hub::ConnectionHandle;
-use super::{Gateway, HttpError, MembershipCache, Peer, credentials};
+use super::{ClientIp, Gateway, HttpError, MembershipCache, Peer, credentials};
 use crate::deliver;
+use crate::metrics as m;
 
 /// Frames read and handled together: their sends go to the inbound queue in one append.
 const FRAMES_PER_TURN_MAX: usize = 64;
@@ -39,11 +40,20 @@ pub struct WsQuery {
 pub async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
     Peer(peer): Peer,
+    ClientIp(client): ClientIp,
     headers: HeaderMap,
     Query(query): Query<WsQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, HttpError> {
     check_origin(&gateway, &headers, peer)?;
+    // Held for the life of the WebSocket.
+    let client_slot = gateway.websockets_per_ip.take(client).ok_or_else(|| {
+        metrics::counter!(m::RATE_LIMITED, "what" => "websockets_per_ip").increment(1);
+        HttpError::new(
+            ErrorCode::RateLimited,
+            "too many connections from this address",
+        )
+    })?;
     let token = credentials(&headers)
         .map(|(token, _)| token)
         .or(query.token)
@@ -59,7 +69,10 @@ pub async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER_BYTES.max(frame_bytes_max) * 4)
         .max_message_size(frame_bytes_max)
         .max_frame_size(frame_bytes_max)
-        .on_upgrade(move |socket| serve(gateway, socket, session, token))
+        .on_upgrade(move |socket| async move {
+            serve(gateway, socket, session, token).await;
+            drop(client_slot);
+        })
         .into_response())
 }
 

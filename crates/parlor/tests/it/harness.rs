@@ -1,6 +1,7 @@
 //! Starting `parlor serve` as a child process, and small HTTP and WebSocket clients.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -24,15 +25,33 @@ impl Server {
     /// Starts a server on a fresh port with limits high enough for tests, plus `extra`
     /// flags and `env`.
     pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_with_open_files(data_dir, extra, env, None)
+    }
+
+    /// Like `start`, with at most `open_files_max` open files (`ulimit -n`) if given.
+    pub fn start_with_open_files(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        open_files_max: Option<u64>,
+    ) -> Server {
         let data_dir = data_dir.to_str().expect("a UTF-8 path");
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir];
         args.extend_from_slice(extra);
-        Self::spawn(&args, env)
+        Self::spawn_with_open_files(&args, env, open_files_max)
     }
 
     /// Runs `parlor ARGS…` (a command that prints its listening address) with the same
     /// generous limits.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn_with_open_files(args, env, None)
+    }
+
+    fn spawn_with_open_files(
+        args: &[&str],
+        env: &[(&str, &str)],
+        open_files_max: Option<u64>,
+    ) -> Server {
         let mut command = Command::new(BIN);
         command
             .args(args)
@@ -43,11 +62,30 @@ impl Server {
             .env("PARLOR_REQUESTS_BURST_PER_IP", "100000")
             .env("PARLOR_SENDS_PER_SECOND_PER_USER", "100000")
             .env("PARLOR_SENDS_BURST_PER_USER", "100000")
+            // Every test client connects from 127.0.0.1.
+            .env("PARLOR_CONNECTIONS_PER_IP_MAX", "100000")
             .env("PARLOR_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (key, value) in env {
             command.env(key, value);
+        }
+        if let Some(open_files_max) = open_files_max {
+            let limit = libc::rlimit {
+                rlim_cur: open_files_max,
+                rlim_max: open_files_max,
+            };
+            // SAFETY: between fork and exec only async-signal-safe calls may run, and
+            // setrlimit is one; it only reads the struct we pass.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let mut child = command.spawn().expect("start parlor");
         let stdout = child.stdout.take().expect("stdout");

@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod cluster_chaos;
 mod cluster_outage;
+mod connections;
 mod dlq;
 mod durability;
 mod harness;
