@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure; the cause is in the server log.
     Internal,
+    /// The server is out of disk space; nothing was accepted. Retry later.
+    StorageFull,
 }
 
 impl ErrorCode {
@@ -54,6 +56,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::StorageFull => "storage_full",
         }
     }
 }
@@ -91,6 +94,9 @@ pub enum BackendErrorKind {
     /// Durability can no longer be promised (a failed fsync): stop acknowledging, exit,
     /// recover on restart.
     Poisoned,
+    /// The backend is out of space: an outage, not a bad input; nothing was written. Retry
+    /// later without spending attempts (the same input succeeds once space is freed).
+    StorageFull,
 }
 
 /// The error of every port method.
@@ -114,6 +120,10 @@ impl BackendError {
 
     pub fn poisoned(message: impl Into<String>) -> Self {
         Self::new(BackendErrorKind::Poisoned, message)
+    }
+
+    pub fn storage_full(message: impl Into<String>) -> Self {
+        Self::new(BackendErrorKind::StorageFull, message)
     }
 
     pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {

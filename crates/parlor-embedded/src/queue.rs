@@ -196,6 +196,18 @@ impl WalQueue {
         }
     }
 
+    /// What failed if either log (entries or dead letters) is poisoned: nothing more is
+    /// acknowledged, and the process should exit so that a restart recovers.
+    pub fn poison_cause(&self) -> Option<String> {
+        [("entries", &self.entries), ("dead letters", &self.dead)]
+            .into_iter()
+            .find(|(_, wal)| wal.is_poisoned())
+            .map(|(log, wal)| {
+                let cause = wal.poison_cause().unwrap_or_else(|| "unknown".to_string());
+                format!("the {log} log of queue {}: {cause}", self.name)
+            })
+    }
+
     /// Flushes and stops both logs' writers.
     pub fn close(&self) {
         self.entries.close();
@@ -216,7 +228,7 @@ impl WalQueue {
         receiver
             .await
             .map_err(|_| BackendError::unavailable("the log writer stopped"))?
-            .map_err(wal_error)
+            .map_err(|error| wal_failure(wal, error))
     }
 
     /// Marks offsets acknowledged and moves the cursor over the acknowledged prefix.
@@ -555,11 +567,23 @@ fn replay_dead(dead: &Wal) -> Result<Vec<(u64, DeadRecord)>, BackendError> {
     Ok(live)
 }
 
+/// [`wal_error`] with the cause of a poisoned `wal` in the message.
+fn wal_failure(wal: &Wal, error: WalError) -> BackendError {
+    match (error, wal.poison_cause()) {
+        (WalError::Poisoned, Some(cause)) => BackendError::poisoned(format!(
+            "the write-ahead log is poisoned by an earlier failure ({cause})"
+        )),
+        (error, _) => wal_error(error),
+    }
+}
+
 fn wal_error(error: WalError) -> BackendError {
     match error {
-        WalError::Poisoned => {
-            BackendError::poisoned("the write-ahead log is poisoned by a failed fsync")
-        }
+        WalError::Poisoned => BackendError::poisoned(
+            "the write-ahead log is poisoned by an earlier failed write or fsync",
+        ),
+        // Nothing of the append was written: an outage until space is freed, not a bad entry.
+        WalError::StorageFull => BackendError::storage_full(error.to_string()),
         WalError::RecordTooLarge { .. } => BackendError::rejected(error.to_string()),
         other => BackendError::unavailable(other.to_string()).with_source(other),
     }
