@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod cluster_chaos;
 mod cluster_outage;
+mod disk;
 mod dlq;
 mod durability;
 mod harness;
