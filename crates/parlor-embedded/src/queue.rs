@@ -111,14 +111,29 @@ impl WalQueue {
         name: &str,
         options: WalQueueOptions,
     ) -> Result<Arc<Self>, BackendError> {
+        Self::open_with_sync_hook(dir, name, options, Arc::new(|_| Ok(())))
+    }
+
+    /// [`WalQueue::open`] with a hook that runs before every fsync of both logs; an error from
+    /// it counts as a failed fsync (see `parlor_wal::Wal::open_with_sync_hook`). For
+    /// fault-injection tests only.
+    #[doc(hidden)]
+    pub fn open_with_sync_hook(
+        dir: &Path,
+        name: &str,
+        options: WalQueueOptions,
+        sync: parlor_wal::SyncHook,
+    ) -> Result<Arc<Self>, BackendError> {
         let wal_options = || WalOptions {
             segment_bytes_max: options.segment_bytes_max,
             record_bytes_max: options.record_bytes_max,
             cursor_names: vec![CURSOR.to_string()],
         };
         let (entries, recovery) =
-            Wal::open(&dir.join("entries"), wal_options()).map_err(wal_error)?;
-        let (dead, _) = Wal::open(&dir.join("dead"), wal_options()).map_err(wal_error)?;
+            Wal::open_with_sync_hook(&dir.join("entries"), wal_options(), Arc::clone(&sync))
+                .map_err(wal_error)?;
+        let (dead, _) =
+            Wal::open_with_sync_hook(&dir.join("dead"), wal_options(), sync).map_err(wal_error)?;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 queue = name,

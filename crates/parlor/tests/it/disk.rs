@@ -370,3 +370,60 @@ impl Chat {
             .is_none()
     }
 }
+
+/// A failed fsync is not a full disk: the log is poisoned, and instead of answering 503 to
+/// every send forever the server fails readiness at once and exits non-zero with the cause, so
+/// a supervisor restarts it; the restart recovers every accepted message. The fsync failure
+/// is injected (the `faults` feature) at the log's sync seam: a real one is hard to provoke.
+#[tokio::test]
+async fn failed_fsync_makes_the_server_exit_and_a_restart_recovers() {
+    let data = tempfile::tempdir().unwrap();
+    let trigger = data.path().join("fail-fsyncs");
+    let trigger_env = trigger.to_str().unwrap().to_string();
+    let data_dir = data.path().join("data");
+    let mut server = Server::start(
+        &data_dir,
+        &[],
+        &[("PARLOR_FAULT_INBOUND_FSYNC_FAILS_WHILE", &trigger_env)],
+    );
+    let http = server.http();
+    let (_, alice) = http.register("alice").await;
+    let (bob_id, bob) = http.register("bob").await;
+    let conversation = http.direct(&alice, &bob_id).await;
+    let mut ws = Ws::connect(&server.address, &alice).await;
+    ws.send_message(&conversation, "before", "before the fault")
+        .await;
+    assert_eq!(ws.next_of("accepted").await["client_msg_id"], "before");
+
+    fs::write(&trigger, b"").unwrap();
+    ws.send_message(&conversation, "during", "while fsyncs fail")
+        .await;
+    let refused = ws.next_of("error").await;
+    assert_eq!(refused["client_msg_id"], "during");
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+
+    // Exits on its own: no signal is sent.
+    let (sender, exited) = std::sync::mpsc::channel();
+    let mut child = std::mem::replace(
+        &mut server.child,
+        Command::new("true").spawn().expect("a placeholder child"),
+    );
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait().expect("wait for parlor"));
+    });
+    let status = exited
+        .recv_timeout(Duration::from_secs(10))
+        .expect("parlor exits after its log is poisoned");
+    assert!(!status.success(), "a poisoned log is a failure: {status}");
+    let ready = tokio::net::TcpStream::connect(&server.address).await;
+    assert!(ready.is_err(), "nothing answers /readyz after the exit");
+
+    fs::remove_file(&trigger).unwrap();
+    let server = Server::start(&data_dir, &[], &[]);
+    let history = server.http().wait_for_history(&bob, &conversation, 1).await;
+    let stored: Vec<&str> = history
+        .iter()
+        .map(|m| m["client_msg_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored[0], "before", "{stored:?}");
+}
