@@ -64,7 +64,8 @@ export type ErrorCode =
   | 'not_found'
   | 'rate_limited'
   | 'unavailable'
-  | 'internal';
+  | 'internal'
+  | 'storage_full';
 
 export type ClientFrame =
   | { type: 'send'; conversation_id: ConversationId; client_msg_id: string; body: string }

@@ -814,7 +814,12 @@ export class SyncEngine {
     }
     const record = this.pendingById.get(clientMsgId);
     if (!record) return;
-    if (code === 'rate_limited' || code === 'unavailable' || code === 'internal') {
+    if (
+      code === 'rate_limited' ||
+      code === 'unavailable' ||
+      code === 'storage_full' ||
+      code === 'internal'
+    ) {
       // Not this message's fault: keep it pending and send it again later.
       record.state = 'queued';
       record.attempts += 1;
