@@ -37,6 +37,8 @@ pub enum ErrorCode {
     Internal,
     /// A request body that is not JSON (`Content-Type` other than `application/json`).
     UnsupportedMediaType,
+    /// The server is out of disk space; nothing was accepted. Retry later.
+    StorageFull,
 }
 
 impl ErrorCode {
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::StorageFull => "storage_full",
         }
     }
 }
@@ -111,6 +114,9 @@ pub enum BackendErrorKind {
     /// Durability can no longer be promised (a failed fsync): stop acknowledging, exit,
     /// recover on restart.
     Poisoned,
+    /// The backend is out of space: an outage, not a bad input; nothing was written. Retry
+    /// later without spending attempts (the same input succeeds once space is freed).
+    StorageFull,
 }
 
 /// The error of every port method.
@@ -134,6 +140,10 @@ impl BackendError {
 
     pub fn poisoned(message: impl Into<String>) -> Self {
         Self::new(BackendErrorKind::Poisoned, message)
+    }
+
+    pub fn storage_full(message: impl Into<String>) -> Self {
+        Self::new(BackendErrorKind::StorageFull, message)
     }
 
     pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {

@@ -67,7 +67,8 @@ pub struct QueueDepth {
 /// redelivered entry comes back later than the entries after it.
 #[async_trait]
 pub trait Queue: Send + Sync {
-    /// Appends entries, in order; durable when this returns `Ok`.
+    /// Appends entries, in order; durable when this returns `Ok`. `StorageFull` when the
+    /// backend is out of space: none of the entries was appended, retry once space is freed.
     async fn append(&self, entries: Vec<Vec<u8>>) -> Result<(), BackendError>;
     /// Up to `max` entries; waits up to `wait` for the first one, returns empty after that.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BackendError>;
@@ -216,7 +217,8 @@ pub trait Store: Send + Sync {
     /// Stores a batch in one transaction: each message gets the next gap-free `seq` of its
     /// conversation; a repeated (sender, client_msg_id) yields the message stored the first
     /// time and stores nothing. The sender's read marker moves to their own message. The
-    /// result has one entry per input, in order.
+    /// result has one entry per input, in order. `StorageFull` when the backend is out of
+    /// space: the transaction stored nothing, the same batch succeeds once space is freed.
     async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, BackendError>;
     /// History in ascending `seq`.
     async fn messages(

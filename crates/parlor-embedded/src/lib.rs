@@ -13,6 +13,9 @@ mod registry;
 mod relay;
 mod store;
 
+/// For fault-injection tests ([`WalQueue::open_with_sync_hook`]).
+#[doc(hidden)]
+pub use parlor_wal::SyncHook;
 pub use queue::{WalQueue, WalQueueOptions};
 pub use registry::MemoryRegistry;
 pub use relay::LocalRelay;

@@ -111,14 +111,29 @@ impl WalQueue {
         name: &str,
         options: WalQueueOptions,
     ) -> Result<Arc<Self>, BackendError> {
+        Self::open_with_sync_hook(dir, name, options, Arc::new(|_| Ok(())))
+    }
+
+    /// [`WalQueue::open`] with a hook that runs before every fsync of both logs; an error from
+    /// it counts as a failed fsync (see `parlor_wal::Wal::open_with_sync_hook`). For
+    /// fault-injection tests only.
+    #[doc(hidden)]
+    pub fn open_with_sync_hook(
+        dir: &Path,
+        name: &str,
+        options: WalQueueOptions,
+        sync: parlor_wal::SyncHook,
+    ) -> Result<Arc<Self>, BackendError> {
         let wal_options = || WalOptions {
             segment_bytes_max: options.segment_bytes_max,
             record_bytes_max: options.record_bytes_max,
             cursor_names: vec![CURSOR.to_string()],
         };
         let (entries, recovery) =
-            Wal::open(&dir.join("entries"), wal_options()).map_err(wal_error)?;
-        let (dead, _) = Wal::open(&dir.join("dead"), wal_options()).map_err(wal_error)?;
+            Wal::open_with_sync_hook(&dir.join("entries"), wal_options(), Arc::clone(&sync))
+                .map_err(wal_error)?;
+        let (dead, _) =
+            Wal::open_with_sync_hook(&dir.join("dead"), wal_options(), sync).map_err(wal_error)?;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 queue = name,
@@ -196,6 +211,18 @@ impl WalQueue {
         }
     }
 
+    /// What failed if either log (entries or dead letters) is poisoned: nothing more is
+    /// acknowledged, and the process should exit so that a restart recovers.
+    pub fn poison_cause(&self) -> Option<String> {
+        [("entries", &self.entries), ("dead letters", &self.dead)]
+            .into_iter()
+            .find(|(_, wal)| wal.is_poisoned())
+            .map(|(log, wal)| {
+                let cause = wal.poison_cause().unwrap_or_else(|| "unknown".to_string());
+                format!("the {log} log of queue {}: {cause}", self.name)
+            })
+    }
+
     /// Flushes and stops both logs' writers.
     pub fn close(&self) {
         self.entries.close();
@@ -216,7 +243,7 @@ impl WalQueue {
         receiver
             .await
             .map_err(|_| BackendError::unavailable("the log writer stopped"))?
-            .map_err(wal_error)
+            .map_err(|error| wal_failure(wal, error))
     }
 
     /// Marks offsets acknowledged and moves the cursor over the acknowledged prefix.
@@ -555,11 +582,23 @@ fn replay_dead(dead: &Wal) -> Result<Vec<(u64, DeadRecord)>, BackendError> {
     Ok(live)
 }
 
+/// [`wal_error`] with the cause of a poisoned `wal` in the message.
+fn wal_failure(wal: &Wal, error: WalError) -> BackendError {
+    match (error, wal.poison_cause()) {
+        (WalError::Poisoned, Some(cause)) => BackendError::poisoned(format!(
+            "the write-ahead log is poisoned by an earlier failure ({cause})"
+        )),
+        (error, _) => wal_error(error),
+    }
+}
+
 fn wal_error(error: WalError) -> BackendError {
     match error {
-        WalError::Poisoned => {
-            BackendError::poisoned("the write-ahead log is poisoned by a failed fsync")
-        }
+        WalError::Poisoned => BackendError::poisoned(
+            "the write-ahead log is poisoned by an earlier failed write or fsync",
+        ),
+        // Nothing of the append was written: an outage until space is freed, not a bad entry.
+        WalError::StorageFull => BackendError::storage_full(error.to_string()),
         WalError::RecordTooLarge { .. } => BackendError::rejected(error.to_string()),
         other => BackendError::unavailable(other.to_string()).with_source(other),
     }

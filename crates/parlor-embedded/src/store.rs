@@ -349,11 +349,14 @@ impl Failure {
 }
 
 /// Constraint violations come from input (an unknown user, a reused token) and can never
-/// succeed; everything else (busy, IO, a full disk) may pass, so it is `Unavailable`.
+/// succeed. A full disk (`SQLITE_FULL`: SQLite's unix VFS reports a write's ENOSPC so) is
+/// `StorageFull`: the transaction was rolled back and the same input succeeds once space is
+/// freed. Everything else (busy, IO) may pass, so it is `Unavailable`.
 fn db_error(operation: &str, error: rusqlite::Error) -> BackendError {
     let message = format!("{operation}: {error}");
     match error.sqlite_error_code() {
         Some(ErrorCode::ConstraintViolation) => BackendError::rejected(message),
+        Some(ErrorCode::DiskFull) => BackendError::storage_full(message),
         _ => BackendError::unavailable(message),
     }
     .with_source(error)

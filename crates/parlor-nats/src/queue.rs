@@ -1191,10 +1191,26 @@ fn nats_error(what: &str, error: impl std::error::Error + Send + Sync + 'static)
     BackendError::unavailable(format!("{what}: {error}")).with_source(error)
 }
 
+/// A publish the server refused for lack of storage (its disk, or the account's or stream's
+/// storage limit: JetStream error codes 10023 "insufficient resources" and 10047 "insufficient
+/// storage resources available") stored nothing and succeeds once space is freed:
+/// `StorageFull`, an outage rather than a bad entry.
 fn publish_error(error: async_nats::jetstream::context::PublishError) -> BackendError {
+    use async_nats::jetstream::ErrorCode;
+    let refused_code = std::error::Error::source(&error)
+        .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+        .map(|refusal| refusal.error_code());
     match error.kind() {
         PublishErrorKind::MaxPayloadExceeded => {
             BackendError::rejected(format!("entry too large for NATS: {error}")).with_source(error)
+        }
+        _ if matches!(
+            refused_code,
+            Some(ErrorCode::INSUFFICIENT_RESOURCES | ErrorCode::STORAGE_RESOURCES_EXCEEDED)
+        ) =>
+        {
+            BackendError::storage_full(format!("publish: NATS is out of storage: {error}"))
+                .with_source(error)
         }
         _ => nats_error("publish", error),
     }

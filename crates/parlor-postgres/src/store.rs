@@ -469,7 +469,8 @@ impl Failure {
 
 /// Data exceptions (class 22: NUL in text, a value out of range) and integrity violations
 /// (class 23: an unknown user, a reused token) come from the input and can never succeed:
-/// `Rejected`. Everything else (a lost connection, a restarting server, a deadlock) may
+/// `Rejected`. A full disk (53100 `disk_full`) is an outage that ends when space is freed:
+/// `StorageFull`. Everything else (a lost connection, a restarting server, a deadlock) may
 /// pass: `Unavailable`.
 fn db_error(operation: &str, error: tokio_postgres::Error) -> BackendError {
     let message = match (error.as_db_error(), error.source()) {
@@ -477,6 +478,9 @@ fn db_error(operation: &str, error: tokio_postgres::Error) -> BackendError {
         (None, Some(source)) => format!("{operation}: {error}: {source}"),
         (None, None) => format!("{operation}: {error}"),
     };
+    if error.code() == Some(&SqlState::DISK_FULL) {
+        return BackendError::storage_full(message).with_source(error);
+    }
     let class = error.code().map(|code| &code.code()[..2]);
     match class {
         Some("22" | "23") => BackendError::rejected(message),

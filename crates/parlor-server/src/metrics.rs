@@ -15,6 +15,9 @@ pub const RATE_LIMITED: &str = "parlor_rate_limited_total";
 pub const CROSS_SITE_REFUSED: &str = "parlor_cross_site_refused_total";
 /// Times the persister found the store down and held its batch until it answered.
 pub const STORE_OUTAGES: &str = "parlor_store_outages_total";
+/// Times a persister step (`step` label) found the disk full and held its batch until space
+/// was freed.
+pub const STORAGE_FULL: &str = "parlor_storage_full_total";
 pub const QUEUE_PENDING: &str = "parlor_queue_pending";
 pub const QUEUE_IN_FLIGHT: &str = "parlor_queue_in_flight";
 pub const QUEUE_DEAD: &str = "parlor_queue_dead_letters";

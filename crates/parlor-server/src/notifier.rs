@@ -123,9 +123,11 @@ async fn notify(
         match result {
             Ok(()) => done.push(delivery.id),
             Err(error) if error.kind == BackendErrorKind::Poisoned => return Err(error),
+            // A full disk is an outage, never a reason to dead-letter: retried below.
             Err(error)
                 if error.kind == BackendErrorKind::Rejected
-                    || delivery.attempts >= config.attempts_max =>
+                    || (delivery.attempts >= config.attempts_max
+                        && error.kind != BackendErrorKind::StorageFull) =>
             {
                 let reason = format!("failed {} times, last: {error}", delivery.attempts);
                 dead_letter(deps, &delivery, &reason).await?;

@@ -35,11 +35,11 @@ pub async fn run(
 ) -> Result<(), BackendError> {
     let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel(STORED_BATCHES_QUEUED_MAX);
     let announcer = {
-        let (deps, config) = (deps.clone(), config.clone());
+        let (deps, config, shutdown) = (deps.clone(), config.clone(), shutdown.clone());
         tokio::spawn(async move {
             // In batch order, so per conversation the notifications follow `seq`.
             while let Some(stored) = stored_rx.recv().await {
-                announce(&deps, &config, stored).await?;
+                announce(&deps, &config, &shutdown, stored).await?;
             }
             Ok(())
         })
@@ -163,9 +163,13 @@ async fn store(
     }
     metrics::histogram!(m::PERSIST_BATCH_MESSAGES).record(batch.len() as f64);
 
+    let mut full = SpaceWait::new("store messages");
     let results = loop {
         let error = match deps.store.append_messages(&batch).await {
-            Ok(results) => break results,
+            Ok(results) => {
+                full.ended();
+                break results;
+            }
             Err(error) => error,
         };
         // An outage (the store answers nothing at all) is nobody's fault: the batch waits
@@ -177,6 +181,11 @@ async fn store(
             && deps.store.ping().await.is_err()
         {
             wait_for_store(deps, shutdown, &error).await;
+            continue;
+        }
+        // A full disk is an outage too, but the store still answers its ping: the batch
+        // itself is what tells when space is back.
+        if error.kind == BackendErrorKind::StorageFull && full.pause(shutdown, &error).await {
             continue;
         }
         retry_or_dead_letter(deps, config, &deliveries, &batch_ids, error).await?;
@@ -248,16 +257,84 @@ async fn wait_for_store(deps: &Deps, shutdown: &Shutdown, error: &BackendError) 
     }
 }
 
+/// Waits out a full disk (store or queue) for one step, spending no attempt: the step is
+/// simply tried again after a pause of 100 ms, doubling up to 1 s, so work resumes within
+/// about a second of space being freed and nothing newer overtakes it.
+struct SpaceWait {
+    step: &'static str,
+    /// The next pause; `None` until the step first found the disk full.
+    next: Option<Duration>,
+}
+
+impl SpaceWait {
+    const PAUSE_MIN: Duration = Duration::from_millis(100);
+    const PAUSE_MAX: Duration = Duration::from_secs(1);
+
+    fn new(step: &'static str) -> Self {
+        Self { step, next: None }
+    }
+
+    /// Pauses before the next try; `false` (without pausing) once shutdown fired: the entries
+    /// then go back to the queue and are redelivered after the restart.
+    async fn pause(&mut self, shutdown: &Shutdown, error: &BackendError) -> bool {
+        if shutdown.is_fired() {
+            return false;
+        }
+        let pause = match self.next {
+            Some(pause) => pause,
+            None => {
+                tracing::error!(
+                    %error,
+                    step = self.step,
+                    "out of disk space: the persister waits until space is freed"
+                );
+                metrics::counter!(m::STORAGE_FULL, "step" => self.step).increment(1);
+                Self::PAUSE_MIN
+            }
+        };
+        self.next = Some((pause * 2).min(Self::PAUSE_MAX));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = shutdown.clone().wait() => false,
+        }
+    }
+
+    /// The step succeeded: says so if it had waited.
+    fn ended(&mut self) {
+        if self.next.take().is_some() {
+            tracing::info!(
+                step = self.step,
+                "disk space is back: the persister goes on"
+            );
+        }
+    }
+}
+
 /// Appends the batch's notifications, then acknowledges its inbound entries.
 async fn announce(
     deps: &Deps,
     config: &ConsumerConfig,
+    shutdown: &Shutdown,
     stored: Stored,
 ) -> Result<(), BackendError> {
     if stored.done.is_empty() {
         return Ok(());
     }
-    if let Err(error) = deps.notifications.append(stored.notifications).await {
+    let mut full = SpaceWait::new("append notifications");
+    loop {
+        let Err(error) = deps
+            .notifications
+            .append(stored.notifications.clone())
+            .await
+        else {
+            full.ended();
+            break;
+        };
+        // The messages are stored; handing the entries back would spend their attempts on a
+        // full disk and dead-letter them, so the batch waits for space here.
+        if error.kind == BackendErrorKind::StorageFull && full.pause(shutdown, &error).await {
+            continue;
+        }
         // Stored but not announced: redeliver; the store answers with duplicates whose
         // notifications are appended then.
         return retry_or_dead_letter(deps, config, &stored.deliveries, &stored.done, error).await;
@@ -279,10 +356,13 @@ async fn retry_or_dead_letter(
         return Err(error);
     }
     tracing::warn!(%error, entries = ids.len(), "persisting failed");
+    // Only reached for a full disk at shutdown: the entries come back after the restart, and
+    // a full disk is never a reason to dead-letter.
+    let outage = error.kind == BackendErrorKind::StorageFull;
     for delivery in deliveries.iter().filter(|d| ids.contains(&d.id)) {
         let result = if error.kind == BackendErrorKind::Rejected && deliveries.len() == 1 {
             dead_letter(deps, delivery.id, &error.to_string()).await
-        } else if delivery.attempts >= config.attempts_max {
+        } else if delivery.attempts >= config.attempts_max && !outage {
             let reason = format!("failed {} times, last: {error}", delivery.attempts);
             dead_letter(deps, delivery.id, &reason).await
         } else {

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 /// Everything that can go wrong in the log.
 ///
 /// Callers usually decide on the variant alone: [`WalError::Io`] is worth retrying later (it also
-/// reports a full append queue, with [`io::ErrorKind::WouldBlock`]), [`WalError::Poisoned`] means
+/// reports a full append queue, with [`io::ErrorKind::WouldBlock`]), [`WalError::StorageFull`]
+/// is worth retrying once space is freed, [`WalError::Poisoned`] means
 /// "exit and recover on restart", [`WalError::Corrupt`] needs an operator, and the others are bugs
 /// or bad input on the caller's side.
 #[derive(Debug)]
@@ -22,6 +23,7 @@ pub enum WalError {
     /// An earlier write or fsync failed, so nothing is accepted any more. There is no retry:
     /// after a failed fsync the kernel may have dropped the dirty pages, so the only safe path is
     /// to exit and let recovery on restart find out what really reached the disk.
+    /// [`crate::Wal::poison_cause`] says what failed.
     Poisoned,
     /// A record is longer than [`crate::WalOptions::record_bytes_max`]; the whole batch was refused.
     RecordTooLarge {
@@ -51,6 +53,10 @@ pub enum WalError {
     UnknownCursor(String),
     /// The log was closed; nothing is accepted any more.
     Closed,
+    /// The device is full (ENOSPC, or EDQUOT): the append was refused and nothing of it is in
+    /// the log (what the writer had written was cut off again). The log stays usable: appends
+    /// succeed again once space is freed. Not a failed fsync, which poisons instead.
+    StorageFull,
 }
 
 impl WalError {
@@ -110,6 +116,9 @@ impl fmt::Display for WalError {
             }
             WalError::UnknownCursor(name) => write!(f, "unknown wal cursor {name:?}"),
             WalError::Closed => f.write_str("wal is closed"),
+            WalError::StorageFull => {
+                f.write_str("wal: no space left on the device; nothing of this append was written")
+            }
         }
     }
 }
@@ -143,6 +152,7 @@ mod tests {
             },
             WalError::UnknownCursor("c".into()),
             WalError::Closed,
+            WalError::StorageFull,
         ];
         for error in errors {
             let message = error.to_string();

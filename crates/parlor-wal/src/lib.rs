@@ -26,7 +26,13 @@
 //! - Every segment but the last is complete and synced: the writer syncs a segment before it
 //!   creates the next. So only the last segment can have a torn tail; damage anywhere else, or a
 //!   valid record after damage in the last segment, is [`WalError::Corrupt`] and `open` refuses.
-//! - After a failed write or fsync the log is poisoned for good: the process must exit and recover.
+//! - After a failed fsync (or a write that failed for another reason than space) the log is
+//!   poisoned for good: the process must exit and recover. A write that runs out of space
+//!   (ENOSPC, EDQUOT) is not a failed fsync: nothing of its group was acknowledged, so the group
+//!   is cut off again (`ftruncate`), refused with [`WalError::StorageFull`], and the log goes on.
+//! - A group of appends never straddles two segments, so a segment may exceed
+//!   [`WalOptions::segment_bytes_max`] by up to one group; recovery and readers assume nothing
+//!   about segment sizes.
 //! - Segments are deleted oldest first, only when every cursor has passed all of their records,
 //!   and never the last one.
 //! - Cursors never move backwards and never past the durable end.
@@ -74,7 +80,9 @@ const LOCK_FILE: &str = "LOCK";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalOptions {
     /// A new segment starts when the current one would grow beyond this many bytes (default
-    /// 64 MiB). A single record larger than that gets a segment of its own.
+    /// 64 MiB), at the start of a group of appends: a group (at most about
+    /// [`APPEND_QUEUE_BYTES_MAX`]) is never split, so a segment may exceed this by up to one
+    /// group, and a group larger than a segment gets a segment of its own.
     pub segment_bytes_max: u64,
     /// Longer records are refused with [`WalError::RecordTooLarge`] (default 1 MiB).
     pub record_bytes_max: u32,
@@ -238,7 +246,9 @@ impl Wal {
     /// given to these records (consecutive, in order; empty for an empty batch).
     ///
     /// `done` is called exactly once: on the writer thread after the fsync that covers the records
-    /// (`Ok`), or with [`WalError::Poisoned`] if that write or fsync failed. A batch that is refused
+    /// (`Ok`), with [`WalError::StorageFull`] if the device had no room for them (nothing of them
+    /// is in the log; retry once space is freed), or with [`WalError::Poisoned`] if that write or
+    /// fsync failed otherwise. A batch that is refused
     /// up front gets its `done` called right here on the caller's thread, before this returns:
     /// [`WalError::RecordTooLarge`] (one record too long refuses the whole batch),
     /// [`WalError::Poisoned`], [`WalError::Closed`], or [`WalError::Io`] with
@@ -385,12 +395,13 @@ impl Wal {
         shared.delete_segments_below(passed_by_all)
     }
 
-    /// True after a write or fsync failed: every later append fails with [`WalError::Poisoned`].
+    /// True after an fsync (or a write, for another reason than space) failed: every later append
+    /// fails with [`WalError::Poisoned`]. The process should exit; a restart recovers.
     pub fn is_poisoned(&self) -> bool {
         self.inner.shared.poisoned.load(Ordering::Acquire)
     }
 
-    /// What failed when the log was poisoned, for the operator's log line.
+    /// What failed when the log was poisoned, with the OS error, for the operator's log line.
     pub fn poison_cause(&self) -> Option<String> {
         lock(&self.inner.shared.poison_cause).clone()
     }

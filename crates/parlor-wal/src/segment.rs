@@ -138,15 +138,37 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, offset: u64, payload: &[u8]) {
 /// before any record goes in, so recovery only ever meets a missing, empty or header-only new
 /// segment, never one with records and a bad header.
 pub(crate) fn create_segment(dir: &Path, base: u64, hook: &SyncHook) -> io::Result<File> {
+    let file = create_segment_file(dir, base)?;
+    sync_new_segment(dir, &file, hook)?;
+    Ok(file)
+}
+
+/// The first half of [`create_segment`]: the file with its header, not yet synced. When the
+/// header cannot be written (say, for lack of space) the file is removed again, so the next
+/// attempt can create it; if the removal fails too, the error says so and is not a space error.
+pub(crate) fn create_segment_file(dir: &Path, base: u64) -> io::Result<File> {
+    let path = dir.join(segment_file_name(base));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(dir.join(segment_file_name(base)))?;
-    file.write_all_at(&encode_segment_header(base), 0)?;
-    sync_file(hook, &file)?;
-    sync_dir(hook, dir)?;
+        .open(&path)?;
+    if let Err(error) = file.write_all_at(&encode_segment_header(base), 0) {
+        drop(file);
+        return match std::fs::remove_file(&path) {
+            Ok(()) => Err(error),
+            Err(removal) => Err(io::Error::other(format!(
+                "{error}; removing the half-created segment failed too: {removal}"
+            ))),
+        };
+    }
     Ok(file)
+}
+
+/// The second half of [`create_segment`]: syncs the header and the directory entry.
+pub(crate) fn sync_new_segment(dir: &Path, file: &File, hook: &SyncHook) -> io::Result<()> {
+    sync_file(hook, file)?;
+    sync_dir(hook, dir)
 }
 
 #[cfg(test)]

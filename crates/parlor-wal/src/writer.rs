@@ -1,8 +1,10 @@
 //! The append queue and the writer thread that group-commits it.
 //!
 //! Callers push batches into a bounded queue and return at once. The writer takes everything
-//! queued, encodes it into one buffer, writes it (rolling segments as needed), fdatasyncs once,
-//! publishes the new durable end and only then calls every batch's `done`.
+//! queued (a group), encodes it into one buffer, writes it (into a new segment if it does not fit
+//! the current one), fdatasyncs once, publishes the new durable end and only then calls every
+//! batch's `done`. A group that runs out of space is cut back and refused with
+//! [`WalError::StorageFull`]; any other failure poisons the log.
 
 use std::fs::File;
 use std::ops::Range;
@@ -12,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::segment::{
-    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, create_segment, encode_record, sync_file,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, create_segment_file, encode_record, sync_file,
+    sync_new_segment,
 };
 use crate::{Shared, WalError, lock};
 
@@ -58,6 +61,42 @@ pub(crate) struct Writer {
     pub buf: Vec<u8>,
 }
 
+/// Why a group was not acknowledged.
+enum GroupFailure {
+    /// A write (or a new segment's creation) ran out of space before the group's fsync. What
+    /// the group wrote was cut off again and the writer's counters are as before the group, so
+    /// the log is exactly as if the group had never been queued, and the next group is tried
+    /// normally: service resumes as soon as space is back.
+    StorageFull,
+    /// Nobody knows what is on disk (a failed fsync, an IO error, a cut-back that failed):
+    /// the log is poisoned. Recovery on the next open finds out.
+    Broken {
+        context: &'static str,
+        error: std::io::Error,
+    },
+}
+
+fn broken(context: &'static str) -> impl FnOnce(std::io::Error) -> GroupFailure {
+    move |error| GroupFailure::Broken { context, error }
+}
+
+/// ENOSPC or EDQUOT: the write failed for space, and the bytes it did not write are not on disk.
+fn is_out_of_space(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// The writer's counters at the start of a group, to restore when the group is cut back.
+#[derive(Clone, Copy)]
+struct Position {
+    next_offset: u64,
+    segment_bytes: u64,
+    segment_records: u64,
+    written_bytes: u64,
+}
+
 impl Writer {
     /// Runs until `close` and the queue is drained.
     pub(crate) fn run(mut self) {
@@ -76,9 +115,11 @@ impl Writer {
                         call(pending.done, Ok(range));
                     }
                 }
-                Err((context, error)) => {
-                    // No retry and no rollback: after a failed write or fsync nobody knows what is
-                    // on disk. Recovery on the next open finds out.
+                Err(GroupFailure::StorageFull) => fail_all(group, || WalError::StorageFull),
+                Err(GroupFailure::Broken { context, error }) => {
+                    // No retry and no rollback: after a failed fsync nobody knows what is on
+                    // disk (the kernel may have dropped the dirty pages). Recovery on the next
+                    // open finds out.
                     *lock(&self.shared.poison_cause) = Some(format!("{context}: {error}"));
                     self.shared.poisoned.store(true, Ordering::Release);
                     fail_all(group, || WalError::Poisoned);
@@ -110,28 +151,52 @@ impl Writer {
         }
     }
 
-    /// Writes and syncs a group; returns the offsets given to each batch.
-    fn write_group(
-        &mut self,
-        group: &[Pending],
-    ) -> Result<Vec<Range<u64>>, (&'static str, std::io::Error)> {
-        let mut ranges = Vec::with_capacity(group.len());
+    /// Writes and syncs a group, all or nothing; returns the offsets given to each batch.
+    ///
+    /// A group never straddles a roll: one that does not fit in the current segment starts a
+    /// new one (unless the current one is still empty: a group larger than a whole segment gets
+    /// a segment of its own). So a segment can exceed `segment_bytes_max` by up to one group
+    /// (bounded by [`crate::APPEND_QUEUE_BYTES_MAX`] plus one batch), and a group that runs out
+    /// of space is cut back inside one file.
+    fn write_group(&mut self, group: &[Pending]) -> Result<Vec<Range<u64>>, GroupFailure> {
         self.buf.clear();
+        let group_bytes: u64 = group
+            .iter()
+            .flat_map(|pending| &pending.records)
+            .map(|record| RECORD_HEADER_BYTES + record.len() as u64)
+            .sum();
+        if self.segment_records > 0
+            && self.segment_bytes + group_bytes > self.shared.segment_bytes_max
+        {
+            self.roll()?;
+        }
+        let start = Position {
+            next_offset: self.next_offset,
+            segment_bytes: self.segment_bytes,
+            segment_records: self.segment_records,
+            written_bytes: self.written_bytes,
+        };
+        let ranges = match self.write_records(group) {
+            Ok(ranges) => ranges,
+            Err(error) if is_out_of_space(&error) => {
+                self.cut_back(start)?;
+                return Err(GroupFailure::StorageFull);
+            }
+            Err(error) => return Err(broken("write a segment")(error)),
+        };
+        sync_file(&self.shared.sync, &self.file).map_err(broken("sync a segment"))?;
+        Ok(ranges)
+    }
+
+    fn write_records(&mut self, group: &[Pending]) -> std::io::Result<Vec<Range<u64>>> {
+        let mut ranges = Vec::with_capacity(group.len());
         for pending in group {
             let start = self.next_offset;
             for record in &pending.records {
-                let frame_bytes = RECORD_HEADER_BYTES + record.len() as u64;
-                // A record that does not fit goes into a new segment, unless the current one is
-                // still empty: a record larger than a whole segment gets a segment of its own.
-                if self.segment_records > 0
-                    && self.segment_bytes + frame_bytes > self.shared.segment_bytes_max
-                {
-                    self.roll()?;
-                }
                 encode_record(&mut self.buf, self.next_offset, record);
                 self.next_offset += 1;
                 self.segment_records += 1;
-                self.segment_bytes += frame_bytes;
+                self.segment_bytes += RECORD_HEADER_BYTES + record.len() as u64;
                 if self.buf.len() >= WRITE_CHUNK_BYTES {
                     self.flush()?;
                 }
@@ -139,32 +204,49 @@ impl Writer {
             ranges.push(start..self.next_offset);
         }
         self.flush()?;
-        sync_file(&self.shared.sync, &self.file).map_err(|error| ("sync a segment", error))?;
         Ok(ranges)
     }
 
-    fn flush(&mut self) -> Result<(), (&'static str, std::io::Error)> {
+    fn flush(&mut self) -> std::io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all_at(&self.buf, self.written_bytes)
-            .map_err(|error| ("write a segment", error))?;
+        self.file.write_all_at(&self.buf, self.written_bytes)?;
         self.written_bytes += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
     }
 
-    /// Seals the current segment and starts the next one at `next_offset`.
-    fn roll(&mut self) -> Result<(), (&'static str, std::io::Error)> {
-        self.flush()?;
+    /// Undoes a group that ran out of space: truncating frees the blocks it got, and nothing of
+    /// it was acknowledged. If even that fails, what is on disk is unknown: poison.
+    fn cut_back(&mut self, start: Position) -> Result<(), GroupFailure> {
+        self.buf.clear();
+        self.file
+            .set_len(start.written_bytes)
+            .map_err(broken("cut back a segment after running out of space"))?;
+        self.next_offset = start.next_offset;
+        self.segment_bytes = start.segment_bytes;
+        self.segment_records = start.segment_records;
+        self.written_bytes = start.written_bytes;
+        Ok(())
+    }
+
+    /// Seals the current segment and starts the next one at `next_offset`. Called between
+    /// groups, with nothing buffered.
+    fn roll(&mut self) -> Result<(), GroupFailure> {
+        debug_assert!(self.buf.is_empty(), "a roll happens between groups");
         // The old segment is synced before the new one exists: recovery relies on every segment
         // but the last being complete.
-        sync_file(&self.shared.sync, &self.file)
-            .map_err(|error| ("sync a sealed segment", error))?;
+        sync_file(&self.shared.sync, &self.file).map_err(broken("sync a sealed segment"))?;
         let base = self.next_offset;
-        let file = create_segment(&self.shared.dir, base, &self.shared.sync)
-            .map_err(|error| ("create a segment", error))?;
+        let file = match create_segment_file(&self.shared.dir, base) {
+            Ok(file) => file,
+            // The half-created file is gone again; the old segment stays the last one.
+            Err(error) if is_out_of_space(&error) => return Err(GroupFailure::StorageFull),
+            Err(error) => return Err(broken("create a segment")(error)),
+        };
+        sync_new_segment(&self.shared.dir, &file, &self.shared.sync)
+            .map_err(broken("sync a new segment"))?;
         lock(&self.shared.segments).push(base);
         self.shared.last_segment_base.store(base, Ordering::Release);
         self.file = file;

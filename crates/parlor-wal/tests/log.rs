@@ -405,7 +405,7 @@ fn segments_are_deleted_only_after_every_cursor_passed_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = with_cursors(small_segments(), &["fast", "slow"]);
     let (wal, _) = Wal::open(dir.path(), options.clone()).expect("open");
-    append_derived(&wal, 0..40);
+    append_derived_in_batches(&wal, 0..40, 2);
     let segments = segment_files(dir.path()).len();
     assert!(segments >= 4);
     wal.commit_cursor("fast", 40).expect("commit");
@@ -450,7 +450,7 @@ fn segments_are_deleted_only_after_every_cursor_passed_them() {
 fn reader_in_a_deleted_segment_finishes_it_then_reports_offset_gone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (wal, _) = Wal::open(dir.path(), with_cursors(small_segments(), &["c"])).expect("open");
-    append_derived(&wal, 0..40);
+    append_derived_in_batches(&wal, 0..40, 2);
     let mut lagging = wal.reader(0).expect("reader");
     assert_eq!(lagging.next().expect("read"), Some((0, payload(0))));
     wal.commit_cursor("c", 40).expect("commit");
@@ -485,8 +485,8 @@ fn sealed_segment_is_synced_before_the_next_one_is_created() {
     });
     let (wal, _) = Wal::open_with_sync_hook(dir.path(), small_segments(), hook).expect("open");
     synced.lock().expect("synced").clear();
-    // One batch spanning several segments: a single group that rolls twice or more.
-    append_derived(&wal, 0..20);
+    // Several groups, each rolling to a new segment when it does not fit the current one.
+    append_derived_in_batches(&wal, 0..20, 3);
     let segments: Vec<_> = segment_files(dir.path())
         .iter()
         .map(|path| path.canonicalize().expect("path"))
@@ -530,4 +530,22 @@ fn reader_reports_damage_to_a_durable_record_instead_of_returning_it() {
     );
     assert!(matches!(reader.next(), Err(WalError::Corrupt { .. })));
     assert_eq!(reader.position(), 1, "a failed read does not advance");
+}
+
+#[test]
+fn a_group_is_never_split_across_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wal, _) = Wal::open(dir.path(), small_segments()).expect("open");
+    append_derived(&wal, 0..2);
+    // Far more than one 512-byte segment in one batch: it goes whole into a new segment, which
+    // grows beyond the maximum by the rest of the group.
+    append_derived(&wal, 2..30);
+    append_derived(&wal, 30..31);
+    let segments = segment_files(dir.path());
+    assert_eq!(segments.len(), 3, "{segments:?}");
+    assert!(std::fs::metadata(&segments[1]).expect("metadata").len() > 512);
+    drop(wal);
+    let (wal, recovery) = Wal::open(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(recovery.next_offset, 31);
+    assert_derived(&wal, 0..31);
 }

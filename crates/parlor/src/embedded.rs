@@ -40,12 +40,20 @@ impl Embedded {
         let lock = lock(data_dir)?;
         let store = Arc::new(open_store(data_dir)?);
         let queues = data_dir.join("queues");
+        #[cfg(not(feature = "faults"))]
         let inbound = WalQueue::open(
             &queues.join("inbound"),
             "inbound",
             WalQueueOptions::default(),
-        )
-        .context("cannot open the inbound queue")?;
+        );
+        #[cfg(feature = "faults")]
+        let inbound = WalQueue::open_with_sync_hook(
+            &queues.join("inbound"),
+            "inbound",
+            WalQueueOptions::default(),
+            crate::faults::inbound_sync_hook(),
+        );
+        let inbound = inbound.context("cannot open the inbound queue")?;
         let notifications = WalQueue::open(
             &queues.join("notifications"),
             "notifications",

@@ -2,6 +2,9 @@
 //!
 //! `PARLOR_FAULT_STORE_BODY=TEXT`: the store answers `unavailable` to every batch holding a
 //! message whose body contains TEXT — a poison message, to drive retries and the DLQ.
+//!
+//! `PARLOR_FAULT_INBOUND_FSYNC_FAILS_WHILE=PATH`: every fsync of the inbound queue's logs fails
+//! while PATH exists — a failed fsync, which poisons the log (a real one is hard to provoke).
 
 use std::sync::Arc;
 
@@ -10,6 +13,26 @@ use parlor_core::ports::{Appended, ConversationView, NewMessage, Page, Session, 
 use parlor_core::protocol::{Message, User};
 use parlor_core::{BackendError, ConversationId, Seq, UserId};
 use time::OffsetDateTime;
+
+pub fn inbound_sync_hook() -> parlor_embedded::SyncHook {
+    match std::env::var_os("PARLOR_FAULT_INBOUND_FSYNC_FAILS_WHILE") {
+        Some(trigger) if !trigger.is_empty() => {
+            let trigger = std::path::PathBuf::from(trigger);
+            tracing::warn!(
+                trigger = %trigger.display(),
+                "fault injection: inbound fsyncs fail while this file exists"
+            );
+            Arc::new(move |_| {
+                if trigger.exists() {
+                    Err(std::io::Error::other("injected fsync failure"))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        _ => Arc::new(|_| Ok(())),
+    }
+}
 
 pub fn wrap_store(store: Arc<dyn Store>) -> Arc<dyn Store> {
     match std::env::var("PARLOR_FAULT_STORE_BODY") {

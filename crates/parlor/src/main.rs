@@ -244,12 +244,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         config.persister.clone(),
         shutdown.clone(),
     ));
-    let notifier_task = tokio::spawn(notifier::run(
+    let mut notifier_task = tokio::spawn(notifier::run(
         deps.clone(),
         config.notifier.clone(),
         shutdown.clone(),
     ));
     let presence_task = tokio::spawn(presence::run(deps.clone(), shutdown.clone()));
+    let poisoned = first_poisoned_log(vec![
+        backends.inbound.clone(),
+        backends.notifications.clone(),
+    ]);
     let commits = [
         tokio::spawn(
             backends
@@ -274,7 +278,14 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         signal = terminate() => tracing::info!(signal, "shutting down: draining connections and queues"),
         result = &mut gateway_task => failure = Some(format!("the gateway stopped: {result:?}")),
         result = &mut persister_task => failure = Some(format!("the persister stopped: {result:?}")),
+        result = &mut notifier_task => failure = Some(format!("the notifier stopped: {result:?}")),
+        cause = poisoned => {
+            tracing::error!(%cause, "a write-ahead log is poisoned: nothing more is accepted, shutting down");
+            failure = Some(format!("a write-ahead log is poisoned ({cause})"));
+        }
     }
+    // At once also on a failure: /readyz answers 503 from here on, so balancers and
+    // supervisors react instead of sending to a server that refuses every write.
     signal.fire();
     if !gateway_task.is_finished() {
         let _ = gateway_task.await;
@@ -282,9 +293,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if !persister_task.is_finished()
         && let Ok(Err(error)) = persister_task.await
     {
-        failure = Some(format!("the persister failed: {error}"));
+        failure.get_or_insert(format!("the persister failed: {error}"));
     }
-    let _ = notifier_task.await;
+    if !notifier_task.is_finished()
+        && let Ok(Err(error)) = notifier_task.await
+    {
+        failure.get_or_insert(format!("the notifier failed: {error}"));
+    }
     let _ = presence_task.await;
     for commit in commits {
         let _ = commit.await;
@@ -297,6 +312,20 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
         Some(failure) => {
             bail!("{failure}; acknowledged messages are safe in the log, restart to recover")
+        }
+    }
+}
+
+/// Resolves with the cause once one of `queues` has a poisoned log. Polled, because a log
+/// poisons itself on its writer thread and tells only the appends that failed; the roles may
+/// not be appending at all (a gateway answering 503 to every send keeps running).
+async fn first_poisoned_log(queues: Vec<Arc<parlor_embedded::WalQueue>>) -> String {
+    const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+    let mut ticker = tokio::time::interval(POLL);
+    loop {
+        ticker.tick().await;
+        if let Some(cause) = queues.iter().find_map(|queue| queue.poison_cause()) {
+            return cause;
         }
     }
 }

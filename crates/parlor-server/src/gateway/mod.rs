@@ -595,6 +595,13 @@ impl From<BackendError> for HttpError {
                     "the server cannot accept writes; it must restart",
                 )
             }
+            BackendErrorKind::StorageFull => {
+                tracing::error!(%error, "backend out of space");
+                Self::new(
+                    ErrorCode::StorageFull,
+                    "the server is out of disk space; nothing was changed, retry later",
+                )
+            }
         }
     }
 }
@@ -616,6 +623,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
     }
 }
 

@@ -39,6 +39,17 @@ pub fn append_derived(wal: &Wal, offsets: Range<u64>) {
     assert_eq!(wal.append(records).expect("append"), offsets);
 }
 
+/// [`append_derived`] in batches of `batch_len`: a group never straddles two segments, so it takes
+/// several appends to fill several segments.
+pub fn append_derived_in_batches(wal: &Wal, offsets: Range<u64>, batch_len: u64) {
+    let mut start = offsets.start;
+    while start < offsets.end {
+        let end = (start + batch_len).min(offsets.end);
+        append_derived(wal, start..end);
+        start = end;
+    }
+}
+
 /// Everything a fresh reader returns from `from` until it catches up.
 pub fn read_all(wal: &Wal, from: u64) -> Vec<(u64, Vec<u8>)> {
     let mut reader = wal.reader(from).expect("reader");

@@ -5,6 +5,7 @@ mod cluster;
 mod cluster_chaos;
 mod cluster_outage;
 mod connections;
+mod disk;
 mod dlq;
 mod durability;
 mod harness;
