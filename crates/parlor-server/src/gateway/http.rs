@@ -1,83 +1,27 @@
-//! The HTTP endpoints of protocol v1.
+//! The HTTP endpoints of protocol v1: each translates a request into the calls of
+//! `actions` (or a store read) and the answer back; `HttpError` and [`status_of`] are where
+//! error codes become HTTP statuses.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parlor_core::error::ApiError;
-use parlor_core::ports::{ConversationView, NodeCommand, Page};
-use parlor_core::protocol::{Conversation, ConversationKind, Member, ServerFrame, User};
-use parlor_core::{ConversationId, ErrorCode, Seq, UserId, validate};
+use parlor_core::ports::{ConversationView, Page};
+use parlor_core::protocol::{Conversation, ConversationKind, Member, User};
+use parlor_core::{BackendError, ErrorCode, Seq, UserId, validate};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Caller, ClientIp, Gateway, HttpError, MembershipCache, Peer};
-use crate::deliver;
+use super::Gateway;
+use super::actions::{self, MembershipCache};
+use super::extract::{Caller, ClientIp, JsonBody, Peer};
+use crate::auth;
 
 type Shared = State<Arc<Gateway>>;
-
-/// A JSON request body, with protocol errors instead of axum's plain-text rejections.
-///
-/// The body must say it is JSON: an HTML form can post `text/plain` (or form data) to any
-/// site without asking, but only a script can send `application/json`, and to another origin
-/// only after a CORS preflight that Parlor never grants.
-pub struct JsonBody<T>(pub T);
-
-/// How long a client may take to send a request body (the gateway's bodies are small).
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn is_json(content_type: Option<&HeaderValue>) -> bool {
-    let Some(essence) = content_type
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .map(|essence| essence.trim().to_ascii_lowercase())
-    else {
-        return false;
-    };
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
-    type Rejection = HttpError;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, HttpError> {
-        if !is_json(request.headers().get(header::CONTENT_TYPE)) {
-            return Err(HttpError::new(
-                ErrorCode::UnsupportedMediaType,
-                "the request body must be JSON, sent as Content-Type: application/json",
-            ));
-        }
-        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(request, state));
-        let bytes = read
-            .await
-            .map_err(|_| {
-                HttpError::new(ErrorCode::InvalidInput, "the request body came too slowly")
-            })?
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    HttpError::new(ErrorCode::BodyTooLarge, "the request body is too large")
-                } else {
-                    HttpError::new(ErrorCode::InvalidInput, rejection.body_text())
-                }
-            })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|error| {
-                let code = match error.classify() {
-                    serde_json::error::Category::Data => ErrorCode::InvalidInput,
-                    _ => ErrorCode::InvalidJson,
-                };
-                HttpError::new(code, format!("bad request body: {error}"))
-            })
-    }
-}
 
 #[derive(Deserialize)]
 pub struct Credentials {
@@ -117,7 +61,7 @@ pub async fn register(
         .await
         .map_err(|error| {
             tracing::error!(%error, "password hashing failed");
-            HttpError::internal()
+            HttpError(actions::internal())
         })?;
     let Some(user) = gateway
         .deps
@@ -130,7 +74,8 @@ pub async fn register(
             "this username is taken",
         ));
     };
-    let (token, cookie) = gateway.open_session(&user).await?;
+    let token = gateway.open_session(&user).await?;
+    let cookie = session_cookie(&gateway, &token);
     Ok(session_response(StatusCode::CREATED, user, token, cookie))
 }
 
@@ -156,7 +101,8 @@ pub async fn login(
     let valid = gateway.passwords.verify(credentials.password, hash).await;
     match user {
         Some(user) if valid => {
-            let (token, cookie) = gateway.open_session(&user).await?;
+            let token = gateway.open_session(&user).await?;
+            let cookie = session_cookie(&gateway, &token);
             Ok(session_response(StatusCode::OK, user, token, cookie))
         }
         _ => Err(HttpError::new(
@@ -167,20 +113,38 @@ pub async fn login(
 }
 
 pub async fn logout(State(gateway): Shared, caller: Caller) -> Result<Response, HttpError> {
-    gateway.deps.store.delete_session(caller.token).await?;
-    // Close this session's sockets on every node that holds the user.
-    for (node, _) in gateway.deps.registry.locate(&[caller.user.id]).await? {
-        let command = NodeCommand::CloseSession {
-            user: caller.user.id,
-            token: caller.token,
-        };
-        gateway.deps.relay.send(node, command).await?;
-    }
+    gateway.end_session(caller.user.id, caller.token).await?;
     Ok((
         StatusCode::NO_CONTENT,
-        [(header::SET_COOKIE, gateway.clear_cookie())],
+        [(header::SET_COOKIE, clear_cookie(&gateway))],
     )
         .into_response())
+}
+
+/// The cookie that carries a session's token for browsers.
+fn session_cookie(gateway: &Gateway, token: &str) -> String {
+    format!(
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        auth::SESSION_COOKIE,
+        gateway.config.session_ttl.as_secs(),
+        secure_attribute(gateway),
+    )
+}
+
+fn clear_cookie(gateway: &Gateway) -> String {
+    format!(
+        "{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        auth::SESSION_COOKIE,
+        secure_attribute(gateway),
+    )
+}
+
+fn secure_attribute(gateway: &Gateway) -> &'static str {
+    if gateway.config.cookie_secure {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 pub async fn me(caller: Caller) -> Json<User> {
@@ -351,7 +315,7 @@ pub async fn create_conversation(
         .store
         .conversation_of(caller.user.id, id)
         .await?
-        .ok_or_else(HttpError::internal)?;
+        .ok_or_else(|| HttpError(actions::internal()))?;
     let conversation = to_protocol(&gateway, vec![view]).await?.remove(0);
     let status = if created {
         StatusCode::CREATED
@@ -454,44 +418,6 @@ pub async fn mark_read(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-impl Gateway {
-    /// Moves a read marker and, if it moved, tells the conversation's members (the reader's
-    /// other devices clear their badge; the others see a receipt) and returns where it is
-    /// now. A marker that moves nothing costs one store read and reaches nobody.
-    pub(super) async fn mark_read(
-        &self,
-        user: UserId,
-        conversation: ConversationId,
-        seq: Seq,
-    ) -> Result<Option<Seq>, ApiError> {
-        let backend = |error| HttpError::from(error).0;
-        let moved = self
-            .deps
-            .store
-            .mark_read(conversation, user, seq)
-            .await
-            .map_err(backend)?;
-        let Some(seq) = moved else {
-            return Ok(None);
-        };
-        let members = self
-            .deps
-            .store
-            .members(conversation)
-            .await
-            .map_err(backend)?;
-        let frame = ServerFrame::Read {
-            conversation_id: conversation,
-            user_id: user,
-            seq,
-        };
-        deliver::to_users(&self.deps, &members, frame.to_json().into(), None)
-            .await
-            .map_err(backend)?;
-        Ok(Some(seq))
-    }
-}
-
 pub async fn ready(State(gateway): Shared) -> Response {
     if gateway.shutdown.is_fired() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
@@ -520,4 +446,81 @@ pub async fn metrics(
         gateway.metrics.render(),
     )
         .into_response()
+}
+
+/// An error response: `{"error": {"code", "message"}}` with the status that fits the code.
+#[derive(Debug)]
+pub struct HttpError(pub ApiError);
+
+impl HttpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(ApiError::new(code, message))
+    }
+
+    pub(super) fn unauthorized() -> Self {
+        Self::new(
+            ErrorCode::Unauthorized,
+            "missing, unknown or expired session",
+        )
+    }
+}
+
+impl From<ApiError> for HttpError {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl From<BackendError> for HttpError {
+    fn from(error: BackendError) -> Self {
+        Self(actions::backend(error))
+    }
+}
+
+/// The one place where error codes become HTTP statuses.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidJson
+        | ErrorCode::UnknownType
+        | ErrorCode::InvalidInput
+        | ErrorCode::InvalidUsername
+        | ErrorCode::WeakPassword => StatusCode::BAD_REQUEST,
+        ErrorCode::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::UsernameTaken => StatusCode::CONFLICT,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let ApiError {
+            code,
+            message,
+            retry_after_ms,
+        } = self.0;
+        let mut error = serde_json::json!({ "code": code, "message": message });
+        if let Some(wait_ms) = retry_after_ms {
+            error["retry_after_ms"] = wait_ms.into();
+        }
+        let mut response = (
+            status_of(code),
+            axum::Json(serde_json::json!({ "error": error })),
+        )
+            .into_response();
+        if let Some(wait_ms) = retry_after_ms {
+            // Whole seconds, rounded up, for clients that only know the header.
+            let seconds = wait_ms.div_ceil(1000).max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
 }

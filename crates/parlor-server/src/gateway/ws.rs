@@ -1,5 +1,5 @@
-//! The WebSocket endpoint: one task per connection, reading frames and writing the frames
-//! the hub queues for it.
+//! The WebSocket endpoint: one task per connection, reading frames and translating them
+//! into the calls of `actions`, and writing the replies and the frames the hub queues for it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,15 +12,17 @@ use futures::{FutureExt, SinkExt};
 use parlor_core::error::ApiError;
 use parlor_core::ports::{ConnectionInfo, Session, TokenHash};
 use parlor_core::protocol::{ClientFrame, ServerFrame, User, decode_client_frame};
-use parlor_core::{ConnectionId, ConversationId, ErrorCode, Seq, UserId};
+use parlor_core::{ConnectionId, ConversationId, ErrorCode, Seq};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+use super::Gateway;
+use super::actions::MembershipCache;
+use super::extract::{ClientIp, Peer, credentials};
+use super::http::HttpError;
 use super::hub::ConnectionHandle;
-use super::{ClientIp, Gateway, HttpError, MembershipCache, Peer, credentials};
-use crate::deliver;
 use crate::metrics as m;
 
 /// Frames read and handled together: their sends go to the inbound queue in one append.
@@ -361,7 +363,11 @@ impl Connection {
                     }
                 }
                 ClientFrame::Typing { conversation_id } => {
-                    if let Err(error) = self.typing(&conversation_id).await {
+                    let typing = self
+                        .gateway
+                        .typing(self.user.id, &conversation_id, &mut self.known_member_of)
+                        .await;
+                    if let Err(error) = typing {
                         replies.push(ServerFrame::error(error, None));
                     }
                 }
@@ -429,33 +435,5 @@ impl Connection {
             }
         }
         errors
-    }
-
-    /// Tells the conversation's other members that this user is typing.
-    async fn typing(&mut self, conversation_id: &str) -> Result<(), ApiError> {
-        let conversation = self
-            .gateway
-            .member_conversation(self.user.id, conversation_id, &mut self.known_member_of)
-            .await?;
-        if !self.gateway.limits.typing.allow(&self.user.id) {
-            return Ok(()); // typing notices are advisory: drop the excess quietly
-        }
-        let backend = |error| HttpError::from(error).0;
-        let mut members: Vec<UserId> = self
-            .gateway
-            .deps
-            .store
-            .members(conversation)
-            .await
-            .map_err(backend)?;
-        members.retain(|member| *member != self.user.id);
-        let frame = ServerFrame::Typing {
-            conversation_id: conversation,
-            user_id: self.user.id,
-        };
-        deliver::to_users(&self.gateway.deps, &members, frame.to_json().into(), None)
-            .await
-            .map_err(backend)?;
-        Ok(())
     }
 }

@@ -1,0 +1,263 @@
+//! What both transports do, written once: sessions, the checks and the append of a send,
+//! membership, read markers, typing, logout. `http.rs` and `ws.rs` only translate requests
+//! and frames into these calls, and their answers back. Errors are the wire's `ApiError`;
+//! a backend's failure becomes one in [`backend`], the one place that decides what a client
+//! learns of it.
+
+use parlor_core::error::ApiError;
+use parlor_core::ports::{NodeCommand, Session, TokenHash};
+use parlor_core::protocol::{ServerFrame, User};
+use parlor_core::queue::InboundEntry;
+use parlor_core::{
+    BackendError, BackendErrorKind, ConversationId, ErrorCode, Seq, UserId, validate,
+};
+use time::OffsetDateTime;
+
+use super::Gateway;
+use crate::auth;
+use crate::deliver;
+use crate::metrics as m;
+
+/// A backend's failure as the client sees it: what to do about it, never the cause, which
+/// goes to the log.
+pub(super) fn backend(error: BackendError) -> ApiError {
+    match error.kind {
+        BackendErrorKind::Unavailable => {
+            tracing::warn!(%error, "backend unavailable");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "temporarily unavailable; nothing was changed, retry later",
+            )
+        }
+        BackendErrorKind::Rejected => {
+            tracing::info!(%error, "backend rejected a request");
+            ApiError::new(ErrorCode::InvalidInput, error.message)
+        }
+        BackendErrorKind::Poisoned => {
+            tracing::error!(%error, "backend poisoned");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "the server cannot accept writes; it must restart",
+            )
+        }
+        BackendErrorKind::StorageFull => {
+            tracing::error!(%error, "backend out of space");
+            ApiError::new(
+                ErrorCode::StorageFull,
+                "the server is out of disk space; nothing was changed, retry later",
+            )
+        }
+    }
+}
+
+/// The error of a failure that is ours, not the client's; the cause is logged by the caller.
+pub(super) fn internal() -> ApiError {
+    ApiError::new(ErrorCode::Internal, "internal error; see the server log")
+}
+
+impl Gateway {
+    /// The session behind a token, if it is live.
+    pub(super) async fn session(
+        &self,
+        token: &str,
+    ) -> Result<Option<(Session, TokenHash)>, ApiError> {
+        // Tokens are 64 hex digits; anything else cannot be one of ours.
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let hash = auth::token_hash(token);
+        let session = self
+            .deps
+            .store
+            .session_user(hash, OffsetDateTime::now_utc())
+            .await
+            .map_err(backend)?;
+        Ok(session.map(|session| (session, hash)))
+    }
+
+    /// Opens a session for `user` and returns its token.
+    pub(super) async fn open_session(&self, user: &User) -> Result<String, ApiError> {
+        let token = auth::new_token().map_err(|error| {
+            tracing::error!(%error, "no randomness for a session token");
+            internal()
+        })?;
+        let expires_at = OffsetDateTime::now_utc() + self.config.session_ttl;
+        self.deps
+            .store
+            .create_session(auth::token_hash(&token), user.id, expires_at)
+            .await
+            .map_err(backend)?;
+        Ok(token)
+    }
+
+    /// Ends a session: the token stops working, and its sockets close on every node.
+    pub(super) async fn end_session(&self, user: UserId, token: TokenHash) -> Result<(), ApiError> {
+        self.deps
+            .store
+            .delete_session(token)
+            .await
+            .map_err(backend)?;
+        let nodes = self.deps.registry.locate(&[user]).await.map_err(backend)?;
+        for (node, _) in nodes {
+            let command = NodeCommand::CloseSession { user, token };
+            self.deps.relay.send(node, command).await.map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Checks one send and turns it into an inbound entry: valid input, under the rate
+    /// limit, and a member of the conversation (`not_found` otherwise, as for a conversation
+    /// that does not exist).
+    pub(super) async fn check_send(
+        &self,
+        sender: UserId,
+        conversation_id: &str,
+        client_msg_id: String,
+        body: String,
+        known_member_of: &mut MembershipCache,
+    ) -> Result<InboundEntry, ApiError> {
+        validate::client_msg_id(&client_msg_id)?;
+        validate::body(&body, self.config.body_bytes_max)?;
+        let conversation = self
+            .member_conversation(sender, conversation_id, known_member_of)
+            .await?;
+        if let Err(wait) = self.limits.sends.check(&sender) {
+            metrics::counter!(m::RATE_LIMITED, "what" => "send").increment(1);
+            return Err(ApiError::rate_limited("too many messages; slow down", wait));
+        }
+        Ok(InboundEntry {
+            conversation_id: conversation,
+            sender_id: sender,
+            client_msg_id,
+            body,
+            accepted_at: OffsetDateTime::now_utc(),
+        })
+    }
+
+    /// Parses a conversation id and checks that `user` is a member; both failures are the
+    /// same `not_found`, so that non-members learn nothing.
+    pub(super) async fn member_conversation(
+        &self,
+        user: UserId,
+        conversation_id: &str,
+        known_member_of: &mut MembershipCache,
+    ) -> Result<ConversationId, ApiError> {
+        let not_found = || ApiError::new(ErrorCode::NotFound, "no such conversation");
+        let conversation: ConversationId = conversation_id.parse().map_err(|_| not_found())?;
+        if known_member_of.contains(conversation) {
+            return Ok(conversation);
+        }
+        let member = self
+            .deps
+            .store
+            .is_member(conversation, user)
+            .await
+            .map_err(backend)?;
+        if !member {
+            return Err(not_found());
+        }
+        known_member_of.insert(conversation);
+        Ok(conversation)
+    }
+
+    /// Appends checked entries to the inbound queue; `Ok` means they are durable.
+    pub(super) async fn accept(&self, entries: Vec<InboundEntry>) -> Result<(), ApiError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let count = entries.len() as u64;
+        let started = std::time::Instant::now();
+        let encoded = entries.iter().map(InboundEntry::encode).collect();
+        self.deps.inbound.append(encoded).await.map_err(backend)?;
+        metrics::histogram!(m::ACCEPT_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::MESSAGES_ACCEPTED).increment(count);
+        Ok(())
+    }
+
+    /// Moves a read marker and, if it moved, tells the conversation's members (the reader's
+    /// other devices clear their badge; the others see a receipt) and returns where it is
+    /// now. A marker that moves nothing costs one store read and reaches nobody. The caller
+    /// has checked membership and the read limit.
+    pub(super) async fn mark_read(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        seq: Seq,
+    ) -> Result<Option<Seq>, ApiError> {
+        let moved = self
+            .deps
+            .store
+            .mark_read(conversation, user, seq)
+            .await
+            .map_err(backend)?;
+        let Some(seq) = moved else {
+            return Ok(None);
+        };
+        let members = self
+            .deps
+            .store
+            .members(conversation)
+            .await
+            .map_err(backend)?;
+        let frame = ServerFrame::Read {
+            conversation_id: conversation,
+            user_id: user,
+            seq,
+        };
+        deliver::to_users(&self.deps, &members, frame.to_json().into(), None)
+            .await
+            .map_err(backend)?;
+        Ok(Some(seq))
+    }
+
+    /// Tells the conversation's other members that `user` is typing. Typing notices are
+    /// advisory: over the limit they are dropped quietly.
+    pub(super) async fn typing(
+        &self,
+        user: UserId,
+        conversation_id: &str,
+        known_member_of: &mut MembershipCache,
+    ) -> Result<(), ApiError> {
+        let conversation = self
+            .member_conversation(user, conversation_id, known_member_of)
+            .await?;
+        if !self.limits.typing.allow(&user) {
+            return Ok(());
+        }
+        let mut members = self
+            .deps
+            .store
+            .members(conversation)
+            .await
+            .map_err(backend)?;
+        members.retain(|member| *member != user);
+        let frame = ServerFrame::Typing {
+            conversation_id: conversation,
+            user_id: user,
+        };
+        deliver::to_users(&self.deps, &members, frame.to_json().into(), None)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
+/// Conversations a connection's user is known to be a member of. Membership is never
+/// revoked in protocol v1, so a positive answer can be kept; the set is bounded.
+#[derive(Default)]
+pub(crate) struct MembershipCache(std::collections::HashSet<ConversationId>);
+
+impl MembershipCache {
+    const ENTRIES_MAX: usize = 4096;
+
+    fn contains(&self, conversation: ConversationId) -> bool {
+        self.0.contains(&conversation)
+    }
+
+    fn insert(&mut self, conversation: ConversationId) {
+        if self.0.len() >= Self::ENTRIES_MAX {
+            self.0.clear();
+        }
+        self.0.insert(conversation);
+    }
+}
