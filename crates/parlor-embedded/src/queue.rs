@@ -15,6 +15,7 @@ use parlor_core::BackendError;
 use parlor_core::ports::{
     DeadLetter, DeadLetterSelection, Delivery, DeliveryId, Queue, QueueDepth,
 };
+use parlor_core::queue::decode_payload;
 use parlor_wal::{Reader, Wal, WalError, WalOptions};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -89,6 +90,8 @@ enum Phase {
     Ready,
 }
 
+/// A record of the dead-letter log, a versioned payload like the entries themselves
+/// (`parlor_core::queue`): version 0 had no version byte.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum DeadLogRecord {
     Dead(DeadRecord),
@@ -347,7 +350,7 @@ impl WalQueue {
     ) -> Result<std::ops::Range<u64>, BackendError> {
         let encoded = records
             .iter()
-            .map(|record| serde_json::to_vec(record).expect("dead-letter records serialize"))
+            .map(parlor_core::queue::encode_payload)
             .collect();
         Self::append_to(&self.dead, encoded).await
     }
@@ -571,7 +574,7 @@ fn replay_dead(dead: &Wal) -> Result<Vec<(u64, DeadRecord)>, BackendError> {
     let mut reader = dead.reader(dead.start_offset()).map_err(wal_error)?;
     let mut live: Vec<(u64, DeadRecord)> = Vec::new();
     while let Some((offset, bytes)) = reader.next().map_err(wal_error)? {
-        let record: DeadLogRecord = serde_json::from_slice(&bytes).map_err(|error| {
+        let record: DeadLogRecord = decode_payload(&bytes).map_err(|error| {
             BackendError::poisoned(format!("unreadable dead-letter record {offset}: {error}"))
         })?;
         match record {
@@ -618,6 +621,24 @@ mod tests {
 
     fn payloads(deliveries: &[Delivery]) -> Vec<&[u8]> {
         deliveries.iter().map(|d| d.payload.as_slice()).collect()
+    }
+
+    /// The dead-letter log's bytes as this build writes them, and as builds before payload
+    /// versions wrote them (still in data directories after an upgrade).
+    #[test]
+    fn dead_letter_records_are_versioned_and_version_0_is_read() {
+        let removed = DeadLogRecord::Removed { id: 7 };
+        let written = parlor_core::queue::encode_payload(&removed);
+        assert_eq!(written, b"\x01{\"Removed\":{\"id\":7}}");
+        for bytes in [&written[..], b"{\"Removed\":{\"id\":7}}"] {
+            let read: DeadLogRecord = decode_payload(bytes).unwrap();
+            assert!(matches!(read, DeadLogRecord::Removed { id: 7 }));
+        }
+        let dead = br#"{"Dead":{"payload":[104,105],"reason":"r","attempts":3,"failed_at":"1970-01-01T00:00:00Z"}}"#;
+        let DeadLogRecord::Dead(record) = decode_payload(dead).unwrap() else {
+            panic!("a dead record");
+        };
+        assert_eq!((record.payload, record.attempts), (b"hi".to_vec(), 3));
     }
 
     #[tokio::test]
