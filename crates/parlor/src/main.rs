@@ -7,6 +7,7 @@ mod config;
 mod embedded;
 #[cfg(feature = "faults")]
 mod faults;
+mod supervise;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -17,12 +18,13 @@ use clap::{Parser, Subcommand};
 use parlor_core::NodeId;
 use parlor_core::ports::{DeadLetterSelection, Queue, Store};
 use parlor_core::queue::{InboundEntry, Notification};
-use parlor_server::{ShutdownSignal, gateway, notifier, persister, presence};
+use parlor_server::{gateway, notifier, persister, presence};
 use tracing_subscriber::EnvFilter;
 
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{DEFAULT_DATA_DIR, ServeConfig, ServeSettings};
 use crate::embedded::{Embedded, QueueName};
+use crate::supervise::Supervisor;
 
 #[derive(Parser)]
 #[command(
@@ -229,81 +231,43 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
     let address = listener.local_addr().context("no local address")?;
-    let (signal, shutdown) = ShutdownSignal::new();
-
-    let mut gateway_task = tokio::spawn(gateway::run(
-        deps.clone(),
-        config.gateway.clone(),
-        listener,
-        metrics,
-        Some(assets::router()),
-        shutdown.clone(),
-    ));
-    let mut persister_task = tokio::spawn(persister::run(
-        deps.clone(),
-        config.persister.clone(),
-        shutdown.clone(),
-    ));
-    let mut notifier_task = tokio::spawn(notifier::run(
-        deps.clone(),
-        config.notifier.clone(),
-        shutdown.clone(),
-    ));
-    let presence_task = tokio::spawn(presence::run(deps.clone(), shutdown.clone()));
-    let poisoned = first_poisoned_log(vec![
-        backends.inbound.clone(),
-        backends.notifications.clone(),
-    ]);
-    let commits = [
-        tokio::spawn(
-            backends
-                .inbound
-                .clone()
-                .run_cursor_commits(shutdown.clone().wait()),
+    let mut roles = Supervisor::new();
+    let shutdown = roles.shutdown();
+    roles.role(
+        "gateway",
+        gateway::run(
+            deps.clone(),
+            config.gateway.clone(),
+            listener,
+            metrics,
+            Some(assets::router()),
+            shutdown.clone(),
         ),
-        tokio::spawn(
-            backends
-                .notifications
-                .clone()
-                .run_cursor_commits(shutdown.clone().wait()),
-        ),
-    ];
+    );
+    roles.role(
+        "persister",
+        persister::run(deps.clone(), config.persister.clone(), shutdown.clone()),
+    );
+    roles.role(
+        "notifier",
+        notifier::run(deps.clone(), config.notifier.clone(), shutdown.clone()),
+    );
+    roles.infallible_role("presence", presence::run(deps.clone(), shutdown.clone()));
+    for queue in [&backends.inbound, &backends.notifications] {
+        let commits = queue.clone().run_cursor_commits(shutdown.clone().wait());
+        roles.infallible_role("queue cursor commits", commits);
+    }
+    let logs = vec![backends.inbound.clone(), backends.notifications.clone()];
+    roles.watch(async move {
+        let cause = first_poisoned_log(logs).await;
+        format!("a write-ahead log is poisoned ({cause}): nothing more is accepted")
+    });
     tracing::info!(%address, data_dir = %config.data_dir.display(), "parlor is serving");
     // Tests and scripts read the address from this line.
     println!("parlor listening on http://{address}");
     let _ = std::io::stdout().flush();
 
-    let mut failure = None;
-    tokio::select! {
-        signal = terminate() => tracing::info!(signal, "shutting down: draining connections and queues"),
-        result = &mut gateway_task => failure = Some(format!("the gateway stopped: {result:?}")),
-        result = &mut persister_task => failure = Some(format!("the persister stopped: {result:?}")),
-        result = &mut notifier_task => failure = Some(format!("the notifier stopped: {result:?}")),
-        cause = poisoned => {
-            tracing::error!(%cause, "a write-ahead log is poisoned: nothing more is accepted, shutting down");
-            failure = Some(format!("a write-ahead log is poisoned ({cause})"));
-        }
-    }
-    // At once also on a failure: /readyz answers 503 from here on, so balancers and
-    // supervisors react instead of sending to a server that refuses every write.
-    signal.fire();
-    if !gateway_task.is_finished() {
-        let _ = gateway_task.await;
-    }
-    if !persister_task.is_finished()
-        && let Ok(Err(error)) = persister_task.await
-    {
-        failure.get_or_insert(format!("the persister failed: {error}"));
-    }
-    if !notifier_task.is_finished()
-        && let Ok(Err(error)) = notifier_task.await
-    {
-        failure.get_or_insert(format!("the notifier failed: {error}"));
-    }
-    let _ = presence_task.await;
-    for commit in commits {
-        let _ = commit.await;
-    }
+    let failure = roles.run().await;
     backends.close();
     match failure {
         None => {
@@ -344,31 +308,25 @@ async fn cluster_gateway(config: ServeConfig, settings: ClusterSettings) -> anyh
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
     let address = listener.local_addr().context("no local address")?;
-    let (signal, shutdown) = ShutdownSignal::new();
-    let mut gateway_task = tokio::spawn(gateway::run(
-        deps.clone(),
-        config.gateway.clone(),
-        listener,
-        metrics,
-        Some(assets::router()),
-        shutdown.clone(),
-    ));
-    let presence_task = tokio::spawn(presence::run(deps, shutdown));
+    let mut roles = Supervisor::new();
+    let shutdown = roles.shutdown();
+    roles.role(
+        "gateway",
+        gateway::run(
+            deps.clone(),
+            config.gateway.clone(),
+            listener,
+            metrics,
+            Some(assets::router()),
+            shutdown.clone(),
+        ),
+    );
+    roles.infallible_role("presence", presence::run(deps, shutdown));
     tracing::info!(%address, node = %config.gateway.node, "parlor gateway is serving");
     println!("parlor listening on http://{address}");
     let _ = std::io::stdout().flush();
 
-    let mut failure = None;
-    tokio::select! {
-        signal = terminate() => tracing::info!(signal, "shutting down: closing connections"),
-        result = &mut gateway_task => failure = Some(format!("the gateway stopped: {result:?}")),
-    }
-    signal.fire();
-    if !gateway_task.is_finished() {
-        let _ = gateway_task.await;
-    }
-    let _ = presence_task.await;
-    match failure {
+    match roles.run().await {
         None => Ok(()),
         Some(failure) => bail!("{failure}"),
     }
@@ -385,20 +343,35 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
         .await
         .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
     let address = listener.local_addr().context("no local address")?;
-    let (signal, shutdown) = ShutdownSignal::new();
-    let mut persister_task = tokio::spawn(persister::run(
-        deps.clone(),
-        config.persister.clone(),
-        shutdown.clone(),
-    ));
-    let notifier_task = tokio::spawn(notifier::run(
-        deps.clone(),
-        config.notifier.clone(),
-        shutdown.clone(),
-    ));
+    let mut roles = Supervisor::new();
+    let shutdown = roles.shutdown();
+    roles.role(
+        "persister",
+        persister::run(deps.clone(), config.persister.clone(), shutdown.clone()),
+    );
+    roles.role(
+        "notifier",
+        notifier::run(deps.clone(), config.notifier.clone(), shutdown.clone()),
+    );
+    let ready = shutdown.clone();
     let ops = axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route("/readyz", axum::routing::get(|| async { "ready\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let shutting_down = ready.is_fired();
+                async move {
+                    if shutting_down {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "shutting down\n",
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             axum::routing::get(move || {
@@ -406,28 +379,20 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
                 async move { metrics.render() }
             }),
         );
-    let ops_task = tokio::spawn(parlor_server::listen::serve(
-        listener,
-        ops,
-        config.gateway.listener.clone(),
-        shutdown.clone().wait(),
-    ));
+    roles.infallible_role(
+        "ops listener",
+        parlor_server::listen::serve(
+            listener,
+            ops,
+            config.gateway.listener.clone(),
+            shutdown.wait(),
+        ),
+    );
     tracing::info!(%address, "parlor persister is running");
     println!("parlor listening on http://{address}");
     let _ = std::io::stdout().flush();
 
-    let mut failure = None;
-    tokio::select! {
-        signal = terminate() => tracing::info!(signal, "shutting down: draining the inbound queue"),
-        result = &mut persister_task => failure = Some(format!("the persister stopped: {result:?}")),
-    }
-    signal.fire();
-    if !persister_task.is_finished()
-        && let Ok(Err(error)) = persister_task.await
-    {
-        failure = Some(format!("the persister failed: {error}"));
-    }
-    let _ = notifier_task.await;
+    let failure = roles.run().await;
     // Hand the queues to a standby persister at once rather than after the takeover delay
     // (if this fails, the standby takes over after it anyway).
     for queue in [&backends.inbound, &backends.notifications] {
@@ -435,26 +400,9 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
             tracing::warn!(%error, queue = queue.name(), "cannot hand the queue over");
         }
     }
-    let _ = ops_task.await;
     match failure {
         None => Ok(()),
         Some(failure) => bail!("{failure}; unacknowledged entries are redelivered"),
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C, with the signal's name.
-async fn terminate() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "interrupt";
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => "terminate",
-        _ = tokio::signal::ctrl_c() => "interrupt",
     }
 }
 
