@@ -1,0 +1,224 @@
+//! An exclusive queue (`JsQueueOptions::exclusive`): the consumer is a pinned-client
+//! priority group (ADR-42), so the server hands entries to one handle only. Here: the
+//! consumer's group settings, the pull as a member of the group (the library's own pulls
+//! refuse such a consumer), whether another handle holds the pin (what a standby asks instead
+//! of pulling), and giving the pin up on shutdown.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{PriorityPolicy, pull};
+use async_nats::{StatusCode, Subject, header, jetstream};
+use futures::StreamExt;
+use parlor_core::BackendError;
+
+use super::consume::Pull;
+use super::{CONSUMER, JsQueue, nats_error, timed};
+
+/// The one priority group of an exclusive queue's consumer.
+const GROUP: &str = "parlor";
+/// How often a standby handle asks whether the pin is free.
+pub(super) const STANDBY_POLL: Duration = Duration::from_millis(200);
+
+/// What an exclusive handle needs to pull as a member of the consumer's priority group.
+pub(super) struct Pinning {
+    /// `$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}`.
+    next: Subject,
+    /// The `Nats-Pin-Id` the server gave this handle, while it holds the pin.
+    pin: Mutex<Option<String>>,
+    /// Set by [`JsQueue::release`]: the handle never pulls again.
+    released: AtomicBool,
+}
+
+impl Pinning {
+    pub(super) fn new(stream_name: &str) -> Self {
+        let next = Subject::from(format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{stream_name}.{CONSUMER}"
+        ));
+        Pinning {
+            next,
+            pin: Mutex::new(None),
+            released: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The consumer's settings as the one member of a pinned-client priority group.
+pub(super) fn pinned_consumer(config: pull::Config, takeover_after: Duration) -> pull::Config {
+    pull::Config {
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec![GROUP.to_string()],
+        priority_timeout: takeover_after,
+        ..config
+    }
+}
+
+impl JsQueue {
+    /// With `exclusive`: gives up this handle's pin, so that a standby takes over at once
+    /// rather than `takeover_after` later. For a graceful shutdown, after the last `ack`:
+    /// from now on this handle's `receive` returns empty after `wait`, and entries it still
+    /// holds come back after the visibility timeout. Does nothing without `exclusive`.
+    ///
+    /// The server unpins whichever handle holds the pin: should this handle have lost it
+    /// unnoticed within the last `takeover_after / 4` (cut off from NATS, say), the new
+    /// holder loses it too and has to pull for it again.
+    pub async fn release(&self) -> Result<(), BackendError> {
+        let Some(pinning) = &self.pinning else {
+            return Ok(());
+        };
+        pinning.released.store(true, Ordering::SeqCst);
+        let held = pinning.pin.lock().expect("pin lock").take();
+        if held.is_none() {
+            return Ok(());
+        }
+        timed(self.options.append_timeout, "release the queue", async {
+            self.entries
+                .unpin_consumer(CONSUMER, GROUP)
+                .await
+                .map_err(|error| nats_error("release the queue", error))
+        })
+        .await
+    }
+
+    /// Whether this handle was released: it never pulls again.
+    pub(super) fn released(&self) -> bool {
+        self.pinning
+            .as_ref()
+            .is_some_and(|pinning| pinning.released.load(Ordering::SeqCst))
+    }
+
+    /// Whether this is an exclusive handle without the pin.
+    pub(super) fn standby(&self) -> bool {
+        self.pinning
+            .as_ref()
+            .is_some_and(|pinning| pinning.pin.lock().expect("pin lock").is_none())
+    }
+
+    /// Whether another handle holds the pin of this exclusive queue.
+    pub(super) async fn pinned_elsewhere(&self) -> Result<bool, BackendError> {
+        let info = timed(
+            self.options.append_timeout,
+            "read the queue consumer",
+            async {
+                self.consumer
+                    .get_info()
+                    .await
+                    .map_err(|error| nats_error("read the queue consumer", error))
+            },
+        )
+        .await?;
+        Ok(info
+            .priority_groups
+            .iter()
+            .any(|group| group.group == GROUP && group.pinned_client_id.is_some()))
+    }
+
+    /// A pull as a member of the consumer's priority group, with this handle's pin if it has
+    /// one: the library's `fetch` and `batch` refuse a pinned-client consumer (they would not
+    /// keep the pin), and its continuous `stream` would prefetch entries nobody asked for.
+    ///
+    /// Without a pin the server parks the pull while another handle holds the pin (it ends
+    /// empty at its expiry), or pins this handle with the first entry it hands over. A pull
+    /// with a pin that is no longer the server's is refused (423): the pin is dropped and the
+    /// handle is a standby again.
+    pub(super) async fn pull_pinned(
+        &self,
+        pinning: &Pinning,
+        kind: Pull,
+        expires: Duration,
+        max: usize,
+    ) -> Result<Vec<jetstream::Message>, BackendError> {
+        let pin = pinning.pin.lock().expect("pin lock").clone();
+        let request = PullRequest {
+            batch: max,
+            expires: u64::try_from(expires.as_nanos()).unwrap_or(u64::MAX),
+            no_wait: matches!(kind, Pull::Now(_)),
+            group: GROUP,
+            id: pin.as_deref(),
+        };
+        let body = serde_json::to_vec(&request).expect("a pull request serializes");
+        let client = self.jetstream.client();
+        let inbox = Subject::from(client.new_inbox());
+        // Dropping the subscription ends the pull, should this future be dropped early.
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|error| nats_error("pull from the queue", error))?;
+        client
+            .publish_with_reply(pinning.next.clone(), inbox, body.into())
+            .await
+            .map_err(|error| nats_error("pull from the queue", error))?;
+        let mut messages = Vec::new();
+        while messages.len() < max {
+            let Some(message) = replies.next().await else {
+                if !messages.is_empty() {
+                    break;
+                }
+                return Err(BackendError::unavailable(
+                    "pull from the queue: the connection closed",
+                ));
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    if let Some(id) = message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get_last(header::NATS_PIN_ID))
+                    {
+                        let mut pin = pinning.pin.lock().expect("pin lock");
+                        if pin.as_deref() != Some(id.as_str()) {
+                            *pin = Some(id.as_str().to_string());
+                        }
+                    }
+                    messages.push(jetstream::Message {
+                        message,
+                        context: self.jetstream.clone(),
+                    });
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                // The pull is over: expired, or nothing more to hand out right now.
+                Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => break,
+                Some(StatusCode::PIN_ID_MISMATCH) => {
+                    let mut current = pinning.pin.lock().expect("pin lock");
+                    if *current == pin {
+                        *current = None;
+                    }
+                    break;
+                }
+                // The consumer holds `in_flight_max` unacknowledged entries: none for now.
+                Some(StatusCode::REQUEST_TERMINATED)
+                    if message
+                        .description
+                        .as_deref()
+                        .is_some_and(|description| description.contains("MaxAckPending")) =>
+                {
+                    break;
+                }
+                // What was handed out already must reach the caller (see `receive`).
+                Some(_) if !messages.is_empty() => break,
+                Some(status) => {
+                    return Err(BackendError::unavailable(format!(
+                        "pull from the queue: {status} {}",
+                        message.description.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        Ok(messages)
+    }
+}
+
+/// A pull request as the server reads it (ADR-13, with ADR-42's priority group).
+#[derive(serde::Serialize)]
+struct PullRequest<'a> {
+    batch: usize,
+    /// Nanoseconds.
+    expires: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_wait: bool,
+    group: &'a str,
+    /// The pin this handle holds, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}

@@ -1,0 +1,131 @@
+// The sync engine's public types: what it is given (`SyncTransport`, `Clock`, its limits)
+// and the immutable views it hands out (`EngineState` and its parts). `engine.ts` exports
+// them again; the app imports them from there. No logic beyond the system clock.
+
+import type {
+  ClientFrame,
+  Conversation,
+  ConversationId,
+  ConversationKind,
+  Member,
+  Message,
+  Page,
+  User,
+  UserId,
+} from '../api/types.ts';
+import { LIMITS } from '../api/types.ts';
+
+export interface SyncTransport {
+  listConversations(): Promise<Conversation[]>;
+  fetchMessages(conversation: ConversationId, page: Page): Promise<Message[]>;
+  markRead(conversation: ConversationId, seq: number): Promise<void>;
+  /** Sends on the live socket; false when there is none (the engine keeps it to resend). */
+  send(frame: ClientFrame): boolean;
+}
+
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => globalThis.setTimeout(fn, ms),
+  clearTimeout: (handle) => globalThis.clearTimeout(handle as number),
+};
+
+export const SYNC_LIMITS = {
+  /** Newest page loaded when a conversation is opened, and each older page. */
+  pageMessages: 50,
+  /** Forward page size when catching up (the server's maximum). */
+  catchUpPageMessages: LIMITS.historyPageMax,
+  /** Forward pages per catch-up before jumping to the newest page instead. */
+  catchUpRoundsMax: 5,
+  /** After `accepted`, how long to wait for the message before asking the store. */
+  acceptedConfirmMs: 5_000,
+  /** After a send without `accepted`, how long before sending it again (same client_msg_id). */
+  sendConfirmMs: 10_000,
+  /** Someone stops being shown as typing this long after their last `typing`. */
+  typingShownMs: 6_000,
+  /** At most one outgoing `typing` per conversation per this interval. */
+  typingSendIntervalMs: 3_000,
+  /** Backoff for resending a `rate_limited` send, and for retrying failed fetches. */
+  retryInitialMs: 1_000,
+  retryMaxMs: 30_000,
+  /** Messages of not-yet-known conversations kept until the chat list is refetched. */
+  unknownBufferMax: 100,
+} as const;
+
+export type ConnectionState = 'connecting' | 'online' | 'offline';
+export type LoadStatus = 'loading' | 'ready' | 'error';
+
+export interface ChatView {
+  id: ConversationId;
+  kind: ConversationKind;
+  /** The group's title, or the other member's username for a direct chat. */
+  title: string;
+  members: readonly Member[];
+  /** For a direct chat, the other member. */
+  peerId: UserId | null;
+  lastMessage: Message | null;
+  lastSeq: number;
+  unread: number;
+}
+
+export type PendingState = 'queued' | 'sending' | 'accepted' | 'failed';
+
+export interface PendingMessage {
+  conversationId: ConversationId;
+  clientMsgId: string;
+  body: string;
+  createdAt: string;
+  state: PendingState;
+  error: string | null;
+}
+
+export interface TimelineView {
+  status: LoadStatus;
+  error: string | null;
+  /** Stored messages, ascending seq, each once. */
+  messages: readonly Message[];
+  /** Typed here, not yet stored: shown after `messages`, in the order they were typed. */
+  pending: readonly PendingMessage[];
+  hasOlder: boolean;
+  loadingOlder: boolean;
+  /** The highest seq that another member is known to have read. */
+  readByOthersSeq: number;
+}
+
+export interface PresenceView {
+  online: boolean;
+  lastSeen: string | null;
+}
+
+export interface EngineState {
+  me: User;
+  connection: ConnectionState;
+  chatsStatus: LoadStatus;
+  chats: readonly ChatView[];
+  timelines: Readonly<Record<ConversationId, TimelineView>>;
+  presence: Readonly<Record<UserId, PresenceView>>;
+  typing: Readonly<Record<ConversationId, readonly UserId[]>>;
+  activeId: ConversationId | null;
+}
+
+export interface IncomingMessage {
+  message: Message;
+  chat: ChatView;
+  sender: string;
+}
+
+export interface EngineOptions {
+  me: User;
+  transport: SyncTransport;
+  clock?: Clock;
+  newClientMsgId?: () => string;
+  random?: () => number;
+}
+
+/** Why `send` refused a body before it became pending. */
+export class SendRejected extends Error {}
