@@ -103,6 +103,7 @@ impl Server {
     }
 
     /// SIGTERM, then waits for the graceful shutdown.
+    #[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on our own child's pid.
@@ -161,6 +162,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// User + system CPU time a process has used so far, from /proc.
+#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields after its closing parenthesis do not.

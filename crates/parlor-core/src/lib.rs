@@ -2,7 +2,8 @@
 //! roles are written against, and the pure logic they share.
 //!
 //! This crate does no IO: no sockets, files, clients or runtime. Backends (`parlor-embedded`,
-//! later NATS/PostgreSQL/AWS) implement its ports; `parlor-server` uses them as `Arc<dyn _>`.
+//! `parlor-nats`, `parlor-postgres`) implement its ports; `parlor-server` uses them as
+//! `Arc<dyn _>`.
 
 pub mod error;
 pub mod ids;

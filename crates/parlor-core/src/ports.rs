@@ -1,6 +1,6 @@
 //! The ports: the only way the server roles reach queues, storage, the connection registry,
-//! presence and other gateway nodes. Each backend set (embedded, cluster, AWS) implements
-//! them; the roles hold them as `Arc<dyn _>` and never name a backend.
+//! presence and other gateway nodes. Each backend set (embedded, cluster) implements them;
+//! the roles hold them as `Arc<dyn _>` and never name a backend.
 //!
 //! Every method fails with [`BackendError`], whose kind tells the caller what to do:
 //! `Unavailable` → retry with backoff, `Rejected` → dead-letter, `Poisoned` → stop.
@@ -61,7 +61,7 @@ pub struct QueueDepth {
 /// A durable FIFO with a dead-letter side.
 ///
 /// `append` returns only when the entries survive `kill -9` of any process (a fsynced WAL,
-/// a JetStream ack from a syncing server, an SQS 200). Delivery is at least once: an entry
+/// a JetStream ack from a syncing server). Delivery is at least once: an entry
 /// not acknowledged within the visibility timeout, or before a crash, is delivered again,
 /// so consumers must be idempotent. Entries are handed out in append order, except that a
 /// redelivered entry comes back later than the entries after it.

@@ -222,6 +222,7 @@ impl ServeConfig {
 }
 
 /// This process's soft limit on open files, if the system tells.
+#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
 fn open_files_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

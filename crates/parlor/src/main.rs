@@ -498,6 +498,7 @@ async fn add_user(username: &str, store: &dyn Store) -> anyhow::Result<()> {
 /// threshold after the first such block is freed, so later ones come from per-thread arenas
 /// and stay resident: measured, 600 MiB of RSS after a few dozen logins. A fixed threshold
 /// keeps every allocation of 1 MiB or more a private mapping, unmapped when freed.
+#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
 fn return_large_allocations_to_the_system() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.

@@ -1,4 +1,4 @@
-// The dependency rules of web/ (STYLE.md §7), checked on the source: features never import
+// The dependency rules of web/ (ARCHITECTURE.md, `web/`), checked on the source: features never import
 // each other, lib never imports features or app, the sync engine stays free of React.
 
 import { readdirSync, readFileSync, statSync } from 'node:fs';

@@ -179,6 +179,7 @@ pub async fn hold(address: &str, source: IpAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
 pub fn open_files_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -190,6 +191,7 @@ pub fn open_files_limit() -> u64 {
 }
 
 /// Raises this process's open-file limit to its hard limit; children inherit it.
+#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
 pub fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

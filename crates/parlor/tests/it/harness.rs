@@ -47,6 +47,7 @@ impl Server {
         Self::spawn_with_open_files(args, env, None)
     }
 
+    #[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
     fn spawn_with_open_files(
         args: &[&str],
         env: &[(&str, &str)],
