@@ -3,7 +3,12 @@
 //! The main log holds the entries; its cursor is the lowest entry not yet acknowledged,
 //! committed to disk in the background, so after a crash everything from that cursor on is
 //! delivered again (at least once; consumers are idempotent). The dead-letter log holds
-//! `Dead` records and `Removed` tombstones; it is replayed at open.
+//! `Dead` records and `Removed` tombstones; it is replayed at open (`dead`).
+//!
+//! The behaviour every queue shares is checked by the contract suite (`tests/contract`);
+//! the tests here are the WAL-specific ones.
+
+mod dead;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
@@ -15,9 +20,9 @@ use parlor_core::BackendError;
 use parlor_core::ports::{
     DeadLetter, DeadLetterSelection, Delivery, DeliveryId, Queue, QueueDepth,
 };
-use parlor_core::queue::decode_payload;
 use parlor_wal::{Reader, Wal, WalError, WalOptions};
-use serde::{Deserialize, Serialize};
+
+use dead::{DeadLogRecord, DeadRecord, replay_dead};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, oneshot};
 
@@ -88,23 +93,6 @@ enum Phase {
     InFlight { deadline: Instant },
     Waiting { due: Instant },
     Ready,
-}
-
-/// A record of the dead-letter log, a versioned payload like the entries themselves
-/// (`parlor_core::queue`): version 0 had no version byte.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum DeadLogRecord {
-    Dead(DeadRecord),
-    Removed { id: u64 },
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct DeadRecord {
-    payload: Vec<u8>,
-    reason: String,
-    attempts: u32,
-    #[serde(with = "time::serde::rfc3339")]
-    failed_at: OffsetDateTime,
 }
 
 impl WalQueue {
@@ -343,61 +331,6 @@ impl WalQueue {
         }
         Ok(out)
     }
-
-    async fn write_dead(
-        &self,
-        records: Vec<DeadLogRecord>,
-    ) -> Result<std::ops::Range<u64>, BackendError> {
-        let encoded = records
-            .iter()
-            .map(parlor_core::queue::encode_payload)
-            .collect();
-        Self::append_to(&self.dead, encoded).await
-    }
-
-    /// Moves the cursor of the dead-letter log to its oldest live record, so that segments
-    /// holding only removed letters are deleted.
-    async fn compact_dead(&self) -> Result<(), BackendError> {
-        let oldest = {
-            let state = self.state.lock().expect("queue lock");
-            state.dead.first().map(|(id, _)| *id)
-        };
-        let cursor = oldest.unwrap_or_else(|| self.dead.durable_end());
-        let dead = self.dead.clone();
-        tokio::task::spawn_blocking(move || dead.commit_cursor(CURSOR, cursor))
-            .await
-            .map_err(|error| {
-                BackendError::unavailable(format!("dead-letter compaction task: {error}"))
-            })?
-            .map_err(wal_error)
-    }
-
-    fn select(state: &State, selection: &DeadLetterSelection) -> Vec<(u64, DeadRecord)> {
-        state
-            .dead
-            .iter()
-            .filter(|(id, _)| match selection {
-                DeadLetterSelection::All => true,
-                DeadLetterSelection::Ids(ids) => ids.contains(id),
-            })
-            .cloned()
-            .collect()
-    }
-
-    async fn remove_dead(&self, ids: &[u64]) -> Result<(), BackendError> {
-        self.write_dead(
-            ids.iter()
-                .map(|id| DeadLogRecord::Removed { id: *id })
-                .collect(),
-        )
-        .await?;
-        self.state
-            .lock()
-            .expect("queue lock")
-            .dead
-            .retain(|(id, _)| !ids.contains(id));
-        self.compact_dead().await
-    }
 }
 
 #[async_trait]
@@ -510,45 +443,15 @@ impl Queue for WalQueue {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, BackendError> {
-        let state = self.state.lock().expect("queue lock");
-        Ok(state
-            .dead
-            .iter()
-            .take(limit)
-            .map(|(id, record)| DeadLetter {
-                id: *id,
-                payload: record.payload.clone(),
-                reason: record.reason.clone(),
-                attempts: record.attempts,
-                failed_at: record.failed_at,
-            })
-            .collect())
+        Ok(self.list_dead(limit))
     }
 
     async fn redrive(&self, selection: DeadLetterSelection) -> Result<usize, BackendError> {
-        let selected = Self::select(&self.state.lock().expect("queue lock"), &selection);
-        if selected.is_empty() {
-            return Ok(0);
-        }
-        // Append first, remove second: a crash in between redrives twice (harmless, the
-        // persister is idempotent) rather than losing the letter.
-        let payloads = selected
-            .iter()
-            .map(|(_, record)| record.payload.clone())
-            .collect();
-        self.append(payloads).await?;
-        let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
-        self.remove_dead(&ids).await?;
-        Ok(ids.len())
+        self.redrive_dead(selection).await
     }
 
     async fn purge(&self, selection: DeadLetterSelection) -> Result<usize, BackendError> {
-        let selected = Self::select(&self.state.lock().expect("queue lock"), &selection);
-        let ids: Vec<u64> = selected.iter().map(|(id, _)| *id).collect();
-        if !ids.is_empty() {
-            self.remove_dead(&ids).await?;
-        }
-        Ok(ids.len())
+        self.purge_dead(selection).await
     }
 
     async fn depth(&self) -> Result<QueueDepth, BackendError> {
@@ -567,22 +470,6 @@ impl Queue for WalQueue {
             dead: state.dead.len() as u64,
         })
     }
-}
-
-/// Rebuilds the live dead letters from the dead-letter log.
-fn replay_dead(dead: &Wal) -> Result<Vec<(u64, DeadRecord)>, BackendError> {
-    let mut reader = dead.reader(dead.start_offset()).map_err(wal_error)?;
-    let mut live: Vec<(u64, DeadRecord)> = Vec::new();
-    while let Some((offset, bytes)) = reader.next().map_err(wal_error)? {
-        let record: DeadLogRecord = decode_payload(&bytes).map_err(|error| {
-            BackendError::poisoned(format!("unreadable dead-letter record {offset}: {error}"))
-        })?;
-        match record {
-            DeadLogRecord::Dead(record) => live.push((offset, record)),
-            DeadLogRecord::Removed { id } => live.retain(|(live_id, _)| *live_id != id),
-        }
-    }
-    Ok(live)
 }
 
 /// [`wal_error`] with the cause of a poisoned `wal` in the message.
@@ -623,65 +510,6 @@ mod tests {
         deliveries.iter().map(|d| d.payload.as_slice()).collect()
     }
 
-    /// The dead-letter log's bytes as this build writes them, and as builds before payload
-    /// versions wrote them (still in data directories after an upgrade).
-    #[test]
-    fn dead_letter_records_are_versioned_and_version_0_is_read() {
-        let removed = DeadLogRecord::Removed { id: 7 };
-        let written = parlor_core::queue::encode_payload(&removed);
-        assert_eq!(written, b"\x01{\"Removed\":{\"id\":7}}");
-        for bytes in [&written[..], b"{\"Removed\":{\"id\":7}}"] {
-            let read: DeadLogRecord = decode_payload(bytes).unwrap();
-            assert!(matches!(read, DeadLogRecord::Removed { id: 7 }));
-        }
-        let dead = br#"{"Dead":{"payload":[104,105],"reason":"r","attempts":3,"failed_at":"1970-01-01T00:00:00Z"}}"#;
-        let DeadLogRecord::Dead(record) = decode_payload(dead).unwrap() else {
-            panic!("a dead record");
-        };
-        assert_eq!((record.payload, record.attempts), (b"hi".to_vec(), 3));
-    }
-
-    #[tokio::test]
-    async fn entries_come_out_in_order_and_acked_ones_never_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = WalQueue::open(dir.path(), "q", options()).unwrap();
-        queue
-            .append(vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
-            .await
-            .unwrap();
-        let first = queue.receive(2, Duration::ZERO).await.unwrap();
-        assert_eq!(payloads(&first), [b"a", b"b"]);
-        assert!(first.iter().all(|d| d.attempts == 1));
-        queue.ack(&[first[0].id, first[1].id]).await.unwrap();
-        let rest = queue.receive(10, Duration::ZERO).await.unwrap();
-        assert_eq!(payloads(&rest), [b"c"]);
-        queue.ack(&[rest[0].id]).await.unwrap();
-        assert!(
-            queue
-                .receive(10, Duration::from_millis(150))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(queue.depth().await.unwrap(), QueueDepth::default());
-    }
-
-    #[tokio::test]
-    async fn receive_wakes_up_when_an_entry_is_appended() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = WalQueue::open(dir.path(), "q", options()).unwrap();
-        let waiter = {
-            let queue = Arc::clone(&queue);
-            tokio::spawn(async move { queue.receive(10, Duration::from_secs(10)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        queue.append(vec![b"late".to_vec()]).await.unwrap();
-        let started = Instant::now();
-        let got = waiter.await.unwrap().unwrap();
-        assert_eq!(payloads(&got), [b"late"]);
-        assert!(started.elapsed() < Duration::from_secs(5));
-    }
-
     #[tokio::test]
     async fn unacknowledged_entries_are_redelivered_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -700,46 +528,6 @@ mod tests {
         let queue = WalQueue::open(dir.path(), "q", options()).unwrap();
         let again = queue.receive(10, Duration::ZERO).await.unwrap();
         assert_eq!(payloads(&again), [[2u8].as_slice(), &[3], &[4]]);
-    }
-
-    #[tokio::test]
-    async fn an_entry_not_acknowledged_in_time_comes_back_then_goes_to_the_dead_letters() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = WalQueue::open(dir.path(), "q", options()).unwrap();
-        queue.append(vec![b"slow".to_vec()]).await.unwrap();
-        for attempt in 1..=3 {
-            let got = queue.receive(1, Duration::from_secs(2)).await.unwrap();
-            assert_eq!(got.len(), 1);
-            assert_eq!(got[0].attempts, attempt);
-        }
-        assert!(
-            queue
-                .receive(1, Duration::from_millis(300))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let dead = queue.dead_letters(10).await.unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].payload, b"slow");
-        assert_eq!(dead[0].attempts, 3);
-        assert!(dead[0].reason.contains("visibility timeout"));
-    }
-
-    #[tokio::test]
-    async fn retry_later_waits_at_least_the_delay() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = WalQueue::open(dir.path(), "q", options()).unwrap();
-        queue.append(vec![b"x".to_vec()]).await.unwrap();
-        let got = queue.receive(1, Duration::ZERO).await.unwrap();
-        let started = Instant::now();
-        queue
-            .retry_later(got[0].id, Duration::from_millis(50))
-            .await
-            .unwrap();
-        let again = queue.receive(1, Duration::from_secs(2)).await.unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(50));
-        assert_eq!((again[0].id, again[0].attempts), (got[0].id, 2));
     }
 
     #[tokio::test]
