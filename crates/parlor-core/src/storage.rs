@@ -1,7 +1,8 @@
 //! What the SQL stores (`parlor-embedded`'s SQLite, `parlor-postgres`) write the same way:
 //! times as unix nanoseconds, seqs as signed 64-bit integers, a conversation's kind as text,
-//! a direct conversation's pair key, an escaped name prefix, members grouped into views, and
-//! which schema migrations still need to run.
+//! a direct conversation's pair key, an escaped name prefix, members grouped into views,
+//! which schema migrations still need to run, and the checks of a new conversation's
+//! members that come before any SQL.
 //!
 //! Pure functions only: no IO and no driver types; each backend binds the values these
 //! return with its own client.
@@ -12,6 +13,7 @@ use std::hash::Hash;
 
 use time::OffsetDateTime;
 
+use crate::error::BackendError;
 use crate::ids::{ConversationId, Seq, UserId};
 use crate::ports::ConversationView;
 use crate::protocol::{ConversationKind, User};
@@ -61,6 +63,27 @@ pub fn kind_of_text(text: &str) -> Option<ConversationKind> {
 pub fn direct_key(a: UserId, b: UserId) -> String {
     let (low, high) = if a <= b { (a, b) } else { (b, a) };
     format!("{low}:{high}")
+}
+
+/// Refuses a direct conversation of a user with themselves (`Rejected`), before any lookup.
+pub fn check_direct_pair(a: UserId, b: UserId) -> Result<(), BackendError> {
+    if a == b {
+        return Err(BackendError::rejected(
+            "create direct conversation: a direct conversation needs two different users",
+        ));
+    }
+    Ok(())
+}
+
+/// A new group's members, each once and in order; `Rejected` if there are none.
+pub fn group_members(members: &[UserId]) -> Result<Vec<UserId>, BackendError> {
+    let members = distinct(members);
+    if members.is_empty() {
+        return Err(BackendError::rejected(
+            "create group: a group needs at least one member",
+        ));
+    }
+    Ok(members)
 }
 
 /// The first occurrence of each id, in order.
@@ -154,6 +177,17 @@ mod tests {
         assert_ne!(direct_key(a, b), direct_key(a, UserId::new()));
         let (low, high) = if a <= b { (a, b) } else { (b, a) };
         assert_eq!(direct_key(a, b), format!("{low}:{high}"));
+    }
+
+    #[test]
+    fn a_direct_pair_needs_two_users_and_a_group_one() {
+        let (ann, bob) = (UserId::new(), UserId::new());
+        assert!(check_direct_pair(ann, bob).is_ok());
+        let alone = check_direct_pair(ann, ann).unwrap_err();
+        assert_eq!(alone.kind, crate::BackendErrorKind::Rejected);
+        assert_eq!(group_members(&[bob, ann, bob]).unwrap(), [bob, ann]);
+        let empty = group_members(&[]).unwrap_err();
+        assert_eq!(empty.kind, crate::BackendErrorKind::Rejected);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use parlor_core::error::BackendError;
 use parlor_core::ids::{ConversationId, Seq, UserId};
 use parlor_core::ports::{Appended, ConversationView, NewMessage, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{Message, User};
-use parlor_core::storage::{distinct, like_prefix};
+use parlor_core::storage::{check_direct_pair, distinct, group_members, like_prefix};
 use rusqlite::{Connection, TransactionBehavior};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
@@ -260,11 +260,7 @@ impl Store for SqliteStore {
         a: UserId,
         b: UserId,
     ) -> Result<(ConversationId, bool), BackendError> {
-        if a == b {
-            return Err(BackendError::rejected(
-                "create direct conversation: a direct conversation needs two different users",
-            ));
-        }
+        check_direct_pair(a, b)?;
         self.write("create direct conversation", move |tx| {
             conversations::create_direct(tx, a, b)
         })
@@ -276,12 +272,7 @@ impl Store for SqliteStore {
         title: &str,
         members: &[UserId],
     ) -> Result<ConversationId, BackendError> {
-        let members = distinct(members);
-        if members.is_empty() {
-            return Err(BackendError::rejected(
-                "create group: a group needs at least one member",
-            ));
-        }
+        let members = group_members(members)?;
         let title = title.to_owned();
         self.write("create group", move |tx| {
             conversations::create_group(tx, &title, &members)

@@ -42,7 +42,7 @@ use parlor_core::error::BackendError;
 use parlor_core::ids::{ConversationId, Seq, UserId};
 use parlor_core::ports::{Appended, ConversationView, NewMessage, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{Message, User};
-use parlor_core::storage::distinct;
+use parlor_core::storage::{check_direct_pair, distinct, group_members};
 use time::OffsetDateTime;
 use tokio_postgres::{Config, NoTls};
 
@@ -225,11 +225,7 @@ impl Store for PgStore {
         a: UserId,
         b: UserId,
     ) -> Result<(ConversationId, bool), BackendError> {
-        if a == b {
-            return Err(BackendError::rejected(
-                "create direct conversation: a direct conversation needs two different users",
-            ));
-        }
+        check_direct_pair(a, b)?;
         run(
             "create direct conversation",
             conversations::create_direct(self, a, b),
@@ -242,12 +238,7 @@ impl Store for PgStore {
         title: &str,
         members: &[UserId],
     ) -> Result<ConversationId, BackendError> {
-        let members = distinct(members);
-        if members.is_empty() {
-            return Err(BackendError::rejected(
-                "create group: a group needs at least one member",
-            ));
-        }
+        let members = group_members(members)?;
         run(
             "create group",
             conversations::create_group(self, title, &members),
