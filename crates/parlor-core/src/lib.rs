@@ -10,6 +10,7 @@ pub mod ids;
 pub mod ports;
 pub mod protocol;
 pub mod queue;
+pub mod storage;
 pub mod validate;
 
 pub use error::{BackendError, BackendErrorKind, ErrorCode};

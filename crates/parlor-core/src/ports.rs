@@ -110,12 +110,24 @@ pub enum Appended {
     Rejected(String),
 }
 
+/// The most messages one [`Page`] of history holds: stores clamp `Page::limit` to
+/// `1..=HISTORY_PAGE_MAX`, and the gateway refuses a larger `limit`.
+pub const HISTORY_PAGE_MAX: u16 = 200;
+
 /// A page of history: `after_seq` wins over `before_seq`; neither means the newest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Page {
     pub before_seq: Option<Seq>,
     pub after_seq: Option<Seq>,
     pub limit: u16,
+}
+
+impl Page {
+    /// How many messages this page holds at most: `limit` clamped to
+    /// `1..=HISTORY_PAGE_MAX`.
+    pub fn limit_clamped(&self) -> u16 {
+        self.limit.clamp(1, HISTORY_PAGE_MAX)
+    }
 }
 
 /// A conversation as one of its members sees it.

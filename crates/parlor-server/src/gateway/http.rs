@@ -332,7 +332,7 @@ pub struct HistoryQuery {
     limit: Option<u16>,
 }
 
-pub const HISTORY_LIMIT_MAX: u16 = 200;
+pub const HISTORY_LIMIT_MAX: u16 = parlor_core::ports::HISTORY_PAGE_MAX;
 
 pub async fn messages(
     State(gateway): Shared,
