@@ -5,8 +5,6 @@ mod assets;
 mod cluster;
 mod config;
 mod embedded;
-#[cfg(feature = "faults")]
-mod faults;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
