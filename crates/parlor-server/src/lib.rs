@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod consumer;
 mod deliver;
 pub mod gateway;
 pub mod limits;

@@ -6,17 +6,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parlor_core::ports::{Delivery, MessageOrder};
 use parlor_core::protocol::ServerFrame;
 use parlor_core::queue::Notification;
-use parlor_core::{BackendError, BackendErrorKind, ConversationId, UserId};
+use parlor_core::{BackendError, ConversationId, UserId};
 use time::OffsetDateTime;
+// Tokio's clock, which is std's unless a test pauses it.
+use tokio::time::Instant;
 
 use crate::config::ConsumerConfig;
+use crate::consumer::{Attempt, Consumer};
 use crate::metrics as m;
-use crate::retry::backoff;
 use crate::{Deps, Shutdown, deliver};
 
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
@@ -24,7 +26,7 @@ const RECEIVE_WAIT: Duration = Duration::from_millis(500);
 /// time (one store read per conversation per batch: 18 of the 23 ms from accepted to
 /// delivered at 10,000 messages/s). v1 never changes a conversation's members after
 /// creation; the bound keeps a later version honest without an invalidation channel.
-const MEMBERS_CACHED_FOR: Duration = Duration::from_secs(10);
+pub const MEMBERS_CACHED_FOR: Duration = Duration::from_secs(10);
 /// Conversations whose members are cached, at most; the cache starts over beyond it.
 const MEMBERS_CACHED_MAX: usize = 100_000;
 
@@ -62,26 +64,25 @@ pub async fn run(
     config: ConsumerConfig,
     shutdown: Shutdown,
 ) -> Result<(), BackendError> {
+    let notifications = Consumer::new(deps.notifications.clone(), "notifications", config);
     let mut members = MembersCache::default();
     loop {
         let deliveries = tokio::select! {
-            deliveries = deps.notifications.receive(config.batch_max, RECEIVE_WAIT) => deliveries,
+            deliveries = notifications
+                .queue()
+                .receive(notifications.config().batch_max, RECEIVE_WAIT) => deliveries,
             _ = shutdown.clone().wait() => return Ok(()),
         };
         match deliveries {
-            Ok(deliveries) => notify(&deps, &config, &mut members, deliveries).await?,
-            Err(error) if error.kind == BackendErrorKind::Poisoned => return Err(error),
-            Err(error) => {
-                tracing::warn!(%error, "notifier: queue unavailable, pausing");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            Ok(deliveries) => notify(&deps, &notifications, &mut members, deliveries).await?,
+            Err(error) => notifications.queue_failed(error).await?,
         }
     }
 }
 
 async fn notify(
     deps: &Deps,
-    config: &ConsumerConfig,
+    notifications: &Consumer,
     members: &mut MembersCache,
     deliveries: Vec<Delivery>,
 ) -> Result<(), BackendError> {
@@ -91,82 +92,54 @@ async fn notify(
             Ok(notification) => notification,
             Err(error) => {
                 let reason = format!("undecodable notification: {error}");
-                dead_letter(deps, &delivery, &reason).await?;
+                notifications.dead_letter(delivery.id, &reason).await?;
                 continue;
             }
         };
-        let conversation = notification.message.conversation_id;
-        let result = async {
-            let created_at = notification.message.created_at;
-            let (recipients, order) = if notification.sender_only {
-                // An old message again: nothing waits for it, and nobody else needs it.
-                (Arc::new(vec![notification.message.sender_id]), None)
-            } else {
-                let order = MessageOrder {
-                    conversation,
-                    seq: notification.message.seq,
-                };
-                (members.get(deps, conversation).await?, Some(order))
-            };
-            let frame: Arc<str> = ServerFrame::Message {
-                message: notification.message,
-            }
-            .to_json()
-            .into();
-            let reached = deliver::to_users(deps, &recipients, frame, order).await?;
-            metrics::counter!(m::MESSAGES_DELIVERED).increment(reached as u64);
-            let latency = (OffsetDateTime::now_utc() - created_at).as_seconds_f64();
-            metrics::histogram!(m::DELIVERY_SECONDS).record(latency.max(0.0));
-            Ok::<(), BackendError>(())
-        }
-        .await;
-        match result {
+        match deliver(deps, members, notification).await {
             Ok(()) => done.push(delivery.id),
-            Err(error) if error.kind == BackendErrorKind::Poisoned => return Err(error),
-            // A full disk is an outage, never a reason to dead-letter: retried below.
-            Err(error)
-                if error.kind == BackendErrorKind::Rejected
-                    || (delivery.attempts >= config.attempts_max
-                        && error.kind != BackendErrorKind::StorageFull) =>
-            {
-                let reason = format!("failed {} times, last: {error}", delivery.attempts);
-                dead_letter(deps, &delivery, &reason).await?;
-            }
             Err(error) => {
-                tracing::warn!(%error, "delivering a notification failed; retrying later");
-                let delay = backoff(
-                    delivery.attempts,
-                    config.retry_base,
-                    config.retry_max,
-                    delivery.id.0,
-                );
-                if let Err(error) = deps.notifications.retry_later(delivery.id, delay).await
-                    && error.kind == BackendErrorKind::Poisoned
-                {
-                    return Err(error);
-                }
+                // Never held: a notification that fails goes back to the queue (or to the
+                // dead letters), and the next one is tried.
+                let outage = notifications
+                    .apply(error, &[Attempt::alone(&delivery)])
+                    .await?;
+                debug_assert!(outage.is_none(), "the notifier never waits out an outage");
             }
         }
     }
-    match deps.notifications.ack(&done).await {
-        Err(error) if error.kind == BackendErrorKind::Poisoned => Err(error),
-        _ => Ok(()),
+    if let Err(error) = notifications.queue().ack(&done).await {
+        notifications.queue_failed(error).await?;
     }
+    Ok(())
 }
 
-async fn dead_letter(deps: &Deps, delivery: &Delivery, reason: &str) -> Result<(), BackendError> {
-    tracing::warn!(
-        delivery = delivery.id.0,
-        reason,
-        "notification dead-lettered"
-    );
-    metrics::counter!(m::DEAD_LETTERED, "queue" => "notifications").increment(1);
-    match deps.notifications.dead_letter(delivery.id, reason).await {
-        Err(error) if error.kind == BackendErrorKind::Poisoned => Err(error),
-        Err(error) => {
-            tracing::error!(%error, "cannot dead-letter a notification");
-            Ok(())
-        }
-        Ok(()) => Ok(()),
+/// Hands one notification to the nodes that hold its recipients.
+async fn deliver(
+    deps: &Deps,
+    members: &mut MembersCache,
+    notification: Notification,
+) -> Result<(), BackendError> {
+    let conversation = notification.message.conversation_id;
+    let created_at = notification.message.created_at;
+    let (recipients, order) = if notification.sender_only {
+        // An old message again: nothing waits for it, and nobody else needs it.
+        (Arc::new(vec![notification.message.sender_id]), None)
+    } else {
+        let order = MessageOrder {
+            conversation,
+            seq: notification.message.seq,
+        };
+        (members.get(deps, conversation).await?, Some(order))
+    };
+    let frame: Arc<str> = ServerFrame::Message {
+        message: notification.message,
     }
+    .to_json()
+    .into();
+    let reached = deliver::to_users(deps, &recipients, frame, order).await?;
+    metrics::counter!(m::MESSAGES_DELIVERED).increment(reached as u64);
+    let latency = (OffsetDateTime::now_utc() - created_at).as_seconds_f64();
+    metrics::histogram!(m::DELIVERY_SECONDS).record(latency.max(0.0));
+    Ok(())
 }

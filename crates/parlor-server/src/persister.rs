@@ -14,8 +14,8 @@ use parlor_core::{BackendError, BackendErrorKind};
 use time::OffsetDateTime;
 
 use crate::config::ConsumerConfig;
+use crate::consumer::{Attempt, Consumer};
 use crate::metrics as m;
-use crate::retry::backoff;
 use crate::{Deps, Shutdown};
 
 /// How long one receive waits for entries before checking for shutdown.
@@ -33,18 +33,19 @@ pub async fn run(
     config: ConsumerConfig,
     shutdown: Shutdown,
 ) -> Result<(), BackendError> {
+    let inbound = Consumer::new(deps.inbound.clone(), "inbound", config);
     let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel(STORED_BATCHES_QUEUED_MAX);
     let announcer = {
-        let (deps, config, shutdown) = (deps.clone(), config.clone(), shutdown.clone());
+        let (deps, inbound, shutdown) = (deps.clone(), inbound.clone(), shutdown.clone());
         tokio::spawn(async move {
             // In batch order, so per conversation the notifications follow `seq`.
             while let Some(stored) = stored_rx.recv().await {
-                announce(&deps, &config, &shutdown, stored).await?;
+                announce(&deps, &inbound, &shutdown, stored).await?;
             }
             Ok(())
         })
     };
-    let storing = store_until_shutdown(&deps, &config, shutdown, stored_tx).await;
+    let storing = store_until_shutdown(&deps, &inbound, shutdown, stored_tx).await;
     let announcing = announcer.await.unwrap_or_else(|panic| {
         std::panic::resume_unwind(panic.into_panic());
     });
@@ -53,10 +54,11 @@ pub async fn run(
 
 async fn store_until_shutdown(
     deps: &Deps,
-    config: &ConsumerConfig,
+    inbound: &Consumer,
     shutdown: Shutdown,
     stored: tokio::sync::mpsc::Sender<Stored>,
 ) -> Result<(), BackendError> {
+    let config = inbound.config();
     let mut draining_until = None;
     loop {
         if draining_until.is_none() && shutdown.is_fired() {
@@ -68,13 +70,13 @@ async fn store_until_shutdown(
             RECEIVE_WAIT
         };
         let deliveries = tokio::select! {
-            deliveries = deps.inbound.receive(config.batch_max, wait) => deliveries,
+            deliveries = inbound.queue().receive(config.batch_max, wait) => deliveries,
             _ = shutdown.clone().wait(), if draining_until.is_none() => continue,
         };
         let deliveries = match deliveries {
             Ok(deliveries) => deliveries,
             Err(error) => {
-                fatal_or_pause(error).await?;
+                inbound.queue_failed(error).await?;
                 continue;
             }
         };
@@ -100,7 +102,7 @@ async fn store_until_shutdown(
             .map(|delivery| vec![delivery])
             .chain(std::iter::once(fresh));
         for deliveries in batches {
-            if let Some(batch) = store(deps, config, deliveries, &shutdown).await?
+            if let Some(batch) = store(deps, inbound, deliveries, &shutdown).await?
                 && stored.send(batch).await.is_err()
             {
                 // The announcer stopped on a poisoned queue; its error is the one to report.
@@ -108,17 +110,6 @@ async fn store_until_shutdown(
             }
         }
     }
-}
-
-/// A poisoned backend ends the role; anything else pauses briefly and goes on.
-async fn fatal_or_pause(error: BackendError) -> Result<(), BackendError> {
-    if error.kind == BackendErrorKind::Poisoned {
-        tracing::error!(%error, "a queue is poisoned: the persister stops");
-        return Err(error);
-    }
-    tracing::warn!(%error, "persister: queue unavailable, pausing");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    Ok(())
 }
 
 /// A batch in the store, its notifications not yet appended, its entries not yet acked.
@@ -131,7 +122,7 @@ struct Stored {
 /// Stores a batch; `None` when nothing is left to announce (all failed or dead-lettered).
 async fn store(
     deps: &Deps,
-    config: &ConsumerConfig,
+    inbound: &Consumer,
     deliveries: Vec<Delivery>,
     shutdown: &Shutdown,
 ) -> Result<Option<Stored>, BackendError> {
@@ -149,12 +140,8 @@ async fn store(
                 batch_attempts.push(delivery.attempts);
             }
             Err(error) => {
-                dead_letter(
-                    deps,
-                    delivery.id,
-                    &format!("undecodable inbound entry: {error}"),
-                )
-                .await?;
+                let reason = format!("undecodable inbound entry: {error}");
+                inbound.dead_letter(delivery.id, &reason).await?;
             }
         }
     }
@@ -176,20 +163,20 @@ async fn store(
         // here for the store and spends no attempt. Handing it back to the queue instead
         // would let newer entries be stored before it once the store is back, and a long
         // outage would dead-letter healthy messages.
-        if error.kind == BackendErrorKind::Unavailable
+        let backend_down = error.kind == BackendErrorKind::Unavailable
             && !shutdown.is_fired()
-            && deps.store.ping().await.is_err()
-        {
+            && deps.store.ping().await.is_err();
+        let entries = attempts(&deliveries, &batch_ids, backend_down, shutdown);
+        let Some(error) = inbound.apply(error, &entries).await? else {
+            return Ok(None);
+        };
+        if backend_down {
             wait_for_store(deps, shutdown, &error).await;
-            continue;
+        } else {
+            // A full disk is an outage too, but the store still answers its ping: the batch
+            // itself is what tells when space is back.
+            full.pause(shutdown, &error).await;
         }
-        // A full disk is an outage too, but the store still answers its ping: the batch
-        // itself is what tells when space is back.
-        if error.kind == BackendErrorKind::StorageFull && full.pause(shutdown, &error).await {
-            continue;
-        }
-        retry_or_dead_letter(deps, config, &deliveries, &batch_ids, error).await?;
-        return Ok(None);
     };
     debug_assert_eq!(results.len(), batch.len());
 
@@ -198,20 +185,12 @@ async fn store(
     let mut done = Vec::with_capacity(results.len());
     let entries = batch_ids.iter().zip(&batch_attempts).zip(&batch);
     for (result, ((id, attempts), new)) in results.into_iter().zip(entries) {
-        match result {
+        let (message, sender_only) = match result {
             Appended::New(message) => {
                 metrics::counter!(m::MESSAGES_STORED).increment(1);
                 metrics::histogram!(m::STORE_SECONDS)
                     .record((now - new.accepted_at).as_seconds_f64().max(0.0));
-                let sender_only = false;
-                notifications.push(
-                    Notification {
-                        message,
-                        sender_only,
-                    }
-                    .encode(),
-                );
-                done.push(*id);
+                (message, false)
             }
             Appended::Duplicate(message) => {
                 metrics::counter!(m::MESSAGES_DUPLICATE).increment(1);
@@ -219,24 +198,47 @@ async fn store(
                 // stored and announced before: only the sender needs it back, to learn its
                 // seq. A redelivered entry may have been stored by an attempt that died
                 // before announcing it, so everyone gets it then.
-                let sender_only = *attempts == 1;
-                notifications.push(
-                    Notification {
-                        message,
-                        sender_only,
-                    }
-                    .encode(),
-                );
-                done.push(*id);
+                (message, *attempts == 1)
             }
-            Appended::Rejected(reason) => dead_letter(deps, *id, &reason).await?,
-        }
+            Appended::Rejected(reason) => {
+                inbound.dead_letter(*id, &reason).await?;
+                continue;
+            }
+        };
+        notifications.push(
+            Notification {
+                message,
+                sender_only,
+            }
+            .encode(),
+        );
+        done.push(*id);
     }
     Ok(Some(Stored {
         deliveries,
         notifications,
         done,
     }))
+}
+
+/// The policy's view of the entries `ids` among `deliveries`, after a failed step.
+fn attempts(
+    deliveries: &[Delivery],
+    ids: &[DeliveryId],
+    backend_down: bool,
+    shutdown: &Shutdown,
+) -> Vec<Attempt> {
+    deliveries
+        .iter()
+        .filter(|delivery| ids.contains(&delivery.id))
+        .map(|delivery| Attempt {
+            delivery: delivery.id,
+            attempts: delivery.attempts,
+            alone: ids.len() == 1,
+            backend_down,
+            can_wait: !shutdown.is_fired(),
+        })
+        .collect()
 }
 
 /// Waits until the store answers again, or until shutdown.
@@ -274,12 +276,10 @@ impl SpaceWait {
         Self { step, next: None }
     }
 
-    /// Pauses before the next try; `false` (without pausing) once shutdown fired: the entries
-    /// then go back to the queue and are redelivered after the restart.
-    async fn pause(&mut self, shutdown: &Shutdown, error: &BackendError) -> bool {
-        if shutdown.is_fired() {
-            return false;
-        }
+    /// Pauses before the next try, or until shutdown: the step is then tried once more, and
+    /// if the disk is still full its entries go back to the queue, redelivered after the
+    /// restart.
+    async fn pause(&mut self, shutdown: &Shutdown, error: &BackendError) {
         let pause = match self.next {
             Some(pause) => pause,
             None => {
@@ -294,8 +294,8 @@ impl SpaceWait {
         };
         self.next = Some((pause * 2).min(Self::PAUSE_MAX));
         tokio::select! {
-            _ = tokio::time::sleep(pause) => true,
-            _ = shutdown.clone().wait() => false,
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.clone().wait() => {}
         }
     }
 
@@ -313,7 +313,7 @@ impl SpaceWait {
 /// Appends the batch's notifications, then acknowledges its inbound entries.
 async fn announce(
     deps: &Deps,
-    config: &ConsumerConfig,
+    inbound: &Consumer,
     shutdown: &Shutdown,
     stored: Stored,
 ) -> Result<(), BackendError> {
@@ -330,74 +330,18 @@ async fn announce(
             full.ended();
             break;
         };
-        // The messages are stored; handing the entries back would spend their attempts on a
-        // full disk and dead-letter them, so the batch waits for space here.
-        if error.kind == BackendErrorKind::StorageFull && full.pause(shutdown, &error).await {
-            continue;
-        }
         // Stored but not announced: redeliver; the store answers with duplicates whose
-        // notifications are appended then.
-        return retry_or_dead_letter(deps, config, &stored.deliveries, &stored.done, error).await;
-    }
-    if let Err(error) = deps.inbound.ack(&stored.done).await {
-        fatal_or_pause(error).await?;
-    }
-    Ok(())
-}
-
-async fn retry_or_dead_letter(
-    deps: &Deps,
-    config: &ConsumerConfig,
-    deliveries: &[Delivery],
-    ids: &[DeliveryId],
-    error: BackendError,
-) -> Result<(), BackendError> {
-    if error.kind == BackendErrorKind::Poisoned {
-        return Err(error);
-    }
-    tracing::warn!(%error, entries = ids.len(), "persisting failed");
-    // Only reached for a full disk at shutdown: the entries come back after the restart, and
-    // a full disk is never a reason to dead-letter.
-    let outage = error.kind == BackendErrorKind::StorageFull;
-    for delivery in deliveries.iter().filter(|d| ids.contains(&d.id)) {
-        let result = if error.kind == BackendErrorKind::Rejected && deliveries.len() == 1 {
-            dead_letter(deps, delivery.id, &error.to_string()).await
-        } else if delivery.attempts >= config.attempts_max && !outage {
-            let reason = format!("failed {} times, last: {error}", delivery.attempts);
-            dead_letter(deps, delivery.id, &reason).await
-        } else {
-            let delay = backoff(
-                delivery.attempts,
-                config.retry_base,
-                config.retry_max,
-                delivery.id.0,
-            );
-            deps.inbound
-                .retry_later(delivery.id, delay)
-                .await
-                .or_else(|e| {
-                    if e.kind == BackendErrorKind::Poisoned {
-                        Err(e)
-                    } else {
-                        Ok(())
-                    }
-                })
+        // notifications are appended then. On a full disk the batch waits for space here
+        // instead: the messages are stored, and handing the entries back would spend their
+        // attempts.
+        let entries = attempts(&stored.deliveries, &stored.done, false, shutdown);
+        let Some(error) = inbound.apply(error, &entries).await? else {
+            return Ok(());
         };
-        result?;
+        full.pause(shutdown, &error).await;
+    }
+    if let Err(error) = inbound.queue().ack(&stored.done).await {
+        inbound.queue_failed(error).await?;
     }
     Ok(())
-}
-
-async fn dead_letter(deps: &Deps, id: DeliveryId, reason: &str) -> Result<(), BackendError> {
-    tracing::warn!(delivery = id.0, reason, "inbound entry dead-lettered");
-    metrics::counter!(m::DEAD_LETTERED, "queue" => "inbound").increment(1);
-    match deps.inbound.dead_letter(id, reason).await {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind == BackendErrorKind::Poisoned => Err(error),
-        // Not recorded: the entry is redelivered after its visibility timeout and tried again.
-        Err(error) => {
-            tracing::error!(%error, "cannot dead-letter an inbound entry");
-            Ok(())
-        }
-    }
 }

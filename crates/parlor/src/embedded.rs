@@ -40,20 +40,12 @@ impl Embedded {
         let lock = lock(data_dir)?;
         let store = Arc::new(open_store(data_dir)?);
         let queues = data_dir.join("queues");
-        #[cfg(not(feature = "faults"))]
         let inbound = WalQueue::open(
             &queues.join("inbound"),
             "inbound",
             WalQueueOptions::default(),
-        );
-        #[cfg(feature = "faults")]
-        let inbound = WalQueue::open_with_sync_hook(
-            &queues.join("inbound"),
-            "inbound",
-            WalQueueOptions::default(),
-            crate::faults::inbound_sync_hook(),
-        );
-        let inbound = inbound.context("cannot open the inbound queue")?;
+        )
+        .context("cannot open the inbound queue")?;
         let notifications = WalQueue::open(
             &queues.join("notifications"),
             "notifications",
@@ -78,14 +70,8 @@ impl Embedded {
     }
 
     pub fn deps(&self) -> Deps {
-        #[allow(unused_mut)]
-        let mut store: Arc<dyn parlor_core::ports::Store> = self.store.clone();
-        #[cfg(feature = "faults")]
-        {
-            store = crate::faults::wrap_store(store);
-        }
         Deps {
-            store,
+            store: self.store.clone(),
             inbound: self.inbound.clone() as Arc<dyn Queue>,
             notifications: self.notifications.clone() as Arc<dyn Queue>,
             registry: self.registry.clone(),

@@ -5,8 +5,6 @@ mod assets;
 mod cluster;
 mod config;
 mod embedded;
-#[cfg(feature = "faults")]
-mod faults;
 mod supervise;
 
 use std::io::{BufRead, Write};

@@ -371,21 +371,21 @@ impl Chat {
     }
 }
 
-/// A failed fsync is not a full disk: the log is poisoned, and instead of answering 503 to
-/// every send forever the server fails readiness at once and exits non-zero with the cause, so
-/// a supervisor restarts it; the restart recovers every accepted message. The fsync failure
-/// is injected (the `faults` feature) at the log's sync seam: a real one is hard to provoke.
+/// A failed write is not a full disk: the log is poisoned (as after a failed fsync), and
+/// instead of answering 503 to every send forever the server fails readiness at once and exits
+/// non-zero with the cause, so a supervisor restarts it; the restart recovers every accepted
+/// message. The failure comes from outside the binary: the running server's file-size limit
+/// (`prlimit`) is lowered to the size of the inbound log's segment, so its next write there
+/// fails with EFBIG (SIGXFSZ is ignored, as a disposition the server inherits from the test).
 #[tokio::test]
-async fn failed_fsync_makes_the_server_exit_and_a_restart_recovers() {
+#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
+async fn failed_log_write_makes_the_server_exit_and_a_restart_recovers() {
     let data = tempfile::tempdir().unwrap();
-    let trigger = data.path().join("fail-fsyncs");
-    let trigger_env = trigger.to_str().unwrap().to_string();
     let data_dir = data.path().join("data");
-    let mut server = Server::start(
-        &data_dir,
-        &[],
-        &[("PARLOR_FAULT_INBOUND_FSYNC_FAILS_WHILE", &trigger_env)],
-    );
+    // Ignored dispositions survive exec: the server gets EFBIG instead of being killed.
+    // SAFETY: sets a signal disposition to SIG_IGN; no handler runs.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    let mut server = Server::start(&data_dir, &[], &[]);
     let http = server.http();
     let (_, alice) = http.register("alice").await;
     let (bob_id, bob) = http.register("bob").await;
@@ -395,8 +395,11 @@ async fn failed_fsync_makes_the_server_exit_and_a_restart_recovers() {
         .await;
     assert_eq!(ws.next_of("accepted").await["client_msg_id"], "before");
 
-    fs::write(&trigger, b"").unwrap();
-    ws.send_message(&conversation, "during", "while fsyncs fail")
+    limit_file_size(
+        &server,
+        largest_file(&data_dir.join("queues/inbound/entries")),
+    );
+    ws.send_message(&conversation, "during", "while writes fail")
         .await;
     let refused = ws.next_of("error").await;
     assert_eq!(refused["client_msg_id"], "during");
@@ -418,7 +421,6 @@ async fn failed_fsync_makes_the_server_exit_and_a_restart_recovers() {
     let ready = tokio::net::TcpStream::connect(&server.address).await;
     assert!(ready.is_err(), "nothing answers /readyz after the exit");
 
-    fs::remove_file(&trigger).unwrap();
     let server = Server::start(&data_dir, &[], &[]);
     let history = server.http().wait_for_history(&bob, &conversation, 1).await;
     let stored: Vec<&str> = history
@@ -426,4 +428,39 @@ async fn failed_fsync_makes_the_server_exit_and_a_restart_recovers() {
         .map(|m| m["client_msg_id"].as_str().unwrap())
         .collect();
     assert_eq!(stored[0], "before", "{stored:?}");
+}
+
+/// The size of the largest file directly in `dir`: the inbound log's one segment.
+fn largest_file(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .expect("read the log directory")
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .metadata()
+                .expect("metadata")
+        })
+        .filter(|metadata| metadata.is_file())
+        .map(|metadata| metadata.len())
+        .max()
+        .expect("a segment")
+}
+
+/// Lowers the running server's file-size limit: a write beyond `bytes` fails with EFBIG.
+#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
+fn limit_file_size(server: &Server, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: prlimit only reads `limit`; the old limit is not asked for (null).
+    let result = unsafe {
+        libc::prlimit(
+            server.child.id() as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(result, 0, "prlimit: {}", std::io::Error::last_os_error());
 }

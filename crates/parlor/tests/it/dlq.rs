@@ -1,12 +1,21 @@
-//! A message that keeps failing is retried with backoff, lands in the dead-letter queue with
-//! its reason, and comes back with `parlor dlq redrive`.
+//! `parlor dlq list|redrive|purge` on dead letters of the inbound queue: a redriven message is
+//! stored after the others, a purged one never. (How entries get there — retries, reasons —
+//! is the persister's, tested in process in `crates/parlor-server/tests/roles`.)
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use parlor_core::BackendError;
+use parlor_core::ports::Queue;
+use parlor_core::queue::InboundEntry;
+use parlor_embedded::{WalQueue, WalQueueOptions};
+use parlor_server::config::ConsumerConfig;
+use parlor_server::consumer::{Attempt, Settle, settle};
 use serde_json::Value;
+use time::OffsetDateTime;
 
-use crate::harness::{BIN, Http, Server, Ws};
+use crate::harness::{BIN, Server, Ws};
 
 fn parlor(args: &[&str], data_dir: &std::path::Path) -> Output {
     Command::new(BIN)
@@ -32,41 +41,98 @@ fn dead_letters(data_dir: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-async fn wait_for_metric(http: &Http, needle: &str) {
-    for _ in 0..200 {
-        let metrics = http.raw("GET", "/metrics", &[], b"").await;
-        if String::from_utf8_lossy(&metrics.body).contains(needle) {
-            return;
+/// Dead-letters `messages` of `sender` in `conversation` straight in the data directory's
+/// inbound queue (the server stopped), as the persister does after three failed deliveries:
+/// each is delivered three times, then dead-lettered with the reason the consumer policy gives.
+/// Why and when the persister dead-letters is tested in parlor-server's role tests.
+async fn dead_letter_directly(data_dir: &Path, conversation: &str, sender: &str, bodies: &[&str]) {
+    let queue = WalQueue::open(
+        &data_dir.join("queues").join("inbound"),
+        "inbound",
+        WalQueueOptions::default(),
+    )
+    .expect("open the inbound queue");
+    let entries = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            InboundEntry {
+                conversation_id: conversation.parse().unwrap(),
+                sender_id: sender.parse().unwrap(),
+                client_msg_id: format!("poison-{i}"),
+                body: body.to_string(),
+                accepted_at: OffsetDateTime::now_utc(),
+            }
+            .encode()
+        })
+        .collect();
+    queue.append(entries).await.unwrap();
+    let config = ConsumerConfig {
+        attempts_max: 3,
+        ..ConsumerConfig::default()
+    };
+    let error = BackendError::unavailable("injected fault: the store failed");
+    let mut dead = 0;
+    while dead < bodies.len() {
+        for delivery in queue.receive(16, Duration::ZERO).await.unwrap() {
+            if !InboundEntry::decode(&delivery.payload)
+                .unwrap()
+                .client_msg_id
+                .starts_with("poison-")
+            {
+                // Stored before the server stopped, and not yet acknowledged durably.
+                queue.ack(&[delivery.id]).await.unwrap();
+                continue;
+            }
+            let attempt = Attempt {
+                delivery: delivery.id,
+                attempts: delivery.attempts,
+                alone: true,
+                backend_down: false,
+                can_wait: true,
+            };
+            match settle(&error, &attempt, &config) {
+                Settle::RetryAfter(_) => queue.retry_later(delivery.id, Duration::ZERO).await,
+                Settle::DeadLetter(reason) => {
+                    dead += 1;
+                    queue.dead_letter(delivery.id, &reason).await
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            .unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("metric {needle:?} never appeared");
+    queue.commit_cursor().await.unwrap();
+    queue.close();
 }
 
 #[tokio::test]
-async fn poison_messages_are_dead_lettered_then_redriven_or_purged_with_the_cli() {
+async fn dead_letters_are_listed_then_redriven_or_purged_with_the_cli() {
     let data = tempfile::tempdir().unwrap();
-    let mut server = Server::start(
-        data.path(),
-        &["--attempts-max", "3", "--retry-base-ms", "20"],
-        &[("PARLOR_FAULT_STORE_BODY", "POISON")],
-    );
+    let mut server = Server::start(data.path(), &[], &[]);
     let http = server.http();
-    let (_, alice) = http.register("alice").await;
+    let (alice_id, alice) = http.register("alice").await;
     let (bob_id, bob) = http.register("bob").await;
     let conversation = http.direct(&alice, &bob_id).await;
-
     let mut ws = Ws::connect(&server.address, &alice).await;
-    for (id, body) in [
-        ("m1", "hello"),
-        ("m2", "POISON one"),
-        ("m3", "POISON two"),
-        ("m4", "world"),
-    ] {
-        ws.send_message(&conversation, id, body).await;
-        assert_eq!(ws.next_of("accepted").await["client_msg_id"], id);
-    }
-    // The healthy messages get through although they shared a batch with the poison.
+    ws.send_message(&conversation, "m1", "hello").await;
+    assert_eq!(ws.next_of("accepted").await["client_msg_id"], "m1");
+    http.wait_for_history(&bob, &conversation, 1).await;
+    assert!(server.terminate().success(), "SIGTERM exits cleanly");
+
+    dead_letter_directly(
+        data.path(),
+        &conversation,
+        &alice_id,
+        &["POISON one", "POISON two"],
+    )
+    .await;
+
+    let mut server = Server::start(data.path(), &[], &[]);
+    let http = server.http();
+    let mut ws = Ws::connect(&server.address, &alice).await;
+    ws.send_message(&conversation, "m4", "world").await;
+    assert_eq!(ws.next_of("accepted").await["client_msg_id"], "m4");
     http.wait_for_history(&bob, &conversation, 2).await;
     let bodies: Vec<Value> = http
         .history(&bob, &conversation)
@@ -75,7 +141,6 @@ async fn poison_messages_are_dead_lettered_then_redriven_or_purged_with_the_cli(
         .map(|m| m["body"].clone())
         .collect();
     assert_eq!(bodies, ["hello", "world"]);
-    wait_for_metric(&http, "parlor_dead_lettered_total{queue=\"inbound\"} 2").await;
 
     // The queues belong to the running server: the CLI says so and changes nothing.
     let refused = parlor(&["dlq", "list"], data.path());
@@ -112,7 +177,7 @@ async fn poison_messages_are_dead_lettered_then_redriven_or_purged_with_the_cli(
     assert_eq!(String::from_utf8_lossy(&purge.stdout).trim(), "purged: 1");
     assert!(dead_letters(data.path()).is_empty());
 
-    // Without the fault, the redriven message is stored after the others; the purged one never.
+    // The redriven message is stored after the others; the purged one never.
     let server = Server::start(data.path(), &[], &[]);
     let http = server.http();
     let history = http.wait_for_history(&bob, &conversation, 3).await;
