@@ -121,6 +121,20 @@ pub fn free_address() -> String {
     listener.local_addr().expect("address").to_string()
 }
 
+/// Asks `ready` every `every_ms` until it says yes; panics with `failure` after `within_s`.
+async fn wait_until(
+    failure: &str,
+    within_s: u64,
+    every_ms: u64,
+    mut ready: impl AsyncFnMut() -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(within_s);
+    while !ready().await {
+        assert!(Instant::now() < deadline, "{failure}");
+        tokio::time::sleep(Duration::from_millis(every_ms)).await;
+    }
+}
+
 /// The path in `variable` (set by `scripts/services up`), or a panic that says so.
 fn program(variable: &str) -> String {
     std::env::var(variable).unwrap_or_else(|_| panic!("{variable} is not set: {SERVICES_HINT}"))
@@ -172,21 +186,20 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start nats-server ({e}): {SERVICES_HINT}"));
         self.process = Some(process);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if tokio::net::TcpStream::connect(&self.monitor).await.is_ok() {
-                let health = Http {
-                    address: self.monitor.clone(),
-                }
-                .raw("GET", "/healthz?js-enabled-only=true", &[], b"")
-                .await;
-                if health.status == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let monitor = Http {
+            address: self.monitor.clone(),
+        };
+        wait_until("nats-server did not start", 20, 50, async || {
+            tokio::net::TcpStream::connect(&monitor.address)
+                .await
+                .is_ok()
+                && monitor
+                    .raw("GET", "/healthz?js-enabled-only=true", &[], b"")
+                    .await
+                    .status
+                    == 200
+        })
+        .await;
     }
 
     /// `kill -9`: every acknowledged publish is on disk already.
@@ -280,18 +293,13 @@ impl PostgresServer {
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start postgres ({e}): {SERVICES_HINT}")),
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = Command::new("pg_isready")
+        wait_until("postgres did not start", 30, 100, async || {
+            Command::new("pg_isready")
                 .args(["-q", "-h", "127.0.0.1", "-p", &self.port])
                 .status()
-                .is_ok_and(|status| status.success());
-            if ready {
-                return;
-            }
-            assert!(Instant::now() < deadline, "postgres did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+                .is_ok_and(|status| status.success())
+        })
+        .await;
     }
 
     /// Immediate shutdown (SIGQUIT): no checkpoint, crash recovery at the next start.
