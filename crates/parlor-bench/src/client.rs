@@ -1,37 +1,25 @@
-//! Protocol v1 over real sockets: a small keep-alive HTTP/1.1 client and WebSocket
-//! connections, as any client of Parlor would use them.
+//! Protocol v1 over real sockets, as any client of Parlor would use it: parlor-testkit's
+//! client (the one implementation of HTTP requests, responses, bodies and WebSocket
+//! upgrades) with what a load generator adds: errors instead of panics, parallel
+//! registration, small WebSocket buffers from chosen source addresses, frames as `Message`s.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
+use parlor_testkit::client::{self as protocol, Connection};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-pub type Socket = tokio_tungstenite::WebSocketStream<TcpStream>;
-
-pub const PASSWORD: &str = "correct horse battery staple";
+pub use parlor_testkit::client::Socket;
 
 /// One keep-alive HTTP/1.1 connection.
-pub struct Http {
-    address: String,
-    stream: BufReader<TcpStream>,
-}
+pub struct Http(Connection);
 
 impl Http {
     pub async fn connect(address: &str) -> anyhow::Result<Http> {
-        let stream = TcpStream::connect(address)
-            .await
-            .with_context(|| format!("cannot connect to {address}"))?;
-        stream.set_nodelay(true)?;
-        Ok(Http {
-            address: address.to_string(),
-            stream: BufReader::new(stream),
-        })
+        Ok(Http(Connection::connect(address).await?))
     }
 
     /// Sends one request and reads its response: (status, JSON body or Null).
@@ -42,61 +30,15 @@ impl Http {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        let (status, raw) = self.raw(method, path, token, body).await?;
-        let value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-        Ok((status, value))
+        let response = self.0.request(method, path, token, body).await?;
+        let value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        Ok((response.status, value))
     }
 
     /// A GET whose answer is text (`/metrics`).
     pub async fn text(&mut self, path: &str) -> anyhow::Result<String> {
-        let (_, raw) = self.raw("GET", path, None, None).await?;
-        Ok(String::from_utf8_lossy(&raw).into_owned())
-    }
-
-    async fn raw(
-        &mut self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(u16, Vec<u8>)> {
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let auth = token
-            .map(|token| format!("Authorization: Bearer {token}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.address,
-            body.len()
-        );
-        self.stream.get_mut().write_all(request.as_bytes()).await?;
-
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .with_context(|| format!("bad status line {line:?}"))?;
-        let mut length = 0;
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line).await? == 0 {
-                bail!("the connection closed mid-response");
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
-            }
-        }
-        let mut raw = vec![0; length];
-        self.stream.read_exact(&mut raw).await?;
-        Ok((status, raw))
+        let response = self.0.request("GET", path, None, None).await?;
+        Ok(String::from_utf8_lossy(&response.body).into_owned())
     }
 
     /// Like `request`, but any status other than `expect` is an error.
@@ -149,14 +91,12 @@ pub async fn register_many(
                 let mut http = Http::connect(&address).await?;
                 let mut accounts = Vec::with_capacity(chunk.len());
                 for name in chunk {
-                    let body = json!({"username": name, "password": PASSWORD});
+                    let body = protocol::register_body(&name);
                     let reply = http
                         .expect(201, "POST", "/api/v1/auth/register", None, Some(&body))
                         .await?;
-                    accounts.push(Account {
-                        id: reply["user"]["id"].as_str().context("no user id")?.into(),
-                        token: reply["token"].as_str().context("no token")?.into(),
-                    });
+                    let (id, token) = protocol::session(&reply).context("no user id or token")?;
+                    accounts.push(Account { id, token });
                 }
                 anyhow::Ok(accounts)
             })
@@ -171,7 +111,7 @@ pub async fn register_many(
 
 /// The direct conversation of two users, as `a` sees it.
 pub async fn direct(http: &mut Http, a: &Account, b: &Account) -> anyhow::Result<String> {
-    let body = json!({"kind": "direct", "members": [b.id]});
+    let body = protocol::direct_body(&b.id);
     let (status, reply) = http
         .request("POST", "/api/v1/conversations", Some(&a.token), Some(&body))
         .await?;
@@ -184,20 +124,12 @@ pub async fn direct(http: &mut Http, a: &Account, b: &Account) -> anyhow::Result
 /// A WebSocket connection, optionally from a given local address (each source address has
 /// its own ~28,000 ephemeral ports), after its `hello`.
 pub async fn connect(address: &str, token: &str, source: Option<IpAddr>) -> anyhow::Result<Socket> {
-    let remote: SocketAddr = address.parse().context("the address must be IP:PORT")?;
-    let socket = TcpSocket::new_v4()?;
-    if let Some(source) = source {
-        socket.bind(SocketAddr::new(source, 0))?;
-    }
-    let stream = socket.connect(remote).await?;
-    stream.set_nodelay(true)?;
-    let request = format!("ws://{address}/api/v1/ws?token={token}").into_client_request()?;
     // Small buffers: a generator holding thousands of sockets should not need gigabytes.
     let config = WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0);
-    let (mut socket, _) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
+    let path = format!("/api/v1/ws?token={token}");
+    let mut socket = protocol::upgrade(address, &path, &[], source, Some(config)).await?;
     match socket.next().await {
         Some(Ok(Message::Text(text))) if text.contains("\"hello\"") => Ok(socket),
         other => bail!("expected hello, got {other:?}"),
@@ -207,7 +139,7 @@ pub async fn connect(address: &str, token: &str, source: Option<IpAddr>) -> anyh
 /// A `send` frame.
 pub fn send_frame(conversation: &str, client_msg_id: &str, body: &str) -> Message {
     Message::Text(
-        json!({"type": "send", "conversation_id": conversation, "client_msg_id": client_msg_id, "body": body})
+        protocol::send_frame(conversation, client_msg_id, body)
             .to_string()
             .into(),
     )

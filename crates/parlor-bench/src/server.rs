@@ -1,12 +1,12 @@
 //! The Parlor under test: a process this benchmark starts (so it can read its memory and CPU,
 //! and kill it), or one that already runs elsewhere.
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use parlor_testkit::process::ParlorProcess;
 
 use crate::client::Http;
 
@@ -41,7 +41,7 @@ pub struct Server {
     /// Where `/metrics` of the processes that persist are: the server itself, or a cluster's
     /// persisters.
     pub metrics: Vec<String>,
-    child: Option<Child>,
+    process: Option<ParlorProcess>,
     pid: Option<u32>,
 }
 
@@ -50,25 +50,18 @@ impl Server {
     /// it listens.
     pub fn start(binary: &Path, data_dir: &Path) -> anyhow::Result<Server> {
         std::fs::create_dir_all(data_dir)?;
-        let mut child = Command::new(binary)
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(BENCH_FLAGS)
-            .env("PARLOR_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
+        let mut args: Vec<&OsStr> = ["serve", "--listen", "127.0.0.1:0", "--data-dir"]
+            .map(OsStr::new)
+            .to_vec();
+        args.push(data_dir.as_os_str());
+        args.extend(BENCH_FLAGS.iter().map(OsStr::new));
+        let process = ParlorProcess::spawn(binary, &args, &[], None)
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let address = read_listen_address(&mut child)?;
         Ok(Server {
-            metrics: vec![address.clone()],
-            address,
-            pid: Some(child.id()),
-            child: Some(child),
+            metrics: vec![process.address.clone()],
+            address: process.address.clone(),
+            pid: Some(process.child.id()),
+            process: Some(process),
         })
     }
 
@@ -81,7 +74,7 @@ impl Server {
                 metrics
             },
             address,
-            child: None,
+            process: None,
             pid,
         }
     }
@@ -96,19 +89,15 @@ impl Server {
 
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 
     /// SIGTERM, then waits for the graceful shutdown.
-    #[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-            let status = child.wait()?;
+        if let Some(mut process) = self.process.take() {
+            let status = process.terminate()?;
             if !status.success() {
                 bail!("the server exited with {status}");
             }
@@ -137,21 +126,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn read_listen_address(child: &mut Child) -> anyhow::Result<String> {
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        if let Some(address) = line.strip_prefix("parlor listening on http://") {
-            let address = address.trim().to_string();
-            // Keep draining stdout so the server never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return Ok(address);
-        }
-    }
-    bail!("the server exited before it listened")
 }
 
 /// Resident memory of a process, from /proc.

@@ -72,9 +72,7 @@ pub async fn run(server: &Server, messages: usize, out: &Path) -> anyhow::Result
     let mut last_seq = 0;
     let mut requests = 0;
     while last_seq < messages as u64 {
-        let path = format!(
-            "/api/v1/conversations/{conversation}/messages?after_seq={last_seq}&limit={PAGE}"
-        );
+        let path = parlor_testkit::client::history_path(&conversation, last_seq, PAGE);
         let page = http
             .expect(200, "GET", &path, Some(&reader.token), None)
             .await?;

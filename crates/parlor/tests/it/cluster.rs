@@ -8,9 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::harness::{Http, Server, Ws};
+use parlor_testkit::process::{SERVICES_HINT, free_address};
 
-const SERVICES_HINT: &str = "run `eval \"$(scripts/services up)\"` first (scripts/test does)";
+use crate::harness::{Http, Server, Ws};
 
 pub struct Cluster {
     /// HAProxy's address: what clients use.
@@ -147,11 +147,6 @@ pub fn psql(url: &str, sql: &str) {
         .status()
         .unwrap_or_else(|e| panic!("cannot run psql ({e}): {SERVICES_HINT}"));
     assert!(status.success(), "psql {sql:?} failed: {SERVICES_HINT}");
-}
-
-pub fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use parlor_testkit::client::send_frame;
+use serde_json::Value;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -50,9 +51,16 @@ pub async fn burst_through_chaos(
                     let conversation = conversation.clone();
                     tokio::spawn(async move {
                         for i in start..count {
-                            let frame = json!({"type": "send", "conversation_id": conversation,
-                                "client_msg_id": format!("s{sender}-{i}"), "body": format!("{sender}/{i}")});
-                            if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                            let frame = send_frame(
+                                &conversation,
+                                &format!("s{sender}-{i}"),
+                                &format!("{sender}/{i}"),
+                            );
+                            if sink
+                                .send(Message::Text(frame.to_string().into()))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                             if i % 64 == 63 {
@@ -62,7 +70,9 @@ pub async fn burst_through_chaos(
                     })
                 };
                 while let Some(Ok(message)) = stream.next().await {
-                    let Message::Text(text) = message else { continue };
+                    let Message::Text(text) = message else {
+                        continue;
+                    };
                     let frame: Value = serde_json::from_str(&text).unwrap();
                     if frame["type"] == "accepted" {
                         let id = frame["client_msg_id"].as_str().unwrap().to_string();

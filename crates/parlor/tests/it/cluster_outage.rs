@@ -3,243 +3,21 @@
 //! from the programs that scripts/services installs.
 
 use std::collections::HashSet;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use parlor_testkit::client::send_frame;
+use parlor_testkit::process::{NatsServer, PostgresServer};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cluster::{Cluster, free_address};
+use crate::cluster::Cluster;
 use crate::cluster_chaos::assert_stored_exactly_once;
-use crate::harness::{Http, Ws};
+use crate::harness::Ws;
 
 const OUTAGE: Duration = Duration::from_secs(10);
-const SERVICES_HINT: &str = "run `eval \"$(scripts/services up)\"` first (scripts/test does)";
-
-fn program(variable: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| panic!("{variable} is not set: {SERVICES_HINT}"))
-}
-
-/// A nats-server of this test's own, with `sync_interval: always` as in production, so that
-/// killing it loses nothing it acknowledged.
-struct PrivateNats {
-    url: String,
-    monitor: String,
-    config: PathBuf,
-    process: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateNats {
-    async fn start() -> PrivateNats {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (listen, monitor) = (free_address(), free_address());
-        let config = dir.path().join("nats.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listen: {listen}\nhttp: {monitor}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
-                dir.path().join("store").display()
-            ),
-        )
-        .expect("write the NATS config");
-        let mut nats = PrivateNats {
-            url: format!("nats://{listen}"),
-            monitor,
-            config,
-            process: None,
-            _dir: dir,
-        };
-        nats.run().await;
-        nats
-    }
-
-    async fn run(&mut self) {
-        let process = Command::new(program("PARLOR_TEST_NATS_SERVER"))
-            .arg("-c")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nats-server ({e}): {SERVICES_HINT}"));
-        self.process = Some(process);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if tokio::net::TcpStream::connect(&self.monitor).await.is_ok() {
-                let health = Http {
-                    address: self.monitor.clone(),
-                }
-                .raw("GET", "/healthz?js-enabled-only=true", &[], b"")
-                .await;
-                if health.status == 200 {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// `kill -9`: every acknowledged publish is on disk already.
-    fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A PostgreSQL server of this test's own, with fsync and synchronous_commit on. Run as the
-/// `postgres` user when the tests run as root (PostgreSQL refuses root).
-struct PrivatePostgres {
-    admin_url: String,
-    port: String,
-    data: PathBuf,
-    process: Option<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivatePostgres {
-    async fn start() -> PrivatePostgres {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).expect("data dir");
-        let owner = postgres_owner();
-        if let Some((uid, gid)) = owner {
-            chown(dir.path(), uid, gid);
-            chown(&data, uid, gid);
-        }
-        let mut initdb = Command::new(Path::new(&program("PARLOR_TEST_PG_BIN")).join("initdb"));
-        initdb
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(&data)
-            .stdout(Stdio::null());
-        as_owner(&mut initdb, owner);
-        let status = initdb
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run initdb ({e}): {SERVICES_HINT}"));
-        assert!(status.success(), "initdb failed");
-        let port = free_address()
-            .rsplit_once(':')
-            .expect("host:port")
-            .1
-            .to_string();
-        let mut postgres = PrivatePostgres {
-            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-            port,
-            data,
-            process: None,
-            _dir: dir,
-        };
-        postgres.run().await;
-        postgres
-    }
-
-    async fn run(&mut self) {
-        let mut command = Command::new(Path::new(&program("PARLOR_TEST_PG_BIN")).join("postgres"));
-        command
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-p", &self.port, "-c", "listen_addresses=127.0.0.1"])
-            .arg("-k")
-            .arg(&self.data)
-            .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        as_owner(&mut command, postgres_owner());
-        self.process = Some(
-            command
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start postgres ({e}): {SERVICES_HINT}")),
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = Command::new("pg_isready")
-                .args(["-q", "-h", "127.0.0.1", "-p", &self.port])
-                .status()
-                .is_ok_and(|status| status.success());
-            if ready {
-                return;
-            }
-            assert!(Instant::now() < deadline, "postgres did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Immediate shutdown (SIGQUIT): no checkpoint, crash recovery at the next start.
-    fn stop(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let _ = Command::new("kill")
-                .args(["-QUIT", &process.id().to_string()])
-                .status();
-            let _ = process.wait();
-        }
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The `postgres` user's uid and gid when the tests run as root.
-fn postgres_owner() -> Option<(u32, u32)> {
-    let id = |flag: &str| {
-        let output = Command::new("id").args([flag]).output().expect("id");
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    };
-    if id("-u") != "0" {
-        return None;
-    }
-    let of_postgres = |flag: &str| {
-        let output = Command::new("id")
-            .args([flag, "postgres"])
-            .output()
-            .expect("id postgres");
-        assert!(output.status.success(), "no postgres user: {SERVICES_HINT}");
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .expect("a numeric id")
-    };
-    Some((of_postgres("-u"), of_postgres("-g")))
-}
-
-fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) {
-    if let Some((uid, gid)) = owner {
-        command.uid(uid).gid(gid);
-    }
-}
-
-fn chown(path: &Path, uid: u32, gid: u32) {
-    let status = Command::new("chown")
-        .arg(format!("{uid}:{gid}"))
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(status.success(), "chown {}", path.display());
-}
 
 /// What a sender saw: ids accepted, and each `error` frame with when it came.
 #[derive(Default)]
@@ -274,8 +52,7 @@ fn send_steadily(
             let (mut sink, mut stream) = ws.stream.split();
             while next < count {
                 let id = format!("s0-{next}");
-                let frame = json!({"type": "send", "conversation_id": conversation,
-                    "client_msg_id": id, "body": format!("message {next}")});
+                let frame = send_frame(&conversation, &id, &format!("message {next}"));
                 if sink
                     .send(Message::Text(frame.to_string().into()))
                     .await
@@ -331,7 +108,7 @@ async fn wait_until_accepted(sent: &Arc<Mutex<Sent>>, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_stopped_for_10_s_under_load_senders_are_refused_nothing_accepted_is_lost() {
-    let mut nats = PrivateNats::start().await;
+    let mut nats = NatsServer::start().await;
     let postgres_url = std::env::var("PARLOR_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let cluster = Cluster::start_on(&nats.url, &postgres_url).await;
@@ -383,7 +160,7 @@ async fn nats_stopped_for_10_s_under_load_senders_are_refused_nothing_accepted_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_for_10_s_under_load_loses_nothing_and_resumes_in_order() {
-    let mut postgres = PrivatePostgres::start().await;
+    let mut postgres = PostgresServer::start().await;
     let nats_url =
         std::env::var("PARLOR_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4223".into());
     let cluster = Cluster::start_on(&nats_url, &postgres.admin_url).await;

@@ -647,8 +647,8 @@ async fn websocket_upgrades_check_origin_and_credentials() {
             .await
             .is_err()
     );
-    let url = format!("ws://{}/api/v1/ws?token={alice}", server.address);
-    let (mut stream, _) = tokio_tungstenite::connect_async(url)
+    let path = format!("/api/v1/ws?token={alice}");
+    let mut stream = parlor_testkit::client::upgrade(&server.address, &path, &[], None, None)
         .await
         .expect("?token= authenticates");
     use futures::StreamExt;

@@ -184,17 +184,10 @@ async fn upgrade_status(
     headers: &[(&'static str, &str)],
 ) -> Result<(), u16> {
     use tokio_tungstenite::tungstenite::Error;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{address}/api/v1/ws")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
-    for (name, value) in headers {
-        request.headers_mut().insert(*name, value.parse().unwrap());
-    }
-    match tokio_tungstenite::connect_async(request).await {
+    let authorization = format!("Bearer {token}");
+    let mut all = vec![("Authorization", authorization.as_str())];
+    all.extend_from_slice(headers);
+    match parlor_testkit::client::upgrade(address, "/api/v1/ws", &all, None, None).await {
         Ok(_) => Ok(()),
         Err(Error::Http(response)) => Err(response.status().as_u16()),
         Err(other) => panic!("upgrade failed without an answer: {other}"),
