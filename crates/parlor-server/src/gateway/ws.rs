@@ -233,28 +233,26 @@ impl Connection {
         let idle_timeout = self.gateway.config.idle_timeout;
         let shutdown = self.gateway.shutdown.clone();
         let mut shutdown = std::pin::pin!(shutdown.wait());
+        // The session's end, in the runtime's clock: the socket closes then.
         let session_left = (self.session_expires_at - OffsetDateTime::now_utc())
             .try_into()
             .unwrap_or(std::time::Duration::ZERO);
-        let session_end = tokio::time::sleep(session_left);
-        let mut session_end = std::pin::pin!(session_end);
+        let session_end = Instant::now() + session_left;
         loop {
-            let retry_reads_at = self.reads.retry_at;
+            // One timer for everything this connection waits for besides its peer and its
+            // queue (a timer costs memory in every one of many idle connections): the idle
+            // timeout, the session's end, and held-back read markers.
+            let idle_at = Instant::now() + idle_timeout;
+            let wake_at = [Some(idle_at), Some(session_end), self.reads.retry_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .expect("an idle deadline");
             tokio::select! {
                 biased;
                 _ = close.notified() => {
                     self.write(socket, vec![close_frame(close_code::POLICY, "closed by the server")]).await;
                     return;
-                }
-                _ = &mut session_end => {
-                    self.write(socket, vec![close_frame(close_code::POLICY, "session expired")]).await;
-                    return;
-                }
-                _ = tokio::time::sleep_until(retry_reads_at.unwrap_or_else(Instant::now)), if retry_reads_at.is_some() => {
-                    let replies = self.write_reads().await.into_iter().map(text).collect();
-                    if !self.write(socket, replies).await {
-                        return;
-                    }
                 }
                 _ = &mut shutdown => {
                     self.write(socket, vec![close_frame(close_code::AWAY, "server shutting down")]).await;
@@ -270,8 +268,20 @@ impl Connection {
                         return;
                     }
                 }
-                received = tokio::time::timeout(idle_timeout, socket.recv()) => {
+                received = tokio::time::timeout_at(wake_at, socket.recv()) => {
                     let Ok(received) = received else {
+                        let now = Instant::now();
+                        if now >= session_end {
+                            self.write(socket, vec![close_frame(close_code::POLICY, "session expired")]).await;
+                            return;
+                        }
+                        if self.reads.retry_at.is_some_and(|at| now >= at) {
+                            let replies = self.write_reads().await.into_iter().map(text).collect();
+                            if !self.write(socket, replies).await {
+                                return;
+                            }
+                            continue;
+                        }
                         self.write(socket, vec![close_frame(close_code::AWAY, "idle")]).await;
                         return;
                     };
