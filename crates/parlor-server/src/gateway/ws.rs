@@ -276,7 +276,9 @@ impl Connection {
                             return;
                         }
                         if self.reads.retry_at.is_some_and(|at| now >= at) {
-                            let replies = self.write_reads().await.into_iter().map(text).collect();
+                            // Boxed, like `handle` below: see there.
+                            let replies = Box::pin(self.write_reads()).await;
+                            let replies = replies.into_iter().map(text).collect();
                             if !self.write(socket, replies).await {
                                 return;
                             }
@@ -294,7 +296,10 @@ impl Connection {
                             _ => break,
                         }
                     }
-                    let (replies, keep_open) = self.handle(batch).await;
+                    // Boxed: its future is the largest this loop awaits, and an unboxed one
+                    // would be part of every idle connection's memory (measured: 976 bytes
+                    // of each connection's 2.8 KiB future).
+                    let (replies, keep_open) = Box::pin(self.handle(batch)).await;
                     let replies = replies.into_iter().map(text).collect();
                     if !self.write(socket, replies).await || !keep_open {
                         return;
