@@ -1,7 +1,10 @@
 //! Metric names and the Prometheus recorder. Names live here so that dashboards have one
 //! place to look.
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// What renders `/metrics`; named here so that callers need no exporter crate of their own.
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const CONNECTIONS: &str = "parlor_connections";
 pub const MESSAGES_ACCEPTED: &str = "parlor_messages_accepted_total";

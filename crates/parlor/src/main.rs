@@ -8,6 +8,7 @@ mod embedded;
 mod supervise;
 
 use std::io::{BufRead, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,7 +17,8 @@ use clap::{Parser, Subcommand};
 use parlor_core::NodeId;
 use parlor_core::ports::{DeadLetterSelection, Queue, Store};
 use parlor_core::queue::{InboundEntry, Notification};
-use parlor_server::{gateway, notifier, persister, presence};
+use parlor_server::metrics::PrometheusHandle;
+use parlor_server::{Deps, gateway, notifier, persister, presence};
 use tracing_subscriber::EnvFilter;
 
 use crate::cluster::{Cluster, ClusterSettings};
@@ -225,23 +227,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let backends = Embedded::open(&config.data_dir)?;
     let deps = backends.deps();
     let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
-    let address = listener.local_addr().context("no local address")?;
+    let (listener, address) = bind(&config).await?;
     let mut roles = Supervisor::new();
     let shutdown = roles.shutdown();
-    roles.role(
-        "gateway",
-        gateway::run(
-            deps.clone(),
-            config.gateway.clone(),
-            listener,
-            metrics,
-            Some(assets::router()),
-            shutdown.clone(),
-        ),
-    );
+    gateway_role(&mut roles, &deps, &config, listener, metrics);
     roles.role(
         "persister",
         persister::run(deps.clone(), config.persister.clone(), shutdown.clone()),
@@ -261,9 +250,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         format!("a write-ahead log is poisoned ({cause}): nothing more is accepted")
     });
     tracing::info!(%address, data_dir = %config.data_dir.display(), "parlor is serving");
-    // Tests and scripts read the address from this line.
-    println!("parlor listening on http://{address}");
-    let _ = std::io::stdout().flush();
+    announce(address);
 
     let failure = roles.run().await;
     backends.close();
@@ -276,6 +263,41 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             bail!("{failure}; acknowledged messages are safe in the log, restart to recover")
         }
     }
+}
+
+/// The listener of `config`, and the address it got (the port, when 0 was asked for).
+async fn bind(config: &ServeConfig) -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listen = config.gateway.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr().context("no local address")?;
+    Ok((listener, address))
+}
+
+/// The gateway role with the web client, as `serve` and `parlor gateway` run it.
+fn gateway_role(
+    roles: &mut Supervisor,
+    deps: &Deps,
+    config: &ServeConfig,
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+) {
+    let run = gateway::run(
+        deps.clone(),
+        config.gateway.clone(),
+        listener,
+        metrics,
+        Some(assets::router()),
+        roles.shutdown(),
+    );
+    roles.role("gateway", run);
+}
+
+/// Says where this process listens; tests and scripts read the address from this line.
+fn announce(address: SocketAddr) {
+    println!("parlor listening on http://{address}");
+    let _ = std::io::stdout().flush();
 }
 
 /// Resolves with the cause once one of `queues` has a poisoned log. Polled, because a log
@@ -302,27 +324,13 @@ async fn cluster_gateway(config: ServeConfig, settings: ClusterSettings) -> anyh
     .await?;
     let deps = backends.deps();
     let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
-    let address = listener.local_addr().context("no local address")?;
+    let (listener, address) = bind(&config).await?;
     let mut roles = Supervisor::new();
     let shutdown = roles.shutdown();
-    roles.role(
-        "gateway",
-        gateway::run(
-            deps.clone(),
-            config.gateway.clone(),
-            listener,
-            metrics,
-            Some(assets::router()),
-            shutdown.clone(),
-        ),
-    );
+    gateway_role(&mut roles, &deps, &config, listener, metrics);
     roles.infallible_role("presence", presence::run(deps, shutdown));
     tracing::info!(%address, node = %config.gateway.node, "parlor gateway is serving");
-    println!("parlor listening on http://{address}");
-    let _ = std::io::stdout().flush();
+    announce(address);
 
     match roles.run().await {
         None => Ok(()),
@@ -337,10 +345,7 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
         Cluster::connect(&settings, NodeId::new(), config.persister.attempts_max).await?;
     let deps = backends.deps();
     let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(config.gateway.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.gateway.listen))?;
-    let address = listener.local_addr().context("no local address")?;
+    let (listener, address) = bind(&config).await?;
     let mut roles = Supervisor::new();
     let shutdown = roles.shutdown();
     roles.role(
@@ -387,8 +392,7 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
         ),
     );
     tracing::info!(%address, "parlor persister is running");
-    println!("parlor listening on http://{address}");
-    let _ = std::io::stdout().flush();
+    announce(address);
 
     let failure = roles.run().await;
     // Hand the queues to a standby persister at once rather than after the takeover delay
