@@ -1,7 +1,7 @@
 //! The [`Queue`] contract: one `pub async fn` per guarantee, each taking a [`QueueFactory`],
 //!
 //! One file, though long: a port's contract is read as one list of guarantees, each check
-//! standing alone, and the macro at the end must name every one of them.
+//! standing alone, and its macro names every one of them.
 //! and [`queue_contract!`](crate::queue_contract) to turn them into one test per check:
 //!
 //! ```ignore

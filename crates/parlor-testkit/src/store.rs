@@ -1,7 +1,7 @@
 //! The `store` contract: what every [`Store`] guarantees, one `pub async fn` per guarantee.
 //!
 //! One file, though long: a port's contract is read as one list of guarantees, each check
-//! standing alone, and the macro at the end must name every one of them.
+//! standing alone, and its macro names every one of them.
 //!
 //! A backend implements [`StoreFixture`] (fresh, empty data per fixture, plus a way to open
 //! a second handle on the same data) and turns the checks into tests with one line:
