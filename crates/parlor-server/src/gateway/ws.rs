@@ -239,6 +239,15 @@ impl Connection {
             .unwrap_or(std::time::Duration::ZERO);
         let session_end = Instant::now() + session_left;
         loop {
+            // Checked here too: a busy queue of deliveries would keep the timer below unpolled.
+            if Instant::now() >= session_end {
+                self.write(
+                    socket,
+                    vec![close_frame(close_code::POLICY, "session expired")],
+                )
+                .await;
+                return;
+            }
             // One timer for everything this connection waits for besides its peer and its
             // queue (a timer costs memory in every one of many idle connections): the idle
             // timeout, the session's end, and held-back read markers.
