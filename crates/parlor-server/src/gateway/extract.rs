@@ -53,8 +53,11 @@ pub(super) async fn refuse_cross_site(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
     );
-    let policy = gateway.origin_policy(request.headers(), peer_of(request.extensions()));
-    if !safe && policy.is_cross_site(request.headers()) {
+    if !safe
+        && gateway
+            .origin_policy(request.headers(), peer_of(request.extensions()))
+            .is_cross_site(request.headers())
+    {
         metrics::counter!(m::CROSS_SITE_REFUSED).increment(1);
         return HttpError::new(
             ErrorCode::Forbidden,

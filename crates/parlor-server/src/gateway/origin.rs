@@ -55,13 +55,7 @@ impl Origin {
     /// schemes, user info, paths and malformed hosts or ports give `None`.
     pub fn parse(text: &str) -> Option<Origin> {
         let (scheme, authority) = text.split_once("://")?;
-        let scheme = Scheme::parse(scheme)?;
-        let (host, port) = parse_authority(authority)?;
-        Some(Origin {
-            scheme,
-            host,
-            port: port.unwrap_or(scheme.default_port()),
-        })
+        Origin::of_host(Scheme::parse(scheme)?, authority)
     }
 
     /// The origin a browser shows for a page served by this request's `Host`, reached with
