@@ -1,4 +1,4 @@
-import { useId, useRef, useState, type FormEvent, type KeyboardEvent } from 'react';
+import { useEffect, useId, useRef, useState, type FormEvent, type KeyboardEvent } from 'react';
 
 import { Icon } from '../../components/ui/Icon.tsx';
 import { LIMITS, utf8Bytes } from '../../lib/api/types.ts';
@@ -19,6 +19,13 @@ export function Composer({ placeholder, onSend, onTyping }: ComposerProps) {
   const textarea = useRef<HTMLTextAreaElement>(null);
   const errorId = useId();
   const tooLong = utf8Bytes(draft) > LIMITS.bodyBytesMax;
+
+  // Opening a chat puts the cursor where the next message goes, as Slack and Element do, so
+  // a chat opened from the keyboard can be written to at once. Not on touch screens: focus
+  // there would pop the on-screen keyboard over the conversation one came to read.
+  useEffect(() => {
+    if (window.matchMedia?.('(pointer: fine)').matches) textarea.current?.focus({ preventScroll: true });
+  }, []);
 
 
   function send() {
