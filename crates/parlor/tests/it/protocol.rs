@@ -686,6 +686,11 @@ async fn floods_are_rate_limited() {
     let mut codes = Vec::new();
     for _ in 0..10 {
         let frame = ws.next().await;
+        if frame["code"] == "rate_limited" {
+            // Each says when the same frame can succeed.
+            let wait_ms = frame["retry_after_ms"].as_u64().unwrap();
+            assert!(wait_ms > 0 && wait_ms <= 1000, "{frame}");
+        }
         codes.push(
             frame["code"]
                 .as_str()
@@ -715,6 +720,25 @@ async fn floods_are_rate_limited() {
         (limited.status, limited.code()),
         (429, "rate_limited".into())
     );
+    assert!(limited.json()["error"]["retry_after_ms"].as_u64().is_some());
+    assert!(limited.header("retry-after").is_some());
+
+    // Creating conversations is a write like any other.
+    let mut created = 0;
+    let limited = loop {
+        let body = json!({"kind": "group", "title": format!("g{created}"), "members": [bob_id]});
+        let response = http.post("/api/v1/conversations", &alice, body).await;
+        if response.status != 201 {
+            break response;
+        }
+        created += 1;
+        assert!(created <= 100, "100 groups in a burst were all created");
+    };
+    assert_eq!(
+        (limited.status, limited.code()),
+        (429, "rate_limited".into())
+    );
+    assert!(limited.json()["error"]["retry_after_ms"].as_u64().is_some());
 }
 
 #[tokio::test]
