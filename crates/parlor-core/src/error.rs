@@ -29,6 +29,9 @@ pub enum ErrorCode {
     Forbidden,
     /// No such thing, or the caller may not know that it exists.
     NotFound,
+    /// The change contradicts the conversation's state (already a member, already reacted,
+    /// the last admin stepping down); nothing was changed.
+    Conflict,
     /// The caller is over a rate limit.
     RateLimited,
     /// A backend is unavailable; nothing was accepted. Retry later.
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",

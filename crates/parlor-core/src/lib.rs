@@ -6,10 +6,12 @@
 //! `Arc<dyn _>`.
 
 pub mod error;
+pub mod events;
 pub mod ids;
 pub mod ports;
 pub mod protocol;
 pub mod queue;
+pub mod rules;
 pub mod storage;
 pub mod validate;
 

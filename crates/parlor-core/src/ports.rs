@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use time::OffsetDateTime;
 
-use crate::error::BackendError;
+use crate::error::{ApiError, BackendError};
+use crate::events::{Change, Event, Role};
 use crate::ids::{ConnectionId, ConversationId, NodeId, Seq, UserId};
 use crate::protocol::{ConversationKind, Message, User};
 
@@ -88,25 +89,39 @@ pub trait Queue: Send + Sync {
     async fn depth(&self) -> Result<QueueDepth, BackendError>;
 }
 
-/// A message as the persister hands it to the store.
+/// A change as the persister hands it to the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewMessage {
+pub struct NewEvent {
     pub conversation_id: ConversationId,
     pub sender_id: UserId,
     pub client_msg_id: String,
-    pub body: String,
     /// When the gateway accepted it; becomes `created_at`.
     pub accepted_at: OffsetDateTime,
+    pub change: Change,
 }
 
-/// What the store did with one [`NewMessage`].
+/// A stored event, and where the conversation's membership stood when it was stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub event: Event,
+    /// The seq of the conversation's newest event that changed its members or their roles
+    /// (0 if none did): a member list read before that seq is stale.
+    pub members_seq: Seq,
+}
+
+/// What the store did with one [`NewEvent`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Appended {
     /// Stored now with the next `seq`.
-    New(Message),
-    /// (sender, client_msg_id) was stored before: this is that message, unchanged.
-    Duplicate(Message),
-    /// Can never be stored (the sender is not a member, say); dead-letter it.
+    New(Stored),
+    /// (sender, client_msg_id) was stored before: this is that event (a message in its
+    /// current state).
+    Duplicate(Stored),
+    /// The conversation's rules refuse it now ([`crate::rules::check`]): nothing was stored
+    /// and no seq consumed; the sender is told why. It was allowed when the gateway accepted
+    /// it, and something changed since (the sender was removed, the message deleted).
+    Refused(ApiError),
+    /// Can never be stored (a time out of range, say); dead-letter it.
     Rejected(String),
 }
 
@@ -130,17 +145,34 @@ impl Page {
     }
 }
 
+/// One member of a conversation, as the store holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberView {
+    pub user: User,
+    pub role: Role,
+    pub last_delivered_seq: Seq,
+    pub last_read_seq: Seq,
+}
+
 /// A conversation as one of its members sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConversationView {
     pub id: ConversationId,
     pub kind: ConversationKind,
     pub title: Option<String>,
-    pub members: Vec<User>,
+    /// By username.
+    pub members: Vec<MemberView>,
+    /// The newest message, in its current state.
     pub last_message: Option<Message>,
+    /// The newest event's seq.
     pub last_seq: Seq,
     /// This member's read marker.
     pub last_read_seq: Seq,
+    /// Messages from others after this member's read marker.
+    pub unread_count: u64,
+    /// Of those, the ones that mention this member.
+    pub unread_mentions: u64,
+    pub muted: bool,
 }
 
 /// The SHA-256 of a session token: tokens themselves are never stored.
@@ -198,8 +230,11 @@ pub trait Store: Send + Sync {
         a: UserId,
         b: UserId,
     ) -> Result<(ConversationId, bool), BackendError>;
+    /// A new group of `members` (the creator among them, added if not): the creator is
+    /// its admin, everyone else a member.
     async fn create_group(
         &self,
+        creator: UserId,
         title: &str,
         members: &[UserId],
     ) -> Result<ConversationId, BackendError>;
@@ -226,28 +261,65 @@ pub trait Store: Send + Sync {
     /// outage, which every request meets, from a failure of one request.
     async fn ping(&self) -> Result<(), BackendError>;
 
-    /// Stores a batch in one transaction: each message gets the next gap-free `seq` of its
-    /// conversation; a repeated (sender, client_msg_id) yields the message stored the first
-    /// time and stores nothing. The sender's read marker moves to their own message. The
-    /// result has one entry per input, in order. `StorageFull` when the backend is out of
-    /// space: the transaction stored nothing, the same batch succeeds once space is freed.
-    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, BackendError>;
-    /// History in ascending `seq`.
+    /// Stores a batch in one transaction. Per entry, in order: a repeated (sender,
+    /// client_msg_id) yields the event stored the first time and stores nothing
+    /// (`Duplicate`); a change the rules refuse now stores nothing and consumes no seq
+    /// (`Refused`, the same answer [`Store::refusal`] gives); otherwise it is stored with the
+    /// next gap-free `seq` of its conversation and applied to the conversation's state
+    /// (`New`). The sender's read marker moves to their own message. `StorageFull` when the
+    /// backend is out of space: the transaction stored nothing, the same batch succeeds
+    /// once space is freed.
+    ///
+    /// Applying an event: a message's `@name`s are resolved to members; an edit replaces the
+    /// message's body (the edit's own row keeps the new body: the history); a delete erases
+    /// the body of the message and of its edits, its reactions and mentions; a departure of
+    /// the last admin makes the longest-standing remaining member one.
+    async fn append_events(&self, batch: &[NewEvent]) -> Result<Vec<Appended>, BackendError>;
+    /// The error [`Store::append_events`] would answer for `event` now, if any: the
+    /// gateway's check before it accepts a change.
+    async fn refusal(&self, event: &NewEvent) -> Result<Option<ApiError>, BackendError>;
+    /// Messages in their current state (edited, deleted, reactions, the replied-to
+    /// excerpt), in ascending `seq`; `Page` counts messages, not events.
     async fn messages(
         &self,
         conversation: ConversationId,
         page: Page,
     ) -> Result<Vec<Message>, BackendError>;
+    /// Events after `after_seq`, ascending, at most `limit` (clamped to
+    /// `1..=HISTORY_PAGE_MAX`): applied in order to the messages a client holds, they give
+    /// the store's state. A message event carries the message in its current state.
+    async fn events(
+        &self,
+        conversation: ConversationId,
+        after_seq: Seq,
+        limit: u16,
+    ) -> Result<Vec<Event>, BackendError>;
 
     /// Moves `user`'s read marker forward to `seq` (clamped to the last seq; never
-    /// backwards). Returns the new marker if it moved, `None` if it stayed where it was (a
-    /// marker that moves nothing is announced to nobody).
+    /// backwards), and their delivered marker with it. Returns the new marker if it moved,
+    /// `None` if it stayed where it was (a marker that moves nothing is announced to
+    /// nobody). `Rejected` if `user` is not a member.
     async fn mark_read(
         &self,
         conversation: ConversationId,
         user: UserId,
         seq: Seq,
     ) -> Result<Option<Seq>, BackendError>;
+    /// The same for the delivered marker: the events up to `seq` reached one of `user`'s
+    /// devices.
+    async fn mark_delivered(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<Option<Seq>, BackendError>;
+    /// Mutes or unmutes the conversation for `user`; `false` if they are not a member.
+    async fn set_muted(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        muted: bool,
+    ) -> Result<bool, BackendError>;
 }
 
 /// One live connection, as the registry knows it.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::events::{Change, Event, Reaction, ReplyPreview, Role};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 
 /// A user as others see them.
@@ -22,7 +23,26 @@ pub struct Member {
     pub online: bool,
 }
 
-/// A stored message. `seq` is gap-free per conversation.
+/// A member of a conversation as its chat list row shows them: presence, role, and how far
+/// they have received and read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationMember {
+    pub id: UserId,
+    pub username: String,
+    pub online: bool,
+    /// When they were last connected; `None` while online or if never.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_seen: Option<OffsetDateTime>,
+    pub role: Role,
+    /// Events up to this seq have reached one of their devices.
+    pub last_delivered_seq: Seq,
+    /// Events up to this seq they have read.
+    pub last_read_seq: Seq,
+}
+
+/// A stored message in its current state. `seq` is gap-free per conversation (across every
+/// kind of event, so messages alone may skip seqs). The fields after `created_at` are
+/// absent when empty, as older clients knew the message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub id: MessageId,
@@ -30,9 +50,56 @@ pub struct Message {
     pub seq: Seq,
     pub sender_id: UserId,
     pub client_msg_id: String,
+    /// Empty once deleted.
     pub body: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyPreview>,
+    /// Members the body mentions (`@name`), resolved by the server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
+    /// By first reaction, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+    /// When the body was last edited.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub edited_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+impl Message {
+    /// A new message as the persister first stores it: no edits, reactions or deletion yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: MessageId,
+        conversation_id: ConversationId,
+        seq: Seq,
+        sender_id: UserId,
+        client_msg_id: String,
+        body: String,
+        created_at: OffsetDateTime,
+    ) -> Message {
+        Message {
+            id,
+            conversation_id,
+            seq,
+            sender_id,
+            client_msg_id,
+            body,
+            created_at,
+            reply_to: None,
+            mentions: Vec::new(),
+            reactions: Vec::new(),
+            edited_at: None,
+            deleted: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,10 +116,20 @@ pub struct Conversation {
     pub kind: ConversationKind,
     /// The group's title; `None` for a direct conversation (clients show the other member).
     pub title: Option<String>,
-    pub members: Vec<Member>,
+    /// By username.
+    pub members: Vec<ConversationMember>,
+    /// The newest message (not the newest event: a reaction is not a last message).
     pub last_message: Option<Message>,
+    /// The seq of the newest event.
     pub last_seq: Seq,
+    /// Messages from others after the caller's read marker.
     pub unread_count: u64,
+    /// Of those, the ones that mention the caller.
+    pub unread_mentions: u64,
+    /// The caller's read marker.
+    pub last_read_seq: Seq,
+    /// The caller muted it: no notifications but for mentions.
+    pub muted: bool,
 }
 
 /// A frame from a client.
@@ -62,6 +139,18 @@ pub enum ClientFrame {
         conversation_id: String,
         client_msg_id: String,
         body: String,
+        reply_to_seq: Option<Seq>,
+    },
+    /// Any change of a conversation, `send` included: `{"type":"event","conversation_id":…,
+    /// "client_msg_id":…,"kind":…}` with the kind's fields beside.
+    Event {
+        conversation_id: String,
+        client_msg_id: String,
+        change: Change,
+    },
+    Delivered {
+        conversation_id: String,
+        seq: Seq,
     },
     Typing {
         conversation_id: String,
@@ -87,6 +176,19 @@ pub enum ServerFrame {
     Message {
         message: Message,
     },
+    /// Every event but a message (which keeps its `message` frame).
+    Event {
+        event: Event,
+    },
+    /// A conversation the user has just become a member of (created with them in it).
+    Conversation {
+        conversation: Conversation,
+    },
+    /// The user muted or unmuted a conversation (on another device, say).
+    Muted {
+        conversation_id: ConversationId,
+        muted: bool,
+    },
     Presence {
         user_id: UserId,
         online: bool,
@@ -98,6 +200,12 @@ pub enum ServerFrame {
         user_id: UserId,
     },
     Read {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        seq: Seq,
+    },
+    /// Events up to `seq` have reached one of the user's devices.
+    Delivered {
         conversation_id: ConversationId,
         user_id: UserId,
         seq: Seq,
@@ -142,13 +250,22 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ApiError> {
         conversation_id: String,
         client_msg_id: String,
         body: String,
+        #[serde(default)]
+        reply_to_seq: Option<Seq>,
+    }
+    #[derive(Deserialize)]
+    struct EventFrame {
+        conversation_id: String,
+        client_msg_id: String,
+        #[serde(flatten)]
+        change: Change,
     }
     #[derive(Deserialize)]
     struct Typing {
         conversation_id: String,
     }
     #[derive(Deserialize)]
-    struct Read {
+    struct Marker {
         conversation_id: String,
         seq: Seq,
     }
@@ -174,11 +291,25 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ApiError> {
                 conversation_id,
                 client_msg_id,
                 body,
+                reply_to_seq,
             } = fields(text, "send")?;
             Ok(ClientFrame::Send {
                 conversation_id,
                 client_msg_id,
                 body,
+                reply_to_seq,
+            })
+        }
+        "event" => {
+            let EventFrame {
+                conversation_id,
+                client_msg_id,
+                change,
+            } = fields(text, "event")?;
+            Ok(ClientFrame::Event {
+                conversation_id,
+                client_msg_id,
+                change,
             })
         }
         "typing" => {
@@ -186,11 +317,21 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ApiError> {
             Ok(ClientFrame::Typing { conversation_id })
         }
         "read" => {
-            let Read {
+            let Marker {
                 conversation_id,
                 seq,
             } = fields(text, "read")?;
             Ok(ClientFrame::Read {
+                conversation_id,
+                seq,
+            })
+        }
+        "delivered" => {
+            let Marker {
+                conversation_id,
+                seq,
+            } = fields(text, "delivered")?;
+            Ok(ClientFrame::Delivered {
                 conversation_id,
                 seq,
             })
@@ -224,7 +365,25 @@ mod tests {
             Ok(ClientFrame::Send {
                 conversation_id: "c".into(),
                 client_msg_id: "m1".into(),
-                body: "hi".into()
+                body: "hi".into(),
+                reply_to_seq: None,
+            })
+        );
+        assert_eq!(
+            decode_client_frame(
+                r#"{"type":"event","conversation_id":"c","client_msg_id":"e1","kind":"delete","target_seq":3}"#
+            ),
+            Ok(ClientFrame::Event {
+                conversation_id: "c".into(),
+                client_msg_id: "e1".into(),
+                change: Change::Delete { target_seq: 3 },
+            })
+        );
+        assert_eq!(
+            decode_client_frame(r#"{"type":"delivered","conversation_id":"c","seq":9}"#),
+            Ok(ClientFrame::Delivered {
+                conversation_id: "c".into(),
+                seq: 9
             })
         );
         assert_eq!(
@@ -258,6 +417,10 @@ mod tests {
         );
         assert_eq!(
             code(r#"{"type":"read","conversation_id":"c","seq":-1}"#),
+            ErrorCode::InvalidInput
+        );
+        assert_eq!(
+            code(r#"{"type":"event","conversation_id":"c","client_msg_id":"e","kind":"shout"}"#),
             ErrorCode::InvalidInput
         );
     }

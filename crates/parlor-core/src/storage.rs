@@ -15,8 +15,11 @@ use time::OffsetDateTime;
 
 use crate::error::BackendError;
 use crate::ids::{ConversationId, Seq, UserId};
-use crate::ports::ConversationView;
-use crate::protocol::{ConversationKind, User};
+use crate::events::{EventData, Reaction, Role};
+use crate::ports::{ConversationView, MemberView};
+use crate::protocol::ConversationKind;
+#[cfg(test)]
+use crate::protocol::User;
 
 /// A time a store cannot hold: outside 1677–2262, where unix nanoseconds overflow an `i64`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,9 +113,9 @@ pub fn like_prefix(prefix: &str) -> String {
 /// stores read them ordered by name).
 pub fn attach_members(
     views: &mut [ConversationView],
-    members: impl IntoIterator<Item = (ConversationId, User)>,
+    members: impl IntoIterator<Item = (ConversationId, MemberView)>,
 ) {
-    let mut by_conversation: HashMap<ConversationId, Vec<User>> = HashMap::new();
+    let mut by_conversation: HashMap<ConversationId, Vec<MemberView>> = HashMap::new();
     for (conversation, member) in members {
         by_conversation
             .entry(conversation)
@@ -122,6 +125,99 @@ pub fn attach_members(
     for view in views {
         view.members = by_conversation.remove(&view.id).unwrap_or_default();
     }
+}
+
+/// How the SQL stores keep an event that is not a message: its `kind` and `target_seq` as
+/// columns (to find a message's edits and reactions), an edit's body in the `body` column
+/// (so that a delete can erase it), and the rest as JSON of the [`EventData`] in `data`.
+pub struct EventColumns {
+    pub kind: &'static str,
+    pub target_seq: Option<Seq>,
+    pub body: String,
+    pub data: String,
+}
+
+/// `data`'s columns; `None` for a message, which has columns of its own.
+pub fn event_columns(data: &EventData) -> Option<EventColumns> {
+    let (target_seq, body, stored) = match data {
+        EventData::Message { .. } => return None,
+        EventData::Edit {
+            target_seq,
+            body,
+            mentions,
+        } => (
+            Some(*target_seq),
+            body.clone(),
+            EventData::Edit {
+                target_seq: *target_seq,
+                body: String::new(),
+                mentions: mentions.clone(),
+            },
+        ),
+        EventData::Delete { target_seq }
+        | EventData::ReactionAdded { target_seq, .. }
+        | EventData::ReactionRemoved { target_seq, .. } => {
+            (Some(*target_seq), String::new(), data.clone())
+        }
+        _ => (None, String::new(), data.clone()),
+    };
+    Some(EventColumns {
+        kind: data.kind(),
+        target_seq,
+        body,
+        data: serde_json::to_string(&stored).expect("event data always serializes"),
+    })
+}
+
+/// The [`EventData`] that [`event_columns`] stored as `data` and `body`.
+pub fn event_of_columns(data: &str, body: String) -> Result<EventData, serde_json::Error> {
+    let mut event: EventData = serde_json::from_str(data)?;
+    if let EventData::Edit { body: edited, .. } = &mut event {
+        *edited = body;
+    }
+    Ok(event)
+}
+
+/// Mentioned user ids as the SQL stores keep them in one text column: hyphenated ids
+/// separated by spaces (so `instr` finds one), empty for none.
+pub fn mentions_text(mentions: &[UserId]) -> String {
+    mentions
+        .iter()
+        .map(UserId::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The ids [`mentions_text`] stored; ids that do not parse are skipped.
+pub fn mentions_of_text(text: &str) -> Vec<UserId> {
+    text.split_ascii_whitespace()
+        .filter_map(|id| id.parse().ok())
+        .collect()
+}
+
+/// Reactions grouped by emoji from `(emoji, user)` rows in the order they were made: the
+/// emoji in the order of their first reaction, each user once.
+pub fn group_reactions(rows: impl IntoIterator<Item = (String, UserId)>) -> Vec<Reaction> {
+    let mut reactions: Vec<Reaction> = Vec::new();
+    for (emoji, user) in rows {
+        match reactions.iter_mut().find(|reaction| reaction.emoji == emoji) {
+            Some(reaction) => {
+                if !reaction.user_ids.contains(&user) {
+                    reaction.user_ids.push(user);
+                }
+            }
+            None => reactions.push(Reaction {
+                emoji,
+                user_ids: vec![user],
+            }),
+        }
+    }
+    reactions
+}
+
+/// A role as stored.
+pub fn role_text(role: Role) -> &'static str {
+    role.as_str()
 }
 
 /// How many of a build's `known` migrations a schema at version `applied` has already run,
@@ -213,15 +309,23 @@ mod tests {
             last_message: None,
             last_seq: 0,
             last_read_seq: 0,
+            unread_count: 0,
+            unread_mentions: 0,
+            muted: false,
         };
         let (one, two, none) = (
             ConversationId::new(),
             ConversationId::new(),
             ConversationId::new(),
         );
-        let user = |name: &str| User {
-            id: UserId::new(),
-            username: name.to_owned(),
+        let user = |name: &str| MemberView {
+            user: User {
+                id: UserId::new(),
+                username: name.to_owned(),
+            },
+            role: Role::Member,
+            last_delivered_seq: 0,
+            last_read_seq: 0,
         };
         let (ann, bob, cid) = (user("ann"), user("bob"), user("cid"));
         let mut views = [view(one), view(two), view(none)];
@@ -237,6 +341,57 @@ mod tests {
         assert_eq!(views[0].members, [ann, cid]);
         assert_eq!(views[1].members, [bob]);
         assert!(views[2].members.is_empty());
+    }
+
+    #[test]
+    fn events_round_trip_through_their_columns() {
+        let user = UserId::new();
+        for data in [
+            EventData::Edit {
+                target_seq: 3,
+                body: "new".into(),
+                mentions: vec![user],
+            },
+            EventData::ReactionAdded {
+                target_seq: 2,
+                emoji: "👍".into(),
+            },
+            EventData::MemberAdded {
+                user: User {
+                    id: user,
+                    username: "ann".into(),
+                },
+                role: Role::Member,
+            },
+            EventData::MemberLeft {
+                user_id: user,
+                promoted_user_id: Some(UserId::new()),
+            },
+            EventData::TitleChanged {
+                title: "Team".into(),
+            },
+        ] {
+            let columns = event_columns(&data).unwrap();
+            assert_eq!(columns.kind, data.kind());
+            assert!(!columns.data.contains("\"new\""), "the body is in its own column");
+            assert_eq!(event_of_columns(&columns.data, columns.body).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn mentions_and_reactions_are_kept_in_order() {
+        let (ann, bob) = (UserId::new(), UserId::new());
+        assert_eq!(mentions_of_text(&mentions_text(&[ann, bob])), [ann, bob]);
+        assert!(mentions_of_text("").is_empty());
+        let grouped = group_reactions([
+            ("👍".to_owned(), ann),
+            ("🎉".to_owned(), bob),
+            ("👍".to_owned(), bob),
+        ]);
+        assert_eq!(grouped.len(), 2);
+        assert_eq!(grouped[0].emoji, "👍");
+        assert_eq!(grouped[0].user_ids, [ann, bob]);
+        assert_eq!(grouped[1].user_ids, [bob]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! later what the gateway acknowledged (PostgreSQL refuses NUL in text, for one).
 
 use crate::error::{ApiError, ErrorCode};
+use crate::events::Change;
 
 /// Username rules: 3–32 characters of `[A-Za-z0-9_.-]`; unique ignoring case.
 pub fn username(name: &str) -> Result<(), ApiError> {
@@ -99,6 +100,102 @@ pub fn group_title(title: &str) -> Result<&str, ApiError> {
     Ok(title)
 }
 
+/// A requested change's own input, whatever the conversation's state: bodies as for a send,
+/// emoji as [`emoji`] says, titles as [`group_title`] says (the title is trimmed here).
+pub fn change(change: &mut Change, body_bytes_max: usize) -> Result<(), ApiError> {
+    match change {
+        Change::Message { body: text, .. } | Change::Edit { body: text, .. } => {
+            body(text, body_bytes_max)
+        }
+        Change::ReactionAdded { emoji: e, .. } | Change::ReactionRemoved { emoji: e, .. } => {
+            emoji(e)
+        }
+        Change::TitleChanged { title } => {
+            *title = group_title(title)?.to_owned();
+            Ok(())
+        }
+        Change::Delete { .. }
+        | Change::MemberAdded { .. }
+        | Change::MemberRemoved { .. }
+        | Change::MemberLeft {}
+        | Change::RoleChanged { .. } => Ok(()),
+    }
+}
+
+/// Bytes of one reaction, at most: the longest emoji sequences (a family, a flag with tags)
+/// fit.
+pub const EMOJI_BYTES_MAX: usize = 32;
+
+/// A reaction is one emoji: pictographs, with the joiners, variation selectors, skin tones,
+/// keycaps and tags that build emoji sequences, at most [`EMOJI_BYTES_MAX`] bytes; never
+/// letters, digits alone, spaces or markup.
+pub fn emoji(text: &str) -> Result<(), ApiError> {
+    fn pictograph(c: char) -> bool {
+        matches!(c as u32,
+            0x00A9 | 0x00AE | 0x203C | 0x2049 | 0x2122 | 0x2139 | 0x2194..=0x21AA
+            | 0x231A..=0x23FF | 0x24C2 | 0x25AA..=0x25FE | 0x2600..=0x27BF | 0x2934..=0x2935
+            | 0x2B05..=0x2B55 | 0x3030 | 0x303D | 0x3297 | 0x3299 | 0x1F000..=0x1FAFF)
+    }
+    fn joiner(c: char) -> bool {
+        matches!(c as u32, 0x200D | 0xFE0E | 0xFE0F | 0x20E3 | 0xE0020..=0xE007F)
+    }
+    let keycap_base = |c: char| c.is_ascii_digit() || c == '#' || c == '*';
+    let chars: Vec<char> = text.chars().collect();
+    let well_formed = !text.is_empty()
+        && text.len() <= EMOJI_BYTES_MAX
+        && chars.iter().any(|&c| pictograph(c) || c == '\u{20E3}')
+        && chars.iter().enumerate().all(|(index, &c)| {
+            pictograph(c)
+                || joiner(c)
+                // A keycap: the base, then U+FE0F or U+20E3.
+                || (keycap_base(c)
+                    && chars
+                        .get(index + 1)
+                        .is_some_and(|&next| next == '\u{FE0F}' || next == '\u{20E3}'))
+        });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("a reaction is one emoji of at most {EMOJI_BYTES_MAX} bytes"),
+        ))
+    }
+}
+
+/// Distinct names one message may mention, at most; later ones are plain text.
+pub const MENTIONS_MAX: usize = 32;
+
+/// The usernames `@name` mentions in `body`, lower-cased, each once, in order: `@` at the
+/// start or after a character that cannot be part of a name (so `ann@example.org` mentions
+/// nobody), then a valid [`username`] (a trailing `.` or `-` is punctuation, not the name).
+/// The store resolves them against the conversation's members.
+pub fn mention_names(body: &str) -> Vec<String> {
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let mut names: Vec<String> = Vec::new();
+    let mut previous: Option<char> = None;
+    for (index, c) in body.char_indices() {
+        let at_start = previous.is_none_or(|p| !name_char(p) && p != '@');
+        previous = Some(c);
+        if c != '@' || !at_start {
+            continue;
+        }
+        let rest = &body[index + 1..];
+        let end = rest.find(|c: char| !name_char(c)).unwrap_or(rest.len());
+        let name = rest[..end].trim_end_matches(['.', '-']);
+        if username(name).is_ok() {
+            let name = name.to_ascii_lowercase();
+            if !names.contains(&name) {
+                names.push(name);
+                if names.len() == MENTIONS_MAX {
+                    break;
+                }
+            }
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +251,44 @@ mod tests {
         assert_eq!(group_title("  Team  ").unwrap(), "Team");
         assert!(group_title("   ").is_err());
         assert!(group_title("a\u{7}b").is_err());
+    }
+
+    #[test]
+    fn emoji_are_pictographs_and_their_sequences() {
+        for ok in ["👍", "❤️", "🎉", "👍🏽", "👨‍👩‍👧", "🇫🇷", "1️⃣", "🏳️‍🌈", "☕"] {
+            assert!(emoji(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", "a", "1", "ok", " ", "<b>", "👍 ", "\u{200D}", &"👍".repeat(9)] {
+            assert!(emoji(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mentions_are_names_after_an_at_sign() {
+        assert_eq!(mention_names("hi @Ann and @bob."), ["ann", "bob"]);
+        assert_eq!(mention_names("@ann @ANN @ann"), ["ann"]);
+        assert!(mention_names("mail ann@example.org or @@x or @ab").is_empty());
+        assert_eq!(mention_names("(@carol_1)"), ["carol_1"]);
+        let many: String = (0..40).map(|i| format!("@user{i:02} ")).collect();
+        assert_eq!(mention_names(&many).len(), MENTIONS_MAX);
+    }
+
+    #[test]
+    fn changes_are_validated_by_kind() {
+        let mut blank = Change::Edit {
+            target_seq: 1,
+            body: " ".into(),
+        };
+        assert_eq!(change(&mut blank, 100).unwrap_err().code, ErrorCode::InvalidInput);
+        let mut title = Change::TitleChanged {
+            title: "  Team ".into(),
+        };
+        change(&mut title, 100).unwrap();
+        assert_eq!(title, Change::TitleChanged { title: "Team".into() });
+        let mut react = Change::ReactionAdded {
+            target_seq: 1,
+            emoji: "x".into(),
+        };
+        assert!(change(&mut react, 100).is_err());
     }
 }
