@@ -206,7 +206,10 @@ pub fn check(sender: UserId, change: &Change, facts: &Facts) -> Result<(), ApiEr
                 return Err(refused(ErrorCode::NotFound, "not a member"));
             };
             if current == *new_role {
-                return Err(refused(ErrorCode::Conflict, "the member has that role already"));
+                return Err(refused(
+                    ErrorCode::Conflict,
+                    "the member has that role already",
+                ));
             }
             if current == Role::Admin && facts.admins <= 1 {
                 return Err(refused(
@@ -279,7 +282,13 @@ mod tests {
         };
         use ErrorCode::{Conflict, Forbidden, NotFound};
         // (change, who, their role, the subject's role, expected)
-        let table: Vec<(&Change, UserId, Option<Role>, Option<Role>, Option<ErrorCode>)> = vec![
+        let table: Vec<(
+            &Change,
+            UserId,
+            Option<Role>,
+            Option<Role>,
+            Option<ErrorCode>,
+        )> = vec![
             (&edit, author, Some(Role::Member), None, None),
             (&edit, other, Some(Role::Member), None, Some(Forbidden)),
             (&edit, other, Some(Role::Admin), None, Some(Forbidden)),
@@ -291,21 +300,51 @@ mod tests {
             (&react, other, Some(Role::Member), None, None),
             (&react, other, None, None, Some(NotFound)),
             (&add, other, Some(Role::Admin), None, None),
-            (&add, other, Some(Role::Admin), Some(Role::Member), Some(Conflict)),
+            (
+                &add,
+                other,
+                Some(Role::Admin),
+                Some(Role::Member),
+                Some(Conflict),
+            ),
             (&add, other, Some(Role::Member), None, Some(Forbidden)),
             (&add, other, None, None, Some(NotFound)),
             (&remove, other, Some(Role::Admin), Some(Role::Member), None),
             (&remove, other, Some(Role::Admin), None, Some(NotFound)),
-            (&remove, other, Some(Role::Member), Some(Role::Member), Some(Forbidden)),
+            (
+                &remove,
+                other,
+                Some(Role::Member),
+                Some(Role::Member),
+                Some(Forbidden),
+            ),
             (&remove, other, None, Some(Role::Member), Some(NotFound)),
             (&rename, other, Some(Role::Admin), None, None),
             (&rename, other, Some(Role::Member), None, Some(Forbidden)),
             (&rename, other, None, None, Some(NotFound)),
             (&promote, other, Some(Role::Admin), Some(Role::Member), None),
-            (&promote, other, Some(Role::Admin), Some(Role::Admin), Some(Conflict)),
-            (&promote, other, Some(Role::Member), Some(Role::Member), Some(Forbidden)),
+            (
+                &promote,
+                other,
+                Some(Role::Admin),
+                Some(Role::Admin),
+                Some(Conflict),
+            ),
+            (
+                &promote,
+                other,
+                Some(Role::Member),
+                Some(Role::Member),
+                Some(Forbidden),
+            ),
             (&promote, other, None, Some(Role::Member), Some(NotFound)),
-            (&Change::MemberLeft {}, other, Some(Role::Member), None, None),
+            (
+                &Change::MemberLeft {},
+                other,
+                Some(Role::Member),
+                None,
+                None,
+            ),
             (&Change::MemberLeft {}, other, None, None, Some(NotFound)),
         ];
         for (change, who, role, subject_role, expected) in table {
@@ -406,7 +445,10 @@ mod tests {
             emoji_distinct: REACTIONS_DISTINCT_MAX,
             ..message_by(me)
         };
-        assert_eq!(code(me, &react, &with(reacted.clone())), Some(ErrorCode::Conflict));
+        assert_eq!(
+            code(me, &react, &with(reacted.clone())),
+            Some(ErrorCode::Conflict)
+        );
         assert_eq!(code(me, &unreact, &with(reacted)), None);
         assert_eq!(code(me, &react, &with(full)), Some(ErrorCode::Conflict));
         assert_eq!(
