@@ -44,9 +44,10 @@ pub struct Target {
     pub is_message: bool,
     pub sender: UserId,
     pub deleted: bool,
-    /// For reactions: the distinct emoji on it now, and whether the sender already reacted
-    /// with this change's emoji.
+    /// For reactions: the distinct emoji on it now, whether anyone already reacted with this
+    /// change's emoji (one more of those adds no distinct emoji), and whether the sender did.
     pub emoji_distinct: usize,
+    pub emoji_reacted: bool,
     pub sender_reacted: bool,
 }
 
@@ -123,7 +124,7 @@ pub fn check(sender: UserId, change: &Change, facts: &Facts) -> Result<(), ApiEr
                     "you already reacted with this emoji",
                 ));
             }
-            if target.emoji_distinct >= REACTIONS_DISTINCT_MAX {
+            if !target.emoji_reacted && target.emoji_distinct >= REACTIONS_DISTINCT_MAX {
                 return Err(refused(
                     ErrorCode::Conflict,
                     "this message has as many different reactions as it can hold",
@@ -250,6 +251,7 @@ mod tests {
             sender,
             deleted: false,
             emoji_distinct: 0,
+            emoji_reacted: false,
             sender_reacted: false,
         }
     }
@@ -438,6 +440,7 @@ mod tests {
             ..group(Some(Role::Member))
         };
         let reacted = Target {
+            emoji_reacted: true,
             sender_reacted: true,
             ..message_by(me)
         };
@@ -450,7 +453,16 @@ mod tests {
             Some(ErrorCode::Conflict)
         );
         assert_eq!(code(me, &unreact, &with(reacted)), None);
-        assert_eq!(code(me, &react, &with(full)), Some(ErrorCode::Conflict));
+        assert_eq!(
+            code(me, &react, &with(full.clone())),
+            Some(ErrorCode::Conflict)
+        );
+        // A full message still takes more of the emoji it has.
+        let full_of_this_one = Target {
+            emoji_reacted: true,
+            ..full
+        };
+        assert_eq!(code(me, &react, &with(full_of_this_one)), None);
         assert_eq!(
             code(me, &unreact, &with(message_by(me))),
             Some(ErrorCode::NotFound)
