@@ -375,6 +375,7 @@ async fn store_run(
                     sender: target.sender,
                     deleted: target.deleted,
                     emoji_distinct: 0,
+                    emoji_reacted: false,
                     sender_reacted: false,
                 }),
                 subject_role: None,

@@ -218,7 +218,7 @@ async fn apply(
             "UPDATE conversations
              SET last_seq = $2, members_seq = $3, title = coalesce($4, title),
                  last_activity_at_ns = greatest(last_activity_at_ns, $5)
-             WHERE id = $1 AND last_seq = $2 - 1",
+             WHERE id = $1 AND last_seq = $2::int8 - 1",
             vec![conversation, &seq, &members_seq, &title, &activity_ns],
         ),
     ];

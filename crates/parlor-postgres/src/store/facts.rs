@@ -100,6 +100,10 @@ pub(super) async fn gather(
                     CASE WHEN $4::text IS NULL OR t.seq IS NULL THEN false ELSE
                         EXISTS (SELECT 1 FROM reactions x
                                 WHERE x.conversation_id = c.id AND x.seq = t.seq
+                                  AND x.emoji = $4) END,
+                    CASE WHEN $4::text IS NULL OR t.seq IS NULL THEN false ELSE
+                        EXISTS (SELECT 1 FROM reactions x
+                                WHERE x.conversation_id = c.id AND x.seq = t.seq
                                   AND x.emoji = $4 AND x.user_id = $2) END,
                     (SELECT role FROM members
                      WHERE conversation_id = c.id AND user_id = $5),
@@ -156,23 +160,24 @@ pub(super) async fn gather(
             sender: UserId(row.try_get(3)?),
             deleted: row.try_get(4)?,
             emoji_distinct: count(row.try_get(5)?),
-            sender_reacted: row.try_get(6)?,
+            emoji_reacted: row.try_get(6)?,
+            sender_reacted: row.try_get(7)?,
         }),
     };
-    let subject_name: Option<String> = row.try_get(8)?;
+    let subject_name: Option<String> = row.try_get(9)?;
     let facts = Facts {
         kind: row.try_get::<_, KindColumn>(0)?.0,
         sender_role: role(row.try_get(1)?),
         target,
-        subject_role: role(row.try_get(7)?),
+        subject_role: role(row.try_get(8)?),
         subject_exists: subject_name.is_some(),
-        admins: count(row.try_get(9)?),
-        members: count(row.try_get(10)?),
+        admins: count(row.try_get(10)?),
+        members: count(row.try_get(11)?),
     };
     Ok(Gathered {
         facts,
         subject_name,
-        successor: row.try_get::<_, Option<Uuid>>(11)?.map(UserId),
+        successor: row.try_get::<_, Option<Uuid>>(12)?.map(UserId),
     })
 }
 
