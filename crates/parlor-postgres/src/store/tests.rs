@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use parlor_core::BackendErrorKind;
+use parlor_core::error::ErrorCode;
 use parlor_core::events::{Change, EventData, Role};
 use parlor_core::ids::{ConversationId, UserId};
 use parlor_core::ports::{Appended, NewEvent, Page, Store};
@@ -484,4 +485,113 @@ async fn text_postgres_cannot_hold_is_rejected_alone() {
 
     let error = store.create_group(ann, "nul \0", &[]).await.unwrap_err();
     assert_eq!(error.kind, BackendErrorKind::Rejected, "{error}");
+}
+
+/// Member and role changes sent at the same time through two handles (two persister
+/// processes) are applied one after the other, each checked on the state the other left:
+/// two admins removing each other leave one of them; the one admin who is left cannot
+/// step down while the other leaves, or is promoted when they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_member_changes_always_leave_the_group_an_admin() {
+    let database = TestDatabase::create().await;
+    let (one, two) = (database.store(2).await, database.store(2).await);
+    let (ann, bob, cid) = (
+        user(&one, "ann").await,
+        user(&one, "bob").await,
+        user(&one, "cid").await,
+    );
+    let promote = |user_id| Change::RoleChanged {
+        user_id,
+        role: Role::Admin,
+    };
+    let admins = |group| {
+        let store = &one;
+        async move {
+            let view = store.conversation_of(cid, group).await.unwrap().unwrap();
+            view.members
+                .iter()
+                .filter(|m| m.role == Role::Admin)
+                .map(|m| m.user.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    for round in 0..8 {
+        let group = one.create_group(ann, "team", &[bob, cid]).await.unwrap();
+        let made_admin = one
+            .append_events(&[new_event(group, ann, &format!("p{round}"), promote(bob))])
+            .await
+            .unwrap();
+        assert!(matches!(&made_admin[0], Appended::New(_)), "{made_admin:?}");
+
+        // Round by round, the one or the other goes first.
+        let (first, second) = if round % 2 == 0 {
+            (ann, bob)
+        } else {
+            (bob, ann)
+        };
+        let removes_second = [new_event(
+            group,
+            first,
+            &format!("x{round}"),
+            Change::MemberRemoved { user_id: second },
+        )];
+        let removes_first = [new_event(
+            group,
+            second,
+            &format!("x{round}"),
+            Change::MemberRemoved { user_id: first },
+        )];
+        let (a, b) = tokio::join!(
+            one.append_events(&removes_second),
+            two.append_events(&removes_first),
+        );
+        let outcomes = [a.unwrap().remove(0), b.unwrap().remove(0)];
+        let stored = outcomes
+            .iter()
+            .filter(|o| matches!(o, Appended::New(_)))
+            .count();
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, Appended::Refused(e) if e.code == ErrorCode::NotFound))
+            .count();
+        assert_eq!((stored, refused), (1, 1), "{outcomes:?}");
+        let left = admins(group).await;
+        assert_eq!(left.len(), 1, "one of the two admins stays: {left:?}");
+        let stayed = left[0];
+
+        // The last admin steps down and leaves at the same time: whichever goes first, the
+        // step-down is refused (the last admin, or no longer a member) and the departure
+        // promotes the one who stays.
+        let step_down = [new_event(
+            group,
+            stayed,
+            &format!("down{round}"),
+            Change::RoleChanged {
+                user_id: stayed,
+                role: Role::Member,
+            },
+        )];
+        let leave = [new_event(
+            group,
+            stayed,
+            &format!("leave{round}"),
+            Change::MemberLeft {},
+        )];
+        let (a, b) = tokio::join!(one.append_events(&step_down), two.append_events(&leave));
+        let (down, leave) = (a.unwrap().remove(0), b.unwrap().remove(0));
+        assert!(
+            matches!(&down, Appended::Refused(e) if e.code == ErrorCode::Conflict
+                || e.code == ErrorCode::NotFound),
+            "the last admin cannot step down, nor can someone gone: {down:?}"
+        );
+        let Appended::New(leave) = leave else {
+            panic!("anyone may leave: {leave:?}");
+        };
+        assert!(
+            matches!(leave.event.data, EventData::MemberLeft { promoted_user_id: Some(p), .. } if p == cid),
+            "{leave:?}"
+        );
+        assert_eq!(admins(group).await, [cid]);
+        assert_eq!(leave.members_seq, leave.event.seq);
+    }
 }
