@@ -68,10 +68,17 @@ pub(super) async fn append_change(
         if has_nul(new) {
             return Ok(Appended::Rejected(NUL_REJECTED.to_owned()));
         }
-        let refused = rules::check(new.sender_id, &new.change, &no_conversation());
-        return Ok(Appended::Refused(
-            refused.expect_err("nobody may change it"),
-        ));
+        return Ok(
+            match rules::check(new.sender_id, &new.change, &no_conversation()) {
+                Err(refused) => Appended::Refused(refused),
+                // The rules let nobody change a conversation they are not a member of; were
+                // that to change, there would still be no conversation to store it in.
+                Ok(()) => Appended::Rejected(format!(
+                    "conversation {} does not exist",
+                    new.conversation_id
+                )),
+            },
+        );
     };
     if let Err(refused) = rules::check(new.sender_id, &new.change, &gathered.facts) {
         return Ok(Appended::Refused(refused));
