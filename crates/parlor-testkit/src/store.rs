@@ -1819,19 +1819,33 @@ pub async fn reactions_are_grouped_by_first_reaction_with_users_in_order(
         )],
     )
     .await;
+    // 👍 is ann's now, from after carl's 🎉: the order follows the first reaction left.
     assert_eq!(
         message_at(s, group, 1).await.reactions,
-        [reaction("👍", &[ann]), reaction("🎉", &[carl, bob])]
+        [reaction("🎉", &[carl, bob]), reaction("👍", &[ann])]
     );
     append_stored(
         s,
-        &[
-            at(new_event(group, ann, "u2", unreact(1, "👍")), seconds(9)),
-            at(new_event(group, ann, "r6", react(1, "👍")), seconds(10)),
-        ],
+        &[at(
+            new_event(group, carl, "u2", unreact(1, "🎉")),
+            seconds(9),
+        )],
     )
     .await;
-    let now = [reaction("🎉", &[carl, bob]), reaction("👍", &[ann])];
+    assert_eq!(
+        message_at(s, group, 1).await.reactions,
+        [reaction("👍", &[ann]), reaction("🎉", &[bob])]
+    );
+    // Reacting again comes last.
+    append_stored(
+        s,
+        &[at(
+            new_event(group, carl, "r6", react(1, "🎉")),
+            seconds(10),
+        )],
+    )
+    .await;
+    let now = [reaction("👍", &[ann]), reaction("🎉", &[bob, carl])];
     assert_eq!(message_at(s, group, 1).await.reactions, now);
     // The log's message event carries them too; a page of one message has its own only.
     let events = s.events(group, 0, 1).await.unwrap();
