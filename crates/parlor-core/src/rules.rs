@@ -284,13 +284,14 @@ mod tests {
         };
         use ErrorCode::{Conflict, Forbidden, NotFound};
         // (change, who, their role, the subject's role, expected)
-        let table: Vec<(
-            &Change,
+        type Row<'a> = (
+            &'a Change,
             UserId,
             Option<Role>,
             Option<Role>,
             Option<ErrorCode>,
-        )> = vec![
+        );
+        let table: Vec<Row> = vec![
             (&edit, author, Some(Role::Member), None, None),
             (&edit, other, Some(Role::Member), None, Some(Forbidden)),
             (&edit, other, Some(Role::Admin), None, Some(Forbidden)),

@@ -146,14 +146,21 @@ impl Gateway {
             }
         );
         if !plain_message {
-            let refusal = self
+            match self
                 .deps
                 .store
                 .refusal(&entry.clone().into_new_event())
                 .await
-                .map_err(backend)?;
-            if let Some(error) = refusal {
-                return Err(error);
+            {
+                Ok(None) => {}
+                Ok(Some(error)) => return Err(error),
+                // The store is the judge, and will judge again when it stores the change:
+                // while it is down the queue takes changes, as it takes messages, and the
+                // sender learns of a refusal then.
+                Err(error) if error.kind == BackendErrorKind::Unavailable => {
+                    tracing::debug!(%error, "rules not checked before accepting: store down");
+                }
+                Err(error) => return Err(backend(error)),
             }
         }
         Ok(entry)
@@ -169,19 +176,29 @@ impl Gateway {
     ) -> Result<ConversationId, ApiError> {
         let not_found = || ApiError::new(ErrorCode::NotFound, "no such conversation");
         let conversation: ConversationId = conversation_id.parse().map_err(|_| not_found())?;
-        if known_member_of.contains(conversation, Instant::now()) {
+        let now = Instant::now();
+        if known_member_of.is_fresh(conversation, now) {
             return Ok(conversation);
         }
-        let member = self
-            .deps
-            .store
-            .is_member(conversation, user)
-            .await
-            .map_err(backend)?;
+        let member = match self.deps.store.is_member(conversation, user).await {
+            Ok(member) => member,
+            // The store is down: a member found before stays one until it can say otherwise
+            // (it checks again when it stores what they send), so that the queue takes
+            // their messages through an outage.
+            Err(error)
+                if error.kind == BackendErrorKind::Unavailable
+                    && known_member_of.was_member(conversation) =>
+            {
+                tracing::debug!(%error, "membership not checked: store down");
+                return Ok(conversation);
+            }
+            Err(error) => return Err(backend(error)),
+        };
         if !member {
+            known_member_of.forget(conversation);
             return Err(not_found());
         }
-        known_member_of.insert(conversation, Instant::now());
+        known_member_of.insert(conversation, now);
         Ok(conversation)
     }
 
@@ -322,7 +339,9 @@ pub(crate) enum Marker {
 /// [`MembershipCache::TRUSTED_FOR`]: a member can be removed, and a removed member must
 /// stop being able to write within a second on every node. Within that window the store
 /// still refuses what a removed member sent (the persister checks the rules again), so the
-/// window is never a hole, only a later error. Bounded in size.
+/// window is never a hole, only a later error. After it, the store is asked again, and
+/// while the store is down an earlier answer stands (the store judges again when it stores).
+/// Bounded in size.
 #[derive(Default)]
 pub(crate) struct MembershipCache(std::collections::HashMap<ConversationId, Instant>);
 
@@ -330,19 +349,23 @@ impl MembershipCache {
     const ENTRIES_MAX: usize = 4096;
     const TRUSTED_FOR: Duration = Duration::from_millis(500);
 
-    fn contains(&self, conversation: ConversationId, now: Instant) -> bool {
+    fn is_fresh(&self, conversation: ConversationId, now: Instant) -> bool {
         self.0
             .get(&conversation)
             .is_some_and(|&checked_at| now.duration_since(checked_at) < Self::TRUSTED_FOR)
     }
 
+    fn was_member(&self, conversation: ConversationId) -> bool {
+        self.0.contains_key(&conversation)
+    }
+
+    fn forget(&mut self, conversation: ConversationId) {
+        self.0.remove(&conversation);
+    }
+
     fn insert(&mut self, conversation: ConversationId, now: Instant) {
         if self.0.len() >= Self::ENTRIES_MAX {
-            self.0
-                .retain(|_, checked_at| now.duration_since(*checked_at) < Self::TRUSTED_FOR);
-            if self.0.len() >= Self::ENTRIES_MAX {
-                self.0.clear();
-            }
+            self.0.clear();
         }
         self.0.insert(conversation, now);
     }

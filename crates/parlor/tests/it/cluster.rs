@@ -308,6 +308,7 @@ async fn a_removed_member_on_another_gateway_is_cut_off_within_a_second() {
     };
 
     cat_ws.send_message(&chat, "c1", "hi").await;
+    assert_eq!(ann_ws.next_of("message").await["message"]["seq"], 1);
     ann_ws
         .send(
             json!({"type": "event", "conversation_id": chat, "client_msg_id": "a1",

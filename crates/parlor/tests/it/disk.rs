@@ -341,7 +341,7 @@ async fn full_database_holds_accepted_messages_without_dead_lettering_them() {
     // accepted messages in the log behind the batch it cannot store. (A failing SQLite
     // transaction keeps what it wrote of its WAL, so the log soon runs out too.)
     tmpfs.fill_leaving(256 * 1024);
-    let full = "parlor_storage_full_total{step=\"store messages\"} 1";
+    let full = "parlor_storage_full_total{step=\"store events\"} 1";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !metrics(&chat.http).await.contains(full) {
         assert!(

@@ -165,7 +165,10 @@ async fn dead_letters_are_listed_then_redriven_or_purged_with_the_cli() {
         );
     }
     let id_of = |body: &str| {
-        letters.iter().find(|l| l["entry"]["body"] == body).unwrap()["id"]
+        letters
+            .iter()
+            .find(|l| l["entry"]["change"]["body"] == body)
+            .unwrap()["id"]
             .as_u64()
             .unwrap()
             .to_string()

@@ -600,16 +600,23 @@ async fn read_and_delivered_marks_are_per_member_coalesced_and_survive_a_reload(
     for _ in 0..3 {
         next_event(&mut ben_ws).await;
     }
-    // A flood of delivered marks costs one write and one announcement.
-    for seq in 1..=300u64 {
+    // A flood of delivered marks (a client saying so again for every frame it shows) costs a
+    // write and an announcement only when the marker moves: at most one per seq here.
+    for index in 0..300u64 {
         ben_ws
-            .send(json!({"type": "delivered", "conversation_id": chat, "seq": seq.min(3)}))
+            .send(json!({"type": "delivered", "conversation_id": chat, "seq": 1 + index % 3}))
             .await;
     }
-    let delivered = ann_ws.next_of("delivered").await;
-    assert_eq!(
-        (delivered["user_id"].as_str(), delivered["seq"].as_u64()),
-        (Some(ids[1].as_str()), Some(3))
+    let mut announced = Vec::new();
+    while let Some(frame) = ann_ws.try_next(Duration::from_millis(700)).await {
+        if frame["type"] == "delivered" {
+            assert_eq!(frame["user_id"], ids[1].as_str());
+            announced.push(frame["seq"].as_u64().unwrap());
+        }
+    }
+    assert!(
+        (1..=3).contains(&announced.len()) && announced.last() == Some(&3),
+        "{announced:?}"
     );
     ben_ws
         .send(json!({"type": "read", "conversation_id": chat, "seq": 2}))
@@ -622,7 +629,10 @@ async fn read_and_delivered_marks_are_per_member_coalesced_and_survive_a_reload(
             more.push(frame);
         }
     }
-    assert!(more.is_empty(), "{more:#?}");
+    assert!(
+        more.is_empty(),
+        "reading does not announce a delivered marker: {more:#?}"
+    );
 
     let list = http.get("/api/v1/conversations", &tokens[0]).await.json();
     let marks: Vec<(String, u64, u64)> = list[0]["members"]
