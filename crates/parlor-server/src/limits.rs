@@ -49,6 +49,8 @@ pub struct Limits {
     /// Read markers that are written and announced. A WebSocket holds back and coalesces
     /// markers above this rate; each costs a store write and a frame to every member.
     pub reads: Limiter<UserId>,
+    /// Delivered markers, the same way: a client sends one per batch of events it receives.
+    pub delivered: Limiter<UserId>,
     /// New conversations: each is a store write and, for a group, a row per member.
     pub conversations: Limiter<UserId>,
     pub requests: Limiter<IpAddr>,
@@ -70,6 +72,10 @@ impl Limits {
                 NonZeroU32::new(4).expect("non-zero"),
                 NonZeroU32::new(10).expect("non-zero"),
             ),
+            delivered: Limiter::new(
+                NonZeroU32::new(4).expect("non-zero"),
+                NonZeroU32::new(10).expect("non-zero"),
+            ),
             conversations: Limiter::new(
                 NonZeroU32::new(2).expect("non-zero"),
                 NonZeroU32::new(20).expect("non-zero"),
@@ -86,6 +92,7 @@ impl Limits {
         self.sends.forget_idle();
         self.typing.forget_idle();
         self.reads.forget_idle();
+        self.delivered.forget_idle();
         self.conversations.forget_idle();
         self.requests.forget_idle();
         self.auth.forget_idle();

@@ -7,10 +7,15 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 pub use metrics_exporter_prometheus::PrometheusHandle;
 
 pub const CONNECTIONS: &str = "parlor_connections";
+/// The `messages_*` counters count events of every kind (a message, an edit, a reaction…):
+/// each travels the same path.
 pub const MESSAGES_ACCEPTED: &str = "parlor_messages_accepted_total";
 pub const MESSAGES_STORED: &str = "parlor_messages_stored_total";
 pub const MESSAGES_DUPLICATE: &str = "parlor_messages_duplicate_total";
 pub const MESSAGES_DELIVERED: &str = "parlor_messages_delivered_total";
+/// Changes accepted by the gateway that the store's rules refused when it came to store them
+/// (the conversation changed in between); their senders get an error.
+pub const CHANGES_REFUSED: &str = "parlor_changes_refused_total";
 pub const DEAD_LETTERED: &str = "parlor_dead_lettered_total";
 pub const SLOW_CONSUMERS: &str = "parlor_slow_consumer_disconnects_total";
 pub const RATE_LIMITED: &str = "parlor_rate_limited_total";

@@ -9,12 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parlor_core::ports::{Delivery, MessageOrder};
-use parlor_core::protocol::ServerFrame;
-use parlor_core::queue::Notification;
-use parlor_core::{BackendError, ConversationId, UserId};
+use parlor_core::queue::{Audience, Notification};
+use parlor_core::{BackendError, ConversationId, Seq, UserId};
 use time::OffsetDateTime;
-// Tokio's clock, which is std's unless a test pauses it.
-use tokio::time::Instant;
 
 use crate::config::ConsumerConfig;
 use crate::consumer::{Attempt, Consumer};
@@ -22,18 +19,19 @@ use crate::metrics as m;
 use crate::{Deps, Shutdown, deliver};
 
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
-/// How long a conversation's member list is reused. Looking it up was most of the notifier's
-/// time (one store read per conversation per batch: 18 of the 23 ms from accepted to
-/// delivered at 10,000 messages/s). v1 never changes a conversation's members after
-/// creation; the bound keeps a later version honest without an invalidation channel.
-pub const MEMBERS_CACHED_FOR: Duration = Duration::from_secs(10);
 /// Conversations whose members are cached, at most; the cache starts over beyond it.
 const MEMBERS_CACHED_MAX: usize = 100_000;
 
-/// Member lists by conversation, with when they were read.
+/// Member lists by conversation, each with the membership version it is known to be at
+/// least as new as. Looking members up was most of the notifier's time (one store read per
+/// conversation per batch: 18 of the 23 ms from accepted to delivered at 10,000 messages/s),
+/// so lists are reused, exactly as long as they are right: every notification says the
+/// conversation's membership version when its event was stored
+/// ([`Notification::members_seq`]), and a list older than that is read again. A list read
+/// after the store committed version `v` reflects at least `v`.
 #[derive(Default)]
 struct MembersCache {
-    entries: HashMap<ConversationId, (Arc<Vec<UserId>>, Instant)>,
+    entries: HashMap<ConversationId, (Arc<Vec<UserId>>, Seq)>,
 }
 
 impl MembersCache {
@@ -41,10 +39,10 @@ impl MembersCache {
         &mut self,
         deps: &Deps,
         conversation: ConversationId,
+        members_seq: Seq,
     ) -> Result<Arc<Vec<UserId>>, BackendError> {
-        let now = Instant::now();
-        if let Some((members, read_at)) = self.entries.get(&conversation)
-            && now.duration_since(*read_at) < MEMBERS_CACHED_FOR
+        if let Some((members, known)) = self.entries.get(&conversation)
+            && *known >= members_seq
         {
             return Ok(Arc::clone(members));
         }
@@ -53,7 +51,7 @@ impl MembersCache {
             self.entries.clear();
         }
         self.entries
-            .insert(conversation, (Arc::clone(&members), now));
+            .insert(conversation, (Arc::clone(&members), members_seq));
         Ok(members)
     }
 }
@@ -120,26 +118,32 @@ async fn deliver(
     members: &mut MembersCache,
     notification: Notification,
 ) -> Result<(), BackendError> {
-    let conversation = notification.message.conversation_id;
-    let created_at = notification.message.created_at;
-    let (recipients, order) = if notification.sender_only {
-        // An old message again: nothing waits for it, and nobody else needs it.
-        (Arc::new(vec![notification.message.sender_id]), None)
-    } else {
-        let order = MessageOrder {
-            conversation,
-            seq: notification.message.seq,
-        };
-        (members.get(deps, conversation).await?, Some(order))
+    let conversation = notification.conversation_id;
+    let recipients = match notification.audience {
+        Audience::Sender(user) => Arc::new(vec![user]),
+        Audience::Members => {
+            members
+                .get(deps, conversation, notification.members_seq)
+                .await?
+        }
+        Audience::MembersAnd(user) => {
+            let mut everyone = members
+                .get(deps, conversation, notification.members_seq)
+                .await?
+                .to_vec();
+            if !everyone.contains(&user) {
+                everyone.push(user);
+            }
+            Arc::new(everyone)
+        }
     };
-    let frame: Arc<str> = ServerFrame::Message {
-        message: notification.message,
-    }
-    .to_json()
-    .into();
+    let order = notification
+        .seq
+        .map(|seq| MessageOrder { conversation, seq });
+    let frame: Arc<str> = notification.frame.get().into();
     let reached = deliver::to_users(deps, &recipients, frame, order).await?;
     metrics::counter!(m::MESSAGES_DELIVERED).increment(reached as u64);
-    let latency = (OffsetDateTime::now_utc() - created_at).as_seconds_f64();
+    let latency = (OffsetDateTime::now_utc() - notification.accepted_at).as_seconds_f64();
     metrics::histogram!(m::DELIVERY_SECONDS).record(latency.max(0.0));
     Ok(())
 }

@@ -1,15 +1,18 @@
 //! The persister: inbound queue → store → notification queue.
 //!
-//! Per batch: decode, store in one transaction (the store assigns gap-free `seq` and
-//! deduplicates), append one notification per stored message, and only then acknowledge
-//! the inbound entries. A crash anywhere in between redelivers the entries; the store
-//! answers them as duplicates and their notifications are sent again (clients drop
-//! notifications whose `seq` they have).
+//! Per batch: decode, store in one transaction (the store checks the conversation's rules
+//! again, assigns gap-free `seq` and deduplicates), append one notification per stored
+//! event (or per refused change, to its sender), and only then acknowledge the inbound
+//! entries. A crash anywhere in between redelivers the entries; the store answers them as
+//! duplicates and their notifications are sent again (clients drop events whose `seq` they
+//! have).
 
 use std::time::Duration;
 
-use parlor_core::ports::{Appended, Delivery, DeliveryId, NewMessage};
-use parlor_core::queue::{InboundEntry, Notification};
+use parlor_core::events::EventData;
+use parlor_core::ports::{Appended, Delivery, DeliveryId, NewEvent, Stored as StoredEvent};
+use parlor_core::protocol::ServerFrame;
+use parlor_core::queue::{Audience, InboundEntry, Notification};
 use parlor_core::{BackendError, BackendErrorKind};
 use time::OffsetDateTime;
 
@@ -129,13 +132,13 @@ async fn store(
     if deliveries.is_empty() {
         return Ok(None);
     }
-    let mut batch: Vec<NewMessage> = Vec::with_capacity(deliveries.len());
+    let mut batch: Vec<NewEvent> = Vec::with_capacity(deliveries.len());
     let mut batch_ids: Vec<DeliveryId> = Vec::with_capacity(deliveries.len());
     let mut batch_attempts: Vec<u32> = Vec::with_capacity(deliveries.len());
     for delivery in &deliveries {
         match InboundEntry::decode(&delivery.payload) {
             Ok(entry) => {
-                batch.push(entry.into_new_message());
+                batch.push(entry.into_new_event());
                 batch_ids.push(delivery.id);
                 batch_attempts.push(delivery.attempts);
             }
@@ -150,9 +153,9 @@ async fn store(
     }
     metrics::histogram!(m::PERSIST_BATCH_MESSAGES).record(batch.len() as f64);
 
-    let mut full = SpaceWait::new("store messages");
+    let mut full = SpaceWait::new("store events");
     let results = loop {
-        let error = match deps.store.append_messages(&batch).await {
+        let error = match deps.store.append_events(&batch).await {
             Ok(results) => {
                 full.ended();
                 break results;
@@ -185,33 +188,41 @@ async fn store(
     let mut done = Vec::with_capacity(results.len());
     let entries = batch_ids.iter().zip(&batch_attempts).zip(&batch);
     for (result, ((id, attempts), new)) in results.into_iter().zip(entries) {
-        let (message, sender_only) = match result {
-            Appended::New(message) => {
+        let notification = match result {
+            Appended::New(stored) => {
                 metrics::counter!(m::MESSAGES_STORED).increment(1);
                 metrics::histogram!(m::STORE_SECONDS)
                     .record((now - new.accepted_at).as_seconds_f64().max(0.0));
-                (message, false)
+                announcement(stored, new, false)
             }
-            Appended::Duplicate(message) => {
+            Appended::Duplicate(stored) => {
                 metrics::counter!(m::MESSAGES_DUPLICATE).increment(1);
-                // A first delivery that is a duplicate is a client's resend of a message
+                // A first delivery that is a duplicate is a client's resend of an event
                 // stored and announced before: only the sender needs it back, to learn its
                 // seq. A redelivered entry may have been stored by an attempt that died
                 // before announcing it, so everyone gets it then.
-                (message, *attempts == 1)
+                announcement(stored, new, *attempts == 1)
+            }
+            Appended::Refused(error) => {
+                // Allowed when the gateway accepted it, refused now (the sender was removed
+                // meanwhile, the message deleted): the sender learns why, by its id.
+                metrics::counter!(m::CHANGES_REFUSED).increment(1);
+                let frame = ServerFrame::error(error, Some(new.client_msg_id.clone()));
+                Notification::new(
+                    new.conversation_id,
+                    None,
+                    Audience::Sender(new.sender_id),
+                    0,
+                    new.accepted_at,
+                    &frame,
+                )
             }
             Appended::Rejected(reason) => {
                 inbound.dead_letter(*id, &reason).await?;
                 continue;
             }
         };
-        notifications.push(
-            Notification {
-                message,
-                sender_only,
-            }
-            .encode(),
-        );
+        notifications.push(notification.encode());
         done.push(*id);
     }
     Ok(Some(Stored {
@@ -219,6 +230,37 @@ async fn store(
         notifications,
         done,
     }))
+}
+
+/// The notification of a stored event: a `message` frame for a message (the frame older
+/// clients know), an `event` frame for every other kind; to every member, and to a member
+/// who just left or was removed; or, for a resend, to its sender only and out of order.
+fn announcement(stored: StoredEvent, new: &NewEvent, sender_only: bool) -> Notification {
+    let StoredEvent { event, members_seq } = stored;
+    let (seq, audience) = if sender_only {
+        (None, Audience::Sender(new.sender_id))
+    } else {
+        let audience = match event.data.departed() {
+            Some(user) => Audience::MembersAnd(user),
+            None => Audience::Members,
+        };
+        (Some(event.seq), audience)
+    };
+    let conversation = event.conversation_id;
+    let frame = match event.data {
+        EventData::Message { message } => ServerFrame::Message { message },
+        data => ServerFrame::Event {
+            event: parlor_core::events::Event { data, ..event },
+        },
+    };
+    Notification::new(
+        conversation,
+        seq,
+        audience,
+        members_seq,
+        new.accepted_at,
+        &frame,
+    )
 }
 
 /// The policy's view of the entries `ids` among `deliveries`, after a failed step.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use parlor_core::ports::Queue;
+use parlor_core::events::Change;
 use parlor_core::queue::InboundEntry;
 use parlor_embedded::{WalQueue, WalQueueOptions};
 use serde_json::Value;
@@ -138,8 +139,11 @@ pub async fn fill_inbound(
                     conversation_id,
                     sender_id,
                     client_msg_id: format!("m{i}"),
-                    body: BODY.to_string(),
                     accepted_at,
+                    change: Change::Message {
+                        body: BODY.to_string(),
+                        reply_to_seq: None,
+                    },
                 }
                 .encode()
             })

@@ -4,14 +4,18 @@
 //! a backend's failure becomes one in [`backend`], the one place that decides what a client
 //! learns of it.
 
+use std::time::Duration;
+
 use parlor_core::error::ApiError;
+use parlor_core::events::Change;
 use parlor_core::ports::{NodeCommand, Session, TokenHash};
-use parlor_core::protocol::{ServerFrame, User};
+use parlor_core::protocol::{Conversation, ServerFrame, User};
 use parlor_core::queue::InboundEntry;
 use parlor_core::{
     BackendError, BackendErrorKind, ConversationId, ErrorCode, Seq, UserId, validate,
 };
 use time::OffsetDateTime;
+use tokio::time::Instant;
 
 use super::Gateway;
 use crate::auth;
@@ -105,19 +109,21 @@ impl Gateway {
         Ok(())
     }
 
-    /// Checks one send and turns it into an inbound entry: valid input, under the rate
-    /// limit, and a member of the conversation (`not_found` otherwise, as for a conversation
-    /// that does not exist).
-    pub(super) async fn check_send(
+    /// Checks one change (a send included) and turns it into an inbound entry: valid input,
+    /// a member of the conversation (`not_found` otherwise, as for a conversation that does
+    /// not exist), under the rate limit, and allowed by the conversation's rules now. A
+    /// plain message needs only membership; any other change costs one store read for the
+    /// rules ([`parlor_core::rules`]).
+    pub(super) async fn check_event(
         &self,
         sender: UserId,
         conversation_id: &str,
         client_msg_id: String,
-        body: String,
+        mut change: Change,
         known_member_of: &mut MembershipCache,
     ) -> Result<InboundEntry, ApiError> {
         validate::client_msg_id(&client_msg_id)?;
-        validate::body(&body, self.config.body_bytes_max)?;
+        validate::change(&mut change, self.config.body_bytes_max)?;
         let conversation = self
             .member_conversation(sender, conversation_id, known_member_of)
             .await?;
@@ -125,13 +131,32 @@ impl Gateway {
             metrics::counter!(m::RATE_LIMITED, "what" => "send").increment(1);
             return Err(ApiError::rate_limited("too many messages; slow down", wait));
         }
-        Ok(InboundEntry {
+        let entry = InboundEntry {
             conversation_id: conversation,
             sender_id: sender,
             client_msg_id,
-            body,
             accepted_at: OffsetDateTime::now_utc(),
-        })
+            change,
+        };
+        let plain_message = matches!(
+            entry.change,
+            Change::Message {
+                reply_to_seq: None,
+                ..
+            }
+        );
+        if !plain_message {
+            let refusal = self
+                .deps
+                .store
+                .refusal(&entry.clone().into_new_event())
+                .await
+                .map_err(backend)?;
+            if let Some(error) = refusal {
+                return Err(error);
+            }
+        }
+        Ok(entry)
     }
 
     /// Parses a conversation id and checks that `user` is a member; both failures are the
@@ -144,7 +169,7 @@ impl Gateway {
     ) -> Result<ConversationId, ApiError> {
         let not_found = || ApiError::new(ErrorCode::NotFound, "no such conversation");
         let conversation: ConversationId = conversation_id.parse().map_err(|_| not_found())?;
-        if known_member_of.contains(conversation) {
+        if known_member_of.contains(conversation, Instant::now()) {
             return Ok(conversation);
         }
         let member = self
@@ -156,7 +181,7 @@ impl Gateway {
         if !member {
             return Err(not_found());
         }
-        known_member_of.insert(conversation);
+        known_member_of.insert(conversation, Instant::now());
         Ok(conversation)
     }
 
@@ -174,40 +199,84 @@ impl Gateway {
         Ok(())
     }
 
-    /// Moves a read marker and, if it moved, tells the conversation's members (the reader's
-    /// other devices clear their badge; the others see a receipt) and returns where it is
-    /// now. A marker that moves nothing costs one store read and reaches nobody. The caller
-    /// has checked membership and the read limit.
-    pub(super) async fn mark_read(
+    /// Moves a read or delivered marker and, if it moved, tells the conversation's members
+    /// (the user's other devices clear their badge; the others see a receipt) and returns
+    /// where it is now. A marker that moves nothing costs one store read and reaches nobody.
+    /// The caller has checked membership and the marker's limit.
+    pub(super) async fn move_marker(
         &self,
+        marker: Marker,
         user: UserId,
         conversation: ConversationId,
         seq: Seq,
     ) -> Result<Option<Seq>, ApiError> {
-        let moved = self
-            .deps
-            .store
-            .mark_read(conversation, user, seq)
-            .await
-            .map_err(backend)?;
+        let store = &self.deps.store;
+        let moved = match marker {
+            Marker::Read => store.mark_read(conversation, user, seq).await,
+            Marker::Delivered => store.mark_delivered(conversation, user, seq).await,
+        }
+        .map_err(backend)?;
         let Some(seq) = moved else {
             return Ok(None);
         };
-        let members = self
-            .deps
-            .store
-            .members(conversation)
-            .await
-            .map_err(backend)?;
-        let frame = ServerFrame::Read {
-            conversation_id: conversation,
-            user_id: user,
-            seq,
+        let members = store.members(conversation).await.map_err(backend)?;
+        let frame = match marker {
+            Marker::Read => ServerFrame::Read {
+                conversation_id: conversation,
+                user_id: user,
+                seq,
+            },
+            Marker::Delivered => ServerFrame::Delivered {
+                conversation_id: conversation,
+                user_id: user,
+                seq,
+            },
         };
         deliver::to_users(&self.deps, &members, frame.to_json().into(), None)
             .await
             .map_err(backend)?;
         Ok(Some(seq))
+    }
+
+    /// Mutes or unmutes a conversation for `user`, and tells their other devices.
+    pub(super) async fn set_muted(
+        &self,
+        user: UserId,
+        conversation: ConversationId,
+        muted: bool,
+    ) -> Result<(), ApiError> {
+        let member = self
+            .deps
+            .store
+            .set_muted(conversation, user, muted)
+            .await
+            .map_err(backend)?;
+        if !member {
+            return Err(ApiError::new(ErrorCode::NotFound, "no such conversation"));
+        }
+        let frame = ServerFrame::Muted {
+            conversation_id: conversation,
+            muted,
+        };
+        deliver::to_users(&self.deps, &[user], frame.to_json().into(), None)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Puts a conversation created just now on the chat lists of its members' live
+    /// connections (the creator's other devices too). Best effort: a member who misses it
+    /// finds it in their list on the next load.
+    pub(super) async fn announce_new_conversation(&self, conversation: &Conversation) {
+        let members: Vec<UserId> = conversation.members.iter().map(|m| m.id).collect();
+        let frame = ServerFrame::Conversation {
+            conversation: conversation.clone(),
+        };
+        if let Err(error) =
+            deliver::to_users(&self.deps, &members, frame.to_json().into(), None).await
+        {
+            tracing::warn!(%error, "cannot announce a new conversation");
+        }
     }
 
     /// Tells the conversation's other members that `user` is typing. Typing notices are
@@ -242,22 +311,38 @@ impl Gateway {
     }
 }
 
-/// Conversations a connection's user is known to be a member of. Membership is never
-/// revoked in protocol v1, so a positive answer can be kept; the set is bounded.
+/// A member's marker in a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Marker {
+    Read,
+    Delivered,
+}
+
+/// Conversations a connection's user was found to be a member of, trusted for
+/// [`MembershipCache::TRUSTED_FOR`]: a member can be removed, and a removed member must
+/// stop being able to write within a second on every node. Within that window the store
+/// still refuses what a removed member sent (the persister checks the rules again), so the
+/// window is never a hole, only a later error. Bounded in size.
 #[derive(Default)]
-pub(crate) struct MembershipCache(std::collections::HashSet<ConversationId>);
+pub(crate) struct MembershipCache(std::collections::HashMap<ConversationId, Instant>);
 
 impl MembershipCache {
     const ENTRIES_MAX: usize = 4096;
+    const TRUSTED_FOR: Duration = Duration::from_millis(500);
 
-    fn contains(&self, conversation: ConversationId) -> bool {
-        self.0.contains(&conversation)
+    fn contains(&self, conversation: ConversationId, now: Instant) -> bool {
+        self.0
+            .get(&conversation)
+            .is_some_and(|&checked_at| now.duration_since(checked_at) < Self::TRUSTED_FOR)
     }
 
-    fn insert(&mut self, conversation: ConversationId) {
+    fn insert(&mut self, conversation: ConversationId, now: Instant) {
         if self.0.len() >= Self::ENTRIES_MAX {
-            self.0.clear();
+            self.0.retain(|_, checked_at| now.duration_since(*checked_at) < Self::TRUSTED_FOR);
+            if self.0.len() >= Self::ENTRIES_MAX {
+                self.0.clear();
+            }
         }
-        self.0.insert(conversation);
+        self.0.insert(conversation, now);
     }
 }

@@ -10,14 +10,16 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parlor_core::error::ApiError;
+use parlor_core::events::Change;
 use parlor_core::ports::{ConversationView, Page};
-use parlor_core::protocol::{Conversation, ConversationKind, Member, User};
+use parlor_core::protocol::{Conversation, ConversationKind, ConversationMember, Member, User};
+use parlor_core::rules::GROUP_MEMBERS_MAX;
 use parlor_core::{BackendError, ErrorCode, Seq, UserId, validate};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::Gateway;
-use super::actions::{self, MembershipCache};
+use super::actions::{self, Marker, MembershipCache};
 use super::extract::{Caller, ClientIp, JsonBody, Peer};
 use crate::auth;
 
@@ -195,17 +197,25 @@ fn member(user: User, online: &[UserId]) -> Member {
     }
 }
 
+/// Chat list rows from the store's views, with every member's presence and last seen.
 async fn to_protocol(
     gateway: &Gateway,
     views: Vec<ConversationView>,
 ) -> Result<Vec<Conversation>, HttpError> {
     let mut everyone: Vec<UserId> = views
         .iter()
-        .flat_map(|v| v.members.iter().map(|m| m.id))
+        .flat_map(|v| v.members.iter().map(|m| m.user.id))
         .collect();
     everyone.sort_unstable();
     everyone.dedup();
     let online = gateway.deps.presence.online(&everyone).await?;
+    let last_seen: std::collections::HashMap<_, _> = gateway
+        .deps
+        .store
+        .last_seen(&everyone)
+        .await?
+        .into_iter()
+        .collect();
     Ok(views
         .into_iter()
         .map(|view| Conversation {
@@ -215,11 +225,29 @@ async fn to_protocol(
             members: view
                 .members
                 .into_iter()
-                .map(|user| member(user, &online))
+                .map(|member| {
+                    let online = online.contains(&member.user.id);
+                    ConversationMember {
+                        online,
+                        last_seen: if online {
+                            None
+                        } else {
+                            last_seen.get(&member.user.id).copied().flatten()
+                        },
+                        id: member.user.id,
+                        username: member.user.username,
+                        role: member.role,
+                        last_delivered_seq: member.last_delivered_seq,
+                        last_read_seq: member.last_read_seq,
+                    }
+                })
                 .collect(),
             last_message: view.last_message,
             last_seq: view.last_seq,
-            unread_count: view.last_seq.saturating_sub(view.last_read_seq),
+            unread_count: view.unread_count,
+            unread_mentions: view.unread_mentions,
+            last_read_seq: view.last_read_seq,
+            muted: view.muted,
         })
         .collect())
 }
@@ -239,10 +267,6 @@ pub struct NewConversation {
     title: Option<String>,
     members: Vec<String>,
 }
-
-/// Members of one group, creator included, at most: a message to a group costs one delivery
-/// per member.
-const GROUP_MEMBERS_MAX: usize = 10_000;
 
 /// A group of the largest size must fit in one request: 10,000 quoted ids of 36 characters.
 pub const CREATE_CONVERSATION_BYTES_MAX: usize = 512 * 1024;
@@ -304,10 +328,12 @@ pub async fn create_conversation(
         ConversationKind::Group => {
             let title = validate::group_title(request.title.as_deref().unwrap_or(""))?;
             members.push(caller.user.id);
-            (
-                gateway.deps.store.create_group(title, &members).await?,
-                true,
-            )
+            let id = gateway
+                .deps
+                .store
+                .create_group(caller.user.id, title, &members)
+                .await?;
+            (id, true)
         }
     };
     let view = gateway
@@ -318,6 +344,9 @@ pub async fn create_conversation(
         .ok_or_else(|| HttpError(actions::internal()))?;
     let conversation = to_protocol(&gateway, vec![view]).await?.remove(0);
     let status = if created {
+        // Everything in a new row is the same for every member (nothing read, nothing
+        // muted yet), so the creator's row is everyone's.
+        gateway.announce_new_conversation(&conversation).await;
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -334,6 +363,18 @@ pub struct HistoryQuery {
 
 pub const HISTORY_LIMIT_MAX: u16 = parlor_core::ports::HISTORY_PAGE_MAX;
 
+/// A page's `limit`: 50 unless given, at most [`HISTORY_LIMIT_MAX`].
+fn checked_limit(limit: Option<u16>) -> Result<u16, HttpError> {
+    let limit = limit.unwrap_or(50);
+    if limit == 0 || limit > HISTORY_LIMIT_MAX {
+        return Err(HttpError::new(
+            ErrorCode::InvalidInput,
+            format!("limit is 1 to {HISTORY_LIMIT_MAX}"),
+        ));
+    }
+    Ok(limit)
+}
+
 pub async fn messages(
     State(gateway): Shared,
     caller: Caller,
@@ -342,13 +383,7 @@ pub async fn messages(
 ) -> Result<Response, HttpError> {
     let Query(query) = query
         .map_err(|rejection| HttpError::new(ErrorCode::InvalidInput, rejection.body_text()))?;
-    let limit = query.limit.unwrap_or(50);
-    if limit == 0 || limit > HISTORY_LIMIT_MAX {
-        return Err(HttpError::new(
-            ErrorCode::InvalidInput,
-            format!("limit is 1 to {HISTORY_LIMIT_MAX}"),
-        ));
-    }
+    let limit = checked_limit(query.limit)?;
     let conversation = gateway
         .member_conversation(caller.user.id, &id, &mut MembershipCache::default())
         .await?;
@@ -365,6 +400,8 @@ pub async fn messages(
 pub struct PostMessage {
     client_msg_id: String,
     body: String,
+    #[serde(default)]
+    reply_to_seq: Option<Seq>,
 }
 
 pub async fn post_message(
@@ -373,12 +410,51 @@ pub async fn post_message(
     Path(id): Path<String>,
     JsonBody(request): JsonBody<PostMessage>,
 ) -> Result<Response, HttpError> {
+    let change = Change::Message {
+        body: request.body,
+        reply_to_seq: request.reply_to_seq,
+    };
+    accept_change(&gateway, caller.user.id, &id, request.client_msg_id, change).await
+}
+
+/// A change request: its `kind` and the kind's fields beside `client_msg_id`.
+#[derive(Deserialize)]
+pub struct PostEvent {
+    client_msg_id: String,
+    #[serde(flatten)]
+    change: Change,
+}
+
+pub async fn post_event(
+    State(gateway): Shared,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<PostEvent>,
+) -> Result<Response, HttpError> {
+    accept_change(
+        &gateway,
+        caller.user.id,
+        &id,
+        request.client_msg_id,
+        request.change,
+    )
+    .await
+}
+
+/// Checks a change, appends it, and answers 202 once it is durable.
+async fn accept_change(
+    gateway: &Gateway,
+    user: UserId,
+    conversation_id: &str,
+    client_msg_id: String,
+    change: Change,
+) -> Result<Response, HttpError> {
     let entry = gateway
-        .check_send(
-            caller.user.id,
-            &id,
-            request.client_msg_id,
-            request.body,
+        .check_event(
+            user,
+            conversation_id,
+            client_msg_id,
+            change,
             &mut MembershipCache::default(),
         )
         .await?;
@@ -393,29 +469,125 @@ pub async fn post_message(
 }
 
 #[derive(Deserialize)]
-pub struct ReadMarker {
+pub struct EventsQuery {
+    after_seq: Option<Seq>,
+    limit: Option<u16>,
+}
+
+pub async fn events(
+    State(gateway): Shared,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, HttpError> {
+    let Query(query) = query
+        .map_err(|rejection| HttpError::new(ErrorCode::InvalidInput, rejection.body_text()))?;
+    let limit = checked_limit(query.limit)?;
+    let conversation = gateway
+        .member_conversation(caller.user.id, &id, &mut MembershipCache::default())
+        .await?;
+    let events = gateway
+        .deps
+        .store
+        .events(conversation, query.after_seq.unwrap_or(0), limit)
+        .await?;
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
+pub async fn conversation(
+    State(gateway): Shared,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Conversation>, HttpError> {
+    let not_found = || HttpError::new(ErrorCode::NotFound, "no such conversation");
+    let conversation = id.parse().map_err(|_| not_found())?;
+    let view = gateway
+        .deps
+        .store
+        .conversation_of(caller.user.id, conversation)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(to_protocol(&gateway, vec![view]).await?.remove(0)))
+}
+
+#[derive(Deserialize)]
+pub struct Mute {
+    muted: bool,
+}
+
+pub async fn set_muted(
+    State(gateway): Shared,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<Mute>,
+) -> Result<Response, HttpError> {
+    let conversation = gateway
+        .member_conversation(caller.user.id, &id, &mut MembershipCache::default())
+        .await?;
+    gateway
+        .set_muted(caller.user.id, conversation, request.muted)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+pub struct MarkerBody {
     seq: Seq,
 }
 
 pub async fn mark_read(
+    state: Shared,
+    caller: Caller,
+    path: Path<String>,
+    body: JsonBody<MarkerBody>,
+) -> Result<Response, HttpError> {
+    move_marker(Marker::Read, state, caller, path, body).await
+}
+
+pub async fn mark_delivered(
+    state: Shared,
+    caller: Caller,
+    path: Path<String>,
+    body: JsonBody<MarkerBody>,
+) -> Result<Response, HttpError> {
+    move_marker(Marker::Delivered, state, caller, path, body).await
+}
+
+async fn move_marker(
+    marker: Marker,
     State(gateway): Shared,
     caller: Caller,
     Path(id): Path<String>,
-    JsonBody(marker): JsonBody<ReadMarker>,
+    JsonBody(body): JsonBody<MarkerBody>,
 ) -> Result<Response, HttpError> {
     let user = caller.user.id;
     let conversation = gateway
         .member_conversation(user, &id, &mut MembershipCache::default())
         .await?;
-    gateway.limits.reads.check(&user).map_err(|wait| {
-        metrics::counter!(crate::metrics::RATE_LIMITED, "what" => "read").increment(1);
+    let (limiter, what) = match marker {
+        Marker::Read => (&gateway.limits.reads, "read"),
+        Marker::Delivered => (&gateway.limits.delivered, "delivered"),
+    };
+    limiter.check(&user).map_err(|wait| {
+        metrics::counter!(crate::metrics::RATE_LIMITED, "what" => what).increment(1);
         HttpError(ApiError::rate_limited(
-            "too many read markers; send the newest one later",
+            "too many markers; send the newest one later",
             wait,
         ))
     })?;
-    gateway.mark_read(user, conversation, marker.seq).await?;
+    gateway
+        .move_marker(marker, user, conversation, body.seq)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The HTTP API as OpenAPI 3.1 (`docs/openapi.json`, built into the binary).
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../../../docs/openapi.json"),
+    )
+        .into_response()
 }
 
 pub async fn ready(State(gateway): Shared) -> Response {
@@ -491,6 +663,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

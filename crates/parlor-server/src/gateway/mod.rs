@@ -27,7 +27,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use parlor_core::ErrorCode;
 use tokio::net::TcpListener;
@@ -118,11 +118,19 @@ fn router(gateway: Arc<Gateway>) -> Router {
                 .post(http::create_conversation)
                 .layer(DefaultBodyLimit::max(http::CREATE_CONVERSATION_BYTES_MAX)),
         )
+        .route("/conversations/{id}", get(http::conversation))
         .route(
             "/conversations/{id}/messages",
             get(http::messages).post(http::post_message),
         )
+        .route(
+            "/conversations/{id}/events",
+            get(http::events).post(http::post_event),
+        )
         .route("/conversations/{id}/read", post(http::mark_read))
+        .route("/conversations/{id}/delivered", post(http::mark_delivered))
+        .route("/conversations/{id}/mute", put(http::set_muted))
+        .route("/openapi.json", get(http::openapi))
         .route("/ws", get(ws::upgrade))
         .fallback(|| async { HttpError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(middleware::from_fn_with_state(

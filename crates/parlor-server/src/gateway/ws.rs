@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use futures::{FutureExt, SinkExt};
 use parlor_core::error::ApiError;
 use parlor_core::ports::{ConnectionInfo, Session, TokenHash};
+use parlor_core::events::Change;
+use parlor_core::queue::InboundEntry;
 use parlor_core::protocol::{ClientFrame, ServerFrame, User, decode_client_frame};
 use parlor_core::{ConnectionId, ConversationId, ErrorCode, Seq};
 use serde::Deserialize;
@@ -19,7 +21,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::Gateway;
-use super::actions::MembershipCache;
+use super::actions::{Marker, MembershipCache};
 use super::extract::{ClientIp, Peer, credentials};
 use super::http::HttpError;
 use super::hub::ConnectionHandle;
@@ -108,47 +110,48 @@ struct Connection {
     /// When the session ends: the socket closes then, as after a logout.
     session_expires_at: OffsetDateTime,
     known_member_of: MembershipCache,
-    reads: ReadMarkers,
+    markers: Markers,
 }
 
-/// Read markers of one connection, coalesced: a client may send one per message it shows,
-/// but each written marker costs a store write and a frame to every member. Markers wait
-/// here while the user's read limit is spent; only the newest of each conversation is
-/// written, and none at or below a marker this connection has already moved.
+/// Read and delivered markers of one connection, coalesced: a client may send one per
+/// message it shows or receives, but each written marker costs a store write and a frame to
+/// every member. Markers wait here while the user's limit for their kind is spent; only the
+/// newest of each conversation and kind is written, and none at or below a marker this
+/// connection has already moved.
 #[derive(Default)]
-struct ReadMarkers {
-    pending: HashMap<ConversationId, Seq>,
+struct Markers {
+    pending: HashMap<(ConversationId, Marker), Seq>,
     /// Where the markers this connection moved are now, as the store said.
-    written: HashMap<ConversationId, Seq>,
+    written: HashMap<(ConversationId, Marker), Seq>,
     /// When to try the pending ones again (the limit allows one more then).
     retry_at: Option<Instant>,
 }
 
-impl ReadMarkers {
-    /// Conversations remembered, at most; beyond, the memory of written markers starts over
-    /// (the store still refuses to move a marker backwards).
-    const CONVERSATIONS_MAX: usize = 1024;
+impl Markers {
+    /// Markers remembered, at most; beyond, the memory of written markers starts over (the
+    /// store still refuses to move a marker backwards).
+    const REMEMBERED_MAX: usize = 1024;
 
-    fn add(&mut self, conversation: ConversationId, seq: Seq) {
+    fn add(&mut self, key: (ConversationId, Marker), seq: Seq) {
         if self
             .written
-            .get(&conversation)
+            .get(&key)
             .is_some_and(|&written| written >= seq)
         {
             return;
         }
-        if self.pending.len() >= Self::CONVERSATIONS_MAX {
+        if self.pending.len() >= Self::REMEMBERED_MAX {
             self.pending.clear();
         }
-        let pending = self.pending.entry(conversation).or_insert(seq);
+        let pending = self.pending.entry(key).or_insert(seq);
         *pending = (*pending).max(seq);
     }
 
-    fn written(&mut self, conversation: ConversationId, seq: Seq) {
-        if self.written.len() >= Self::CONVERSATIONS_MAX {
+    fn written(&mut self, key: (ConversationId, Marker), seq: Seq) {
+        if self.written.len() >= Self::REMEMBERED_MAX {
             self.written.clear();
         }
-        self.written.insert(conversation, seq);
+        self.written.insert(key, seq);
     }
 }
 
@@ -197,7 +200,7 @@ async fn serve(gateway: Arc<Gateway>, mut socket: WebSocket, session: Session, t
         user,
         session_expires_at: session.expires_at,
         known_member_of: MembershipCache::default(),
-        reads: ReadMarkers::default(),
+        markers: Markers::default(),
     };
     connection.run(&mut socket, &mut frames, &close).await;
     gateway.hub.remove(connection.user.id, info.id);
@@ -250,9 +253,9 @@ impl Connection {
             }
             // One timer for everything this connection waits for besides its peer and its
             // queue (a timer costs memory in every one of many idle connections): the idle
-            // timeout, the session's end, and held-back read markers.
+            // timeout, the session's end, and held-back markers.
             let idle_at = Instant::now() + idle_timeout;
-            let wake_at = [Some(idle_at), Some(session_end), self.reads.retry_at]
+            let wake_at = [Some(idle_at), Some(session_end), self.markers.retry_at]
                 .into_iter()
                 .flatten()
                 .min()
@@ -284,9 +287,9 @@ impl Connection {
                             self.write(socket, vec![close_frame(close_code::POLICY, "session expired")]).await;
                             return;
                         }
-                        if self.reads.retry_at.is_some_and(|at| now >= at) {
+                        if self.markers.retry_at.is_some_and(|at| now >= at) {
                             // Boxed, like `handle` below: see there.
-                            let replies = Box::pin(self.write_reads()).await;
+                            let replies = Box::pin(self.write_markers()).await;
                             let replies = replies.into_iter().map(text).collect();
                             if !self.write(socket, replies).await {
                                 return;
@@ -341,8 +344,7 @@ impl Connection {
             return (vec![ServerFrame::error(error, None)], false);
         }
         let mut replies = Vec::new();
-        let mut entries = Vec::new();
-        let mut pending = Vec::new();
+        let mut entries: Vec<InboundEntry> = Vec::new();
         for message in messages {
             let text = match message {
                 Message::Text(text) => text,
@@ -367,25 +369,23 @@ impl Connection {
                     conversation_id,
                     client_msg_id,
                     body,
+                    reply_to_seq,
                 } => {
-                    let checked = self
-                        .gateway
-                        .check_send(
-                            self.user.id,
-                            &conversation_id,
-                            client_msg_id.clone(),
-                            body,
-                            &mut self.known_member_of,
-                        )
-                        .await;
+                    let change = Change::Message { body, reply_to_seq };
+                    let checked = self.check(&conversation_id, client_msg_id, change).await;
                     match checked {
-                        Ok(entry) => {
-                            pending.push((entry.client_msg_id.clone(), entry.conversation_id));
-                            entries.push(entry);
-                        }
-                        Err(error) => replies.push(ServerFrame::error(error, Some(client_msg_id))),
+                        Ok(entry) => entries.push(entry),
+                        Err(error) => replies.push(error),
                     }
                 }
+                ClientFrame::Event {
+                    conversation_id,
+                    client_msg_id,
+                    change,
+                } => match self.check(&conversation_id, client_msg_id, change).await {
+                    Ok(entry) => entries.push(entry),
+                    Err(error) => replies.push(error),
+                },
                 ClientFrame::Typing { conversation_id } => {
                     let typing = self
                         .gateway
@@ -398,24 +398,22 @@ impl Connection {
                 ClientFrame::Read {
                     conversation_id,
                     seq,
+                } => self.add_marker(Marker::Read, &conversation_id, seq, &mut replies).await,
+                ClientFrame::Delivered {
+                    conversation_id,
+                    seq,
                 } => {
-                    let conversation = self
-                        .gateway
-                        .member_conversation(
-                            self.user.id,
-                            &conversation_id,
-                            &mut self.known_member_of,
-                        )
-                        .await;
-                    match conversation {
-                        Ok(conversation) => self.reads.add(conversation, seq),
-                        Err(error) => replies.push(ServerFrame::error(error, None)),
-                    }
+                    self.add_marker(Marker::Delivered, &conversation_id, seq, &mut replies)
+                        .await
                 }
                 ClientFrame::Ping => replies.push(ServerFrame::Pong),
             }
         }
         // `accepted` only after the append returned: the entries are durable.
+        let pending: Vec<_> = entries
+            .iter()
+            .map(|entry| (entry.client_msg_id.clone(), entry.conversation_id))
+            .collect();
         match self.gateway.accept(entries).await {
             Ok(()) => {
                 replies.extend(pending.into_iter().map(|(client_msg_id, conversation_id)| {
@@ -431,33 +429,78 @@ impl Connection {
                 }))
             }
         }
-        if self.reads.retry_at.is_none() {
-            replies.extend(self.write_reads().await);
+        if self.markers.retry_at.is_none() {
+            replies.extend(self.write_markers().await);
         }
         (replies, true)
     }
 
-    /// Writes the pending read markers the user's read limit allows now, and schedules the
-    /// rest; returns errors to reply with.
-    async fn write_reads(&mut self) -> Vec<ServerFrame> {
-        self.reads.retry_at = None;
+    /// A send or another change, checked; the error frame names its `client_msg_id`.
+    async fn check(
+        &mut self,
+        conversation_id: &str,
+        client_msg_id: String,
+        change: Change,
+    ) -> Result<InboundEntry, ServerFrame> {
+        self.gateway
+            .check_event(
+                self.user.id,
+                conversation_id,
+                client_msg_id.clone(),
+                change,
+                &mut self.known_member_of,
+            )
+            .await
+            .map_err(|error| ServerFrame::error(error, Some(client_msg_id)))
+    }
+
+    /// Holds a marker to be written with the others (a member's only).
+    async fn add_marker(
+        &mut self,
+        marker: Marker,
+        conversation_id: &str,
+        seq: Seq,
+        replies: &mut Vec<ServerFrame>,
+    ) {
+        let conversation = self
+            .gateway
+            .member_conversation(self.user.id, conversation_id, &mut self.known_member_of)
+            .await;
+        match conversation {
+            Ok(conversation) => self.markers.add((conversation, marker), seq),
+            Err(error) => replies.push(ServerFrame::error(error, None)),
+        }
+    }
+
+    /// Writes the pending markers the user's limits allow now, and schedules the rest;
+    /// returns errors to reply with.
+    async fn write_markers(&mut self) -> Vec<ServerFrame> {
+        self.markers.retry_at = None;
         let mut errors = Vec::new();
-        while let Some((&conversation, &seq)) = self.reads.pending.iter().next() {
-            if let Err(wait) = self.gateway.limits.reads.check(&self.user.id) {
-                self.reads.retry_at = Some(Instant::now() + wait);
-                break;
+        let mut held = Vec::new();
+        let pending: Vec<_> = self.markers.pending.drain().collect();
+        for ((conversation, marker), seq) in pending {
+            let limiter = match marker {
+                Marker::Read => &self.gateway.limits.reads,
+                Marker::Delivered => &self.gateway.limits.delivered,
+            };
+            if let Err(wait) = limiter.check(&self.user.id) {
+                let at = Instant::now() + wait;
+                self.markers.retry_at = Some(self.markers.retry_at.map_or(at, |r| r.min(at)));
+                held.push(((conversation, marker), seq));
+                continue;
             }
-            self.reads.pending.remove(&conversation);
             match self
                 .gateway
-                .mark_read(self.user.id, conversation, seq)
+                .move_marker(marker, self.user.id, conversation, seq)
                 .await
             {
-                Ok(Some(marker)) => self.reads.written(conversation, marker),
+                Ok(Some(moved)) => self.markers.written((conversation, marker), moved),
                 Ok(None) => {}
                 Err(error) => errors.push(ServerFrame::error(error, None)),
             }
         }
+        self.markers.pending.extend(held);
         errors
     }
 }

@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use parlor_core::error::ApiError;
+use parlor_core::events::{Change, Event};
 use parlor_core::ports::{
-    Appended, ConversationView, DeadLetter, DeadLetterSelection, Delivery, DeliveryId, NewMessage,
+    Appended, ConversationView, DeadLetter, DeadLetterSelection, Delivery, DeliveryId, NewEvent,
     NodeCommand, Page, Queue, QueueDepth, Relay, Session, Store, TokenHash,
 };
 use parlor_core::protocol::{Message, User};
@@ -148,7 +150,11 @@ impl Harness {
         }
         let conversation = match users.as_slice() {
             [a, b] => self.store.create_direct(*a, *b).await.unwrap().0,
-            members => self.store.create_group("group", members).await.unwrap(),
+            members => self
+                .store
+                .create_group(members[0], "group", members)
+                .await
+                .unwrap(),
         };
         (users, conversation)
     }
@@ -187,8 +193,11 @@ pub fn entry(conversation: ConversationId, sender: UserId, id: &str, body: &str)
         conversation_id: conversation,
         sender_id: sender,
         client_msg_id: id.to_string(),
-        body: body.to_string(),
         accepted_at: OffsetDateTime::now_utc(),
+        change: Change::Message {
+            body: body.to_string(),
+            reply_to_seq: None,
+        },
     }
     .encode()
 }
@@ -202,7 +211,7 @@ pub struct ScriptedStore {
     pub fail_appends: Mutex<Option<BackendErrorKind>>,
     pub fail_bodies_containing: Mutex<Option<String>>,
     pub ping_fails: AtomicBool,
-    /// The `client_msg_id`s of every `append_messages` call, failed or not.
+    /// The `client_msg_id`s of every `append_events` call, failed or not.
     pub batches: Mutex<Vec<Vec<String>>>,
     pub pings: AtomicUsize,
     pub members_reads: AtomicUsize,
@@ -491,10 +500,11 @@ impl Store for ScriptedStore {
     }
     async fn create_group(
         &self,
+        creator: UserId,
         title: &str,
         members: &[UserId],
     ) -> Result<ConversationId, BackendError> {
-        self.store.create_group(title, members).await
+        self.store.create_group(creator, title, members).await
     }
     async fn conversations_of(&self, user: UserId) -> Result<Vec<ConversationView>, BackendError> {
         self.store.conversations_of(user).await
@@ -524,7 +534,7 @@ impl Store for ScriptedStore {
     ) -> Result<Vec<UserId>, BackendError> {
         self.store.contacts(user, members_max).await
     }
-    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, BackendError> {
+    async fn append_events(&self, batch: &[NewEvent]) -> Result<Vec<Appended>, BackendError> {
         let ids = batch.iter().map(|m| m.client_msg_id.clone()).collect();
         lock(&self.batches).push(ids);
         let poison = lock(&self.fail_bodies_containing).clone();
@@ -532,11 +542,13 @@ impl Store for ScriptedStore {
         let result = if let Some(kind) = fail {
             Err(BackendError::new(kind, "scripted: the store fails appends"))
         } else if let Some(poison) = poison
-            && batch.iter().any(|m| m.body.contains(&poison))
+            && batch.iter().any(|event| {
+                matches!(&event.change, Change::Message { body, .. } if body.contains(&poison))
+            })
         {
             Err(BackendError::unavailable("scripted: a poison body"))
         } else {
-            self.store.append_messages(batch).await
+            self.store.append_events(batch).await
         };
         self.events.notify_waiters();
         result
@@ -548,6 +560,17 @@ impl Store for ScriptedStore {
     ) -> Result<Vec<Message>, BackendError> {
         self.store.messages(conversation, page).await
     }
+    async fn refusal(&self, event: &NewEvent) -> Result<Option<ApiError>, BackendError> {
+        self.store.refusal(event).await
+    }
+    async fn events(
+        &self,
+        conversation: ConversationId,
+        after_seq: Seq,
+        limit: u16,
+    ) -> Result<Vec<Event>, BackendError> {
+        self.store.events(conversation, after_seq, limit).await
+    }
     async fn mark_read(
         &self,
         conversation: ConversationId,
@@ -555,5 +578,21 @@ impl Store for ScriptedStore {
         seq: Seq,
     ) -> Result<Option<Seq>, BackendError> {
         self.store.mark_read(conversation, user, seq).await
+    }
+    async fn mark_delivered(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<Option<Seq>, BackendError> {
+        self.store.mark_delivered(conversation, user, seq).await
+    }
+    async fn set_muted(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        muted: bool,
+    ) -> Result<bool, BackendError> {
+        self.store.set_muted(conversation, user, muted).await
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering::SeqCst;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use parlor_core::BackendErrorKind;
 use parlor_core::ports::Queue;
-use parlor_core::queue::Notification;
+use std::time::Duration;
+
+use parlor_core::queue::{Audience, Notification};
 
 use crate::harness::{Harness, entry, lock};
 
@@ -106,7 +108,7 @@ async fn entries_that_can_never_be_stored_are_dead_lettered_without_retries() {
         [(rejected.clone(), 2), (rejected.clone(), 2)]
     );
 
-    // One entry the store rejects (not a member), one that does not decode, one fine.
+    // One entry the store's rules refuse (not a member), one that does not decode, one fine.
     *lock(&h.store.fail_appends) = None;
     h.inbound
         .append(vec![
@@ -116,30 +118,30 @@ async fn entries_that_can_never_be_stored_are_dead_lettered_without_retries() {
         ])
         .await
         .unwrap();
-    h.until(|| async { h.inbound.dead().await.len() == 4 })
+    h.until(|| async { h.inbound.dead().await.len() == 3 })
         .await;
     let dead = h.inbound.dead().await;
-    let reasons: Vec<&str> = dead[2..]
-        .iter()
-        .map(|(reason, _)| reason.as_str())
-        .collect();
     assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("is not a member of conversation")),
-        "{dead:?}"
-    );
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.starts_with("undecodable inbound entry: ")),
-        "{dead:?}"
-    );
-    assert!(
-        dead[2..].iter().all(|(_, attempts)| *attempts == 1),
+        dead[2].0.starts_with("undecodable inbound entry: ") && dead[2].1 == 1,
         "{dead:?}"
     );
     h.until(|| async { h.history(chat).await.len() == 1 }).await;
+    // The refused change is not a dead letter: its sender is told, by its id.
+    let refusal = h
+        .notifications
+        .inner
+        .receive(10, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|delivery| Notification::decode(&delivery.payload).unwrap())
+        .find(|notification| notification.audience == Audience::Sender(carol[0]))
+        .expect("a notification to the refused sender");
+    assert_eq!(refusal.seq, None);
+    let frame: serde_json::Value = serde_json::from_str(refusal.frame.get()).unwrap();
+    assert_eq!(frame["type"], "error");
+    assert_eq!(frame["code"], "not_found");
+    assert_eq!(frame["client_msg_id"], "not-a-member");
     assert_eq!(h.history(chat).await, [(1, "fine".into())]);
     assert_eq!(
         h.inbound.retries().len(),
@@ -260,12 +262,17 @@ async fn the_next_batch_is_stored_while_one_is_announced_and_notifications_keep_
         .iter()
         .map(|d| {
             let n = Notification::decode(&d.payload).unwrap();
-            (n.message.seq, n.message.client_msg_id, n.sender_only)
+            let frame: serde_json::Value = serde_json::from_str(n.frame.get()).unwrap();
+            let client_msg_id = frame["message"]["client_msg_id"].as_str().unwrap().to_owned();
+            (n.seq, client_msg_id, n.audience)
         })
         .collect();
     assert_eq!(
         announced,
-        [(1, "m1".into(), false), (2, "m2".into(), false)]
+        [
+            (Some(1), "m1".into(), Audience::Members),
+            (Some(2), "m2".into(), Audience::Members)
+        ]
     );
     assert!(h.stop(persister).await.is_ok());
 }

@@ -281,3 +281,68 @@ async fn per_conversation_order_holds_with_two_persisters() {
             .await;
     }
 }
+
+/// Membership that ends, across nodes: Cat is connected to the other gateway than the admin
+/// who removes her; within a second she is told, then gets nothing more and `not_found`
+/// everywhere. Edits and reactions reach members on both gateways in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_on_another_gateway_is_cut_off_within_a_second() {
+    let cluster = Cluster::start().await;
+    let http = cluster.http();
+    let (_, ann) = http.register("ann").await;
+    let (ben_id, ben) = http.register("ben").await;
+    let (cat_id, cat) = http.register("cat").await;
+    let created = http
+        .post(
+            "/api/v1/conversations",
+            &ann,
+            json!({"kind": "group", "title": "Team", "members": [ben_id, cat_id]}),
+        )
+        .await;
+    let chat = created.json()["id"].as_str().unwrap().to_owned();
+    let mut ann_ws = Ws::connect(&cluster.gateways[0].address, &ann).await;
+    let mut ben_ws = Ws::connect(&cluster.gateways[1].address, &ben).await;
+    let mut cat_ws = Ws::connect(&cluster.gateways[1].address, &cat).await;
+    let cat_direct = Http {
+        address: cluster.gateways[1].address.clone(),
+    };
+
+    cat_ws.send_message(&chat, "c1", "hi").await;
+    ann_ws
+        .send(json!({"type": "event", "conversation_id": chat, "client_msg_id": "a1",
+            "kind": "reaction_added", "target_seq": 1, "emoji": "👍"}))
+        .await;
+    let reacted = ben_ws.next_of("event").await["event"].clone();
+    assert_eq!((reacted["seq"].as_u64(), reacted["kind"].as_str()), (Some(2), Some("reaction_added")));
+
+    let started = Instant::now();
+    ann_ws
+        .send(json!({"type": "event", "conversation_id": chat, "client_msg_id": "a2",
+            "kind": "member_removed", "user_id": cat_id}))
+        .await;
+    loop {
+        let frame = cat_ws.next().await;
+        if frame["type"] == "event" && frame["event"]["kind"] == "member_removed" {
+            break;
+        }
+    }
+    let told_after = started.elapsed();
+    assert!(told_after < Duration::from_secs(1), "told after {told_after:?}");
+    let response = cat_direct
+        .get(&format!("/api/v1/conversations/{chat}/messages"), &cat)
+        .await;
+    assert_eq!(response.status, 404);
+    ann_ws.send_message(&chat, "a3", "without cat").await;
+    let after = ben_ws.next_of("message").await;
+    assert_eq!(after["message"]["seq"], 4);
+    let mut leaked = Vec::new();
+    while let Some(frame) = cat_ws.try_next(Duration::from_millis(1000)).await {
+        if frame["type"] != "presence" {
+            leaked.push(frame);
+        }
+    }
+    assert!(leaked.is_empty(), "{leaked:#?}");
+    cat_ws.send_message(&chat, "c2", "still here?").await;
+    let refused = cat_ws.next_of("error").await;
+    assert_eq!(refused["code"], "not_found");
+}
