@@ -5,8 +5,9 @@ the schemathesis configuration that points its generated requests at them.
     schemathesis-fixtures.py BASE_URL CONFIG_OUT
 
 Users: ann (the caller of every request), ben and cara (her contacts), dan (in no
-conversation: someone to add). Conversations: ann–ben direct, and two groups that ann created
-(so she is their admin) with ben and cara. Each has a few messages, so that `target_seq`,
+conversation: someone to add). Conversations: ann–ben direct, and five groups that ann created
+(so she is their admin) with ben and cara: generated change requests make her leave some,
+or hand over her role, and the others keep the group operations covered. Each has a few messages, so that `target_seq`,
 `reply_to_seq` and `before_seq` name real messages. A second session of ann's is the one
 `POST /auth/logout` ends, so that logging out does not end the session every other request
 uses. Standard library only: it runs before (and without) the tool's virtualenv.
@@ -55,7 +56,7 @@ def main():
         base, "POST", "/api/v1/conversations", ann, {"kind": "direct", "members": [ids["ben"]]}
     )
     groups = []
-    for title in ["Fixtures", "Fixtures too"]:
+    for title in [f"Fixtures {n}" for n in range(1, 6)]:
         _, group = request(
             base,
             "POST",
