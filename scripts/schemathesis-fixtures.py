@@ -68,9 +68,10 @@ def main():
     conversations = [direct["id"]] + [group["id"] for group in groups]
 
     messages = 3
-    for conversation in conversations:
+    for index, conversation in enumerate(conversations):
         for n in range(1, messages + 1):
-            body = {"client_msg_id": f"fixture-{n}", "body": f"fixture message {n} @ben"}
+            # Unique per sender: the persister stores one message per (sender, client_msg_id).
+            body = {"client_msg_id": f"fixture-{index}-{n}", "body": f"fixture message {n} @ben"}
             request(base, "POST", f"/api/v1/conversations/{conversation}/messages", ann, body)
     # Accepted is durable, not yet stored: wait for the persister.
     deadline = time.monotonic() + 20
