@@ -83,21 +83,41 @@ pub enum Change {
         reply_to_seq: Option<Seq>,
     },
     /// The author replaces the body of their message at `target_seq`.
-    Edit { target_seq: Seq, body: String },
+    Edit {
+        target_seq: Seq,
+        body: String,
+    },
     /// The author or a group admin deletes the message at `target_seq`: its body is erased.
-    Delete { target_seq: Seq },
-    ReactionAdded { target_seq: Seq, emoji: String },
-    ReactionRemoved { target_seq: Seq, emoji: String },
+    Delete {
+        target_seq: Seq,
+    },
+    ReactionAdded {
+        target_seq: Seq,
+        emoji: String,
+    },
+    ReactionRemoved {
+        target_seq: Seq,
+        emoji: String,
+    },
     /// A group admin adds a user as a member.
-    MemberAdded { user_id: UserId },
+    MemberAdded {
+        user_id: UserId,
+    },
     /// A group admin removes a member.
-    MemberRemoved { user_id: UserId },
+    MemberRemoved {
+        user_id: UserId,
+    },
     /// The sender leaves the group.
     MemberLeft {},
     /// A group admin renames the group.
-    TitleChanged { title: String },
+    TitleChanged {
+        title: String,
+    },
     /// A group admin gives a member a role.
-    RoleChanged { user_id: UserId, role: Role },
+    RoleChanged {
+        user_id: UserId,
+        role: Role,
+    },
 }
 
 impl Change {
@@ -149,7 +169,9 @@ pub struct Event {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventData {
     /// The message as it is now (edited, deleted or reacted to since, when read back).
-    Message { message: Message },
+    Message {
+        message: Message,
+    },
     /// The new body (erased if the message was deleted since) and who it mentions.
     Edit {
         target_seq: Seq,

@@ -44,9 +44,10 @@ pub struct Target {
     pub is_message: bool,
     pub sender: UserId,
     pub deleted: bool,
-    /// For reactions: the distinct emoji on it now, and whether the sender already reacted
-    /// with this change's emoji.
+    /// For reactions: the distinct emoji on it now, whether anyone already reacted with this
+    /// change's emoji (one more of those adds no distinct emoji), and whether the sender did.
     pub emoji_distinct: usize,
+    pub emoji_reacted: bool,
     pub sender_reacted: bool,
 }
 
@@ -123,7 +124,7 @@ pub fn check(sender: UserId, change: &Change, facts: &Facts) -> Result<(), ApiEr
                     "you already reacted with this emoji",
                 ));
             }
-            if target.emoji_distinct >= REACTIONS_DISTINCT_MAX {
+            if !target.emoji_reacted && target.emoji_distinct >= REACTIONS_DISTINCT_MAX {
                 return Err(refused(
                     ErrorCode::Conflict,
                     "this message has as many different reactions as it can hold",
@@ -206,7 +207,10 @@ pub fn check(sender: UserId, change: &Change, facts: &Facts) -> Result<(), ApiEr
                 return Err(refused(ErrorCode::NotFound, "not a member"));
             };
             if current == *new_role {
-                return Err(refused(ErrorCode::Conflict, "the member has that role already"));
+                return Err(refused(
+                    ErrorCode::Conflict,
+                    "the member has that role already",
+                ));
             }
             if current == Role::Admin && facts.admins <= 1 {
                 return Err(refused(
@@ -247,6 +251,7 @@ mod tests {
             sender,
             deleted: false,
             emoji_distinct: 0,
+            emoji_reacted: false,
             sender_reacted: false,
         }
     }
@@ -279,7 +284,13 @@ mod tests {
         };
         use ErrorCode::{Conflict, Forbidden, NotFound};
         // (change, who, their role, the subject's role, expected)
-        let table: Vec<(&Change, UserId, Option<Role>, Option<Role>, Option<ErrorCode>)> = vec![
+        let table: Vec<(
+            &Change,
+            UserId,
+            Option<Role>,
+            Option<Role>,
+            Option<ErrorCode>,
+        )> = vec![
             (&edit, author, Some(Role::Member), None, None),
             (&edit, other, Some(Role::Member), None, Some(Forbidden)),
             (&edit, other, Some(Role::Admin), None, Some(Forbidden)),
@@ -291,21 +302,51 @@ mod tests {
             (&react, other, Some(Role::Member), None, None),
             (&react, other, None, None, Some(NotFound)),
             (&add, other, Some(Role::Admin), None, None),
-            (&add, other, Some(Role::Admin), Some(Role::Member), Some(Conflict)),
+            (
+                &add,
+                other,
+                Some(Role::Admin),
+                Some(Role::Member),
+                Some(Conflict),
+            ),
             (&add, other, Some(Role::Member), None, Some(Forbidden)),
             (&add, other, None, None, Some(NotFound)),
             (&remove, other, Some(Role::Admin), Some(Role::Member), None),
             (&remove, other, Some(Role::Admin), None, Some(NotFound)),
-            (&remove, other, Some(Role::Member), Some(Role::Member), Some(Forbidden)),
+            (
+                &remove,
+                other,
+                Some(Role::Member),
+                Some(Role::Member),
+                Some(Forbidden),
+            ),
             (&remove, other, None, Some(Role::Member), Some(NotFound)),
             (&rename, other, Some(Role::Admin), None, None),
             (&rename, other, Some(Role::Member), None, Some(Forbidden)),
             (&rename, other, None, None, Some(NotFound)),
             (&promote, other, Some(Role::Admin), Some(Role::Member), None),
-            (&promote, other, Some(Role::Admin), Some(Role::Admin), Some(Conflict)),
-            (&promote, other, Some(Role::Member), Some(Role::Member), Some(Forbidden)),
+            (
+                &promote,
+                other,
+                Some(Role::Admin),
+                Some(Role::Admin),
+                Some(Conflict),
+            ),
+            (
+                &promote,
+                other,
+                Some(Role::Member),
+                Some(Role::Member),
+                Some(Forbidden),
+            ),
             (&promote, other, None, Some(Role::Member), Some(NotFound)),
-            (&Change::MemberLeft {}, other, Some(Role::Member), None, None),
+            (
+                &Change::MemberLeft {},
+                other,
+                Some(Role::Member),
+                None,
+                None,
+            ),
             (&Change::MemberLeft {}, other, None, None, Some(NotFound)),
         ];
         for (change, who, role, subject_role, expected) in table {
@@ -399,6 +440,7 @@ mod tests {
             ..group(Some(Role::Member))
         };
         let reacted = Target {
+            emoji_reacted: true,
             sender_reacted: true,
             ..message_by(me)
         };
@@ -406,9 +448,21 @@ mod tests {
             emoji_distinct: REACTIONS_DISTINCT_MAX,
             ..message_by(me)
         };
-        assert_eq!(code(me, &react, &with(reacted.clone())), Some(ErrorCode::Conflict));
+        assert_eq!(
+            code(me, &react, &with(reacted.clone())),
+            Some(ErrorCode::Conflict)
+        );
         assert_eq!(code(me, &unreact, &with(reacted)), None);
-        assert_eq!(code(me, &react, &with(full)), Some(ErrorCode::Conflict));
+        assert_eq!(
+            code(me, &react, &with(full.clone())),
+            Some(ErrorCode::Conflict)
+        );
+        // A full message still takes more of the emoji it has.
+        let full_of_this_one = Target {
+            emoji_reacted: true,
+            ..full
+        };
+        assert_eq!(code(me, &react, &with(full_of_this_one)), None);
         assert_eq!(
             code(me, &unreact, &with(message_by(me))),
             Some(ErrorCode::NotFound)

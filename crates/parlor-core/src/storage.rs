@@ -14,8 +14,8 @@ use std::hash::Hash;
 use time::OffsetDateTime;
 
 use crate::error::BackendError;
-use crate::ids::{ConversationId, Seq, UserId};
 use crate::events::{EventData, Reaction, Role};
+use crate::ids::{ConversationId, Seq, UserId};
 use crate::ports::{ConversationView, MemberView};
 use crate::protocol::ConversationKind;
 #[cfg(test)]
@@ -200,7 +200,10 @@ pub fn mentions_of_text(text: &str) -> Vec<UserId> {
 pub fn group_reactions(rows: impl IntoIterator<Item = (String, UserId)>) -> Vec<Reaction> {
     let mut reactions: Vec<Reaction> = Vec::new();
     for (emoji, user) in rows {
-        match reactions.iter_mut().find(|reaction| reaction.emoji == emoji) {
+        match reactions
+            .iter_mut()
+            .find(|reaction| reaction.emoji == emoji)
+        {
             Some(reaction) => {
                 if !reaction.user_ids.contains(&user) {
                     reaction.user_ids.push(user);
@@ -373,7 +376,10 @@ mod tests {
         ] {
             let columns = event_columns(&data).unwrap();
             assert_eq!(columns.kind, data.kind());
-            assert!(!columns.data.contains("\"new\""), "the body is in its own column");
+            assert!(
+                !columns.data.contains("\"new\""),
+                "the body is in its own column"
+            );
             assert_eq!(event_of_columns(&columns.data, columns.body).unwrap(), data);
         }
     }

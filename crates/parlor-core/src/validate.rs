@@ -137,7 +137,10 @@ pub fn emoji(text: &str) -> Result<(), ApiError> {
             | 0x2B05..=0x2B55 | 0x3030 | 0x303D | 0x3297 | 0x3299 | 0x1F000..=0x1FAFF)
     }
     fn joiner(c: char) -> bool {
-        matches!(c as u32, 0x200D | 0xFE0E | 0xFE0F | 0x20E3 | 0xE0020..=0xE007F)
+        matches!(
+            c as u32,
+            0x200D | 0xFE0E | 0xFE0F | 0x20E3 | 0xE0020..=0xE007F
+        )
     }
     let keycap_base = |c: char| c.is_ascii_digit() || c == '#' || c == '*';
     let chars: Vec<char> = text.chars().collect();
@@ -255,10 +258,21 @@ mod tests {
 
     #[test]
     fn emoji_are_pictographs_and_their_sequences() {
-        for ok in ["👍", "❤️", "🎉", "👍🏽", "👨‍👩‍👧", "🇫🇷", "1️⃣", "🏳️‍🌈", "☕"] {
+        for ok in ["👍", "❤️", "🎉", "👍🏽", "👨‍👩‍👧", "🇫🇷", "1️⃣", "🏳️‍🌈", "☕"]
+        {
             assert!(emoji(ok).is_ok(), "{ok:?}");
         }
-        for bad in ["", "a", "1", "ok", " ", "<b>", "👍 ", "\u{200D}", &"👍".repeat(9)] {
+        for bad in [
+            "",
+            "a",
+            "1",
+            "ok",
+            " ",
+            "<b>",
+            "👍 ",
+            "\u{200D}",
+            &"👍".repeat(9),
+        ] {
             assert!(emoji(bad).is_err(), "{bad:?}");
         }
     }
@@ -279,12 +293,20 @@ mod tests {
             target_seq: 1,
             body: " ".into(),
         };
-        assert_eq!(change(&mut blank, 100).unwrap_err().code, ErrorCode::InvalidInput);
+        assert_eq!(
+            change(&mut blank, 100).unwrap_err().code,
+            ErrorCode::InvalidInput
+        );
         let mut title = Change::TitleChanged {
             title: "  Team ".into(),
         };
         change(&mut title, 100).unwrap();
-        assert_eq!(title, Change::TitleChanged { title: "Team".into() });
+        assert_eq!(
+            title,
+            Change::TitleChanged {
+                title: "Team".into()
+            }
+        );
         let mut react = Change::ReactionAdded {
             target_seq: 1,
             emoji: "x".into(),

@@ -1,4 +1,4 @@
-//! Measures `SqliteStore::append_messages` the way the persister drives it: one batch at a
+//! Measures `SqliteStore::append_events` the way the persister drives it: one batch at a
 //! time, 256 messages of 100 bytes each, spread over 100 conversations, every commit fsynced.
 //!
 //! `cargo run -p parlor-embedded --example store_append_throughput [--release] [-- BATCHES]`
@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use parlor_core::ports::{Appended, NewMessage, Store};
+use parlor_core::events::Change;
+use parlor_core::ports::{Appended, NewEvent, Store};
 use parlor_embedded::SqliteStore;
 use time::OffsetDateTime;
 
@@ -30,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..CONVERSATIONS {
         conversations.push(
             store
-                .create_group(&format!("room {i}"), &[ann.id, bob.id])
+                .create_group(ann.id, &format!("room {i}"), &[bob.id])
                 .await?,
         );
     }
@@ -39,20 +40,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut slowest = Duration::ZERO;
     let started = Instant::now();
     for batch in 0..batches {
-        let messages: Vec<NewMessage> = (0..BATCH_MESSAGES)
+        let messages: Vec<NewEvent> = (0..BATCH_MESSAGES)
             .map(|i| {
                 let n = batch * BATCH_MESSAGES + i;
-                NewMessage {
+                NewEvent {
                     conversation_id: conversations[n % CONVERSATIONS],
                     sender_id: if n.is_multiple_of(2) { ann.id } else { bob.id },
                     client_msg_id: format!("m{n}"),
-                    body: body.clone(),
                     accepted_at: OffsetDateTime::now_utc(),
+                    change: Change::Message {
+                        body: body.clone(),
+                        reply_to_seq: None,
+                    },
                 }
             })
             .collect();
         let batch_started = Instant::now();
-        let appended = store.append_messages(&messages).await?;
+        let appended = store.append_events(&messages).await?;
         slowest = slowest.max(batch_started.elapsed());
         let stored = appended
             .iter()

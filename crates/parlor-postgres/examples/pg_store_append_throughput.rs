@@ -1,4 +1,4 @@
-//! Measures `PgStore::append_messages` the way the persister drives it: one batch at a time,
+//! Measures `PgStore::append_events` with messages the way the persister drives it: one batch at a time,
 //! 256 messages of 100 bytes each, spread over 100 conversations, every commit flushed to
 //! disk (`synchronous_commit = on`).
 //!
@@ -14,8 +14,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parlor_core::events::Change;
 use parlor_core::ids::{ConversationId, UserId};
-use parlor_core::ports::{Appended, NewMessage, Store};
+use parlor_core::ports::{Appended, NewEvent, Store};
 use parlor_postgres::PgStore;
 use time::OffsetDateTime;
 use tokio_postgres::{Config, NoTls};
@@ -69,7 +70,7 @@ async fn measure(
     for i in 0..CONVERSATIONS {
         conversations.push(
             store
-                .create_group(&format!("room {i}"), &[ann.id, bob.id])
+                .create_group(ann.id, &format!("room {i}"), &[bob.id])
                 .await?,
         );
     }
@@ -115,21 +116,24 @@ async fn append_loop(
     let body = "x".repeat(BODY_BYTES);
     let mut slowest = Duration::ZERO;
     for batch in 0..batches {
-        let messages: Vec<NewMessage> = (0..BATCH_MESSAGES)
+        let messages: Vec<NewEvent> = (0..BATCH_MESSAGES)
             .map(|i| {
                 let n = batch * BATCH_MESSAGES + i;
-                NewMessage {
+                NewEvent {
                     conversation_id: conversations[n % CONVERSATIONS],
                     sender_id: senders[n % 2],
                     client_msg_id: format!("p{persister}-m{n}"),
-                    body: body.clone(),
                     accepted_at: OffsetDateTime::now_utc(),
+                    change: Change::Message {
+                        body: body.clone(),
+                        reply_to_seq: None,
+                    },
                 }
             })
             .collect();
         let batch_started = Instant::now();
         let appended = store
-            .append_messages(&messages)
+            .append_events(&messages)
             .await
             .map_err(|error| error.to_string())?;
         slowest = slowest.max(batch_started.elapsed());

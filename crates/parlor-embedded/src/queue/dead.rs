@@ -150,14 +150,19 @@ pub(super) fn replay_dead(dead: &Wal) -> Result<Vec<(u64, DeadRecord)>, BackendE
 mod tests {
     use super::*;
 
-    /// The dead-letter log's bytes as this build writes them, and as builds before payload
-    /// versions wrote them (still in data directories after an upgrade).
+    /// The dead-letter log's bytes as this build writes them, and as earlier builds wrote
+    /// them (version 1, and version 0 from before payload versions: still in data
+    /// directories after an upgrade).
     #[test]
     fn dead_letter_records_are_versioned_and_version_0_is_read() {
         let removed = DeadLogRecord::Removed { id: 7 };
         let written = encode_payload(&removed);
-        assert_eq!(written, b"\x01{\"Removed\":{\"id\":7}}");
-        for bytes in [&written[..], b"{\"Removed\":{\"id\":7}}"] {
+        assert_eq!(written, b"\x02{\"Removed\":{\"id\":7}}");
+        for bytes in [
+            &written[..],
+            b"\x01{\"Removed\":{\"id\":7}}",
+            b"{\"Removed\":{\"id\":7}}",
+        ] {
             let read: DeadLogRecord = decode_payload(bytes).unwrap();
             assert!(matches!(read, DeadLogRecord::Removed { id: 7 }));
         }

@@ -1,107 +1,83 @@
-//! [`append`]: one batch of messages stored inside the writer's transaction, each with the
-//! next gap-free seq of its conversation and idempotent on `(sender, client_msg_id)`.
+//! [`append`]: one batch of events stored inside the writer's transaction. Per entry, in
+//! order: a repeat of (sender, client_msg_id) answers the event stored the first time, a
+//! change the rules refuse now stores nothing, anything else is stored with the next
+//! gap-free seq of its conversation and applied ([`apply`](super::apply)).
 
-use parlor_core::ids::MessageId;
-use parlor_core::ports::{Appended, NewMessage};
-use parlor_core::protocol::Message;
-use parlor_core::storage::{nanos, seq_param};
+use parlor_core::ports::{Appended, NewEvent, Stored};
+use parlor_core::rules;
+use parlor_core::storage::nanos;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
-use time::UtcOffset;
 
-use super::codec::{Id, SeqColumn, message_row};
+use super::apply;
+use super::codec::{Id, SeqColumn};
+use super::facts::gather;
 use super::failure::Failure;
+use super::history::event_at;
 
-/// Per entry: a known (sender, client_msg_id) → `Duplicate` of the first message; a sender
-/// who is not a member (or a conversation that does not exist) → `Rejected`; otherwise
-/// `New` with the next seq, and the sender's read marker moves to it. Runs inside the
-/// caller's `BEGIN IMMEDIATE` transaction, so `last_seq` cannot move under it.
-pub(super) fn append(tx: &Connection, batch: &[NewMessage]) -> Result<Vec<Appended>, Failure> {
-    let mut stored = tx.prepare_cached(
-        "SELECT id, conversation_id, seq, sender_id, client_msg_id, body, created_at_ns
-         FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2",
-    )?;
-    let mut last_seq = tx.prepare_cached(
-        "SELECT c.last_seq FROM members m JOIN conversations c ON c.id = m.conversation_id
-         WHERE m.conversation_id = ?1 AND m.user_id = ?2",
-    )?;
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO messages
-             (conversation_id, seq, id, sender_id, client_msg_id, body, created_at_ns)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    let mut advance = tx.prepare_cached(
-        "UPDATE conversations
-         SET last_seq = ?2, last_activity_at_ns = max(last_activity_at_ns, ?3)
-         WHERE id = ?1 AND last_seq = ?2 - 1",
-    )?;
-    let mut read_own = tx.prepare_cached(
-        "UPDATE members SET last_read_seq = max(last_read_seq, ?3)
-         WHERE conversation_id = ?1 AND user_id = ?2",
-    )?;
+/// Runs inside the caller's `BEGIN IMMEDIATE` transaction, so nothing moves under it, and
+/// every entry sees what the entries before it stored: a change can be refused because an
+/// earlier one of the same batch removed its sender.
+pub(super) fn append(tx: &Connection, batch: &[NewEvent]) -> Result<Vec<Appended>, Failure> {
+    batch.iter().map(|new| append_one(tx, new)).collect()
+}
 
-    let mut results = Vec::with_capacity(batch.len());
-    for new in batch {
-        let conversation = Id(new.conversation_id.0);
-        let sender = Id(new.sender_id.0);
-        // Looked up inside the transaction, so a repeat within this batch finds the
-        // message inserted a few rows earlier.
-        if let Some(first) = stored
-            .query_row(params![sender, new.client_msg_id], message_row)
-            .optional()?
-        {
-            results.push(Appended::Duplicate(first));
-            continue;
-        }
-        let Some(SeqColumn(previous)) = last_seq
-            .query_row(params![conversation, sender], |row| row.get(0))
-            .optional()?
-        else {
-            results.push(Appended::Rejected(format!(
-                "user {} is not a member of conversation {} (or it does not exist)",
-                new.sender_id, new.conversation_id
-            )));
-            continue;
-        };
-        let created_at_ns = match nanos(new.accepted_at) {
-            Ok(created_at_ns) => created_at_ns,
-            Err(out_of_range) => {
-                results.push(Appended::Rejected(out_of_range.to_string()));
-                continue;
-            }
-        };
-        let message = Message {
-            id: MessageId::new(),
-            conversation_id: new.conversation_id,
-            seq: previous + 1,
-            sender_id: new.sender_id,
-            client_msg_id: new.client_msg_id.clone(),
-            body: new.body.clone(),
-            // What reading the row back yields: the same instant, in UTC.
-            created_at: new.accepted_at.to_offset(UtcOffset::UTC),
-        };
-        let seq = seq_param(message.seq);
-        let inserted = insert.execute(params![
-            conversation,
-            seq,
-            Id(message.id.0),
-            sender,
-            message.client_msg_id,
-            message.body,
-            created_at_ns,
-        ]);
-        match inserted {
-            Ok(_) => {}
-            // A failed statement is undone on its own; the rest of the batch goes on.
-            Err(error) if error.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-                results.push(Appended::Rejected(format!("cannot store message: {error}")));
-                continue;
-            }
-            Err(error) => return Err(error.into()),
-        }
-        let advanced = advance.execute(params![conversation, seq, created_at_ns])?;
-        assert_eq!(advanced, 1, "last_seq moved under the writer lock");
-        read_own.execute(params![conversation, sender, seq])?;
-        results.push(Appended::New(message));
+fn append_one(tx: &Connection, new: &NewEvent) -> Result<Appended, Failure> {
+    if let Some(first) = duplicate(tx, new)? {
+        return Ok(Appended::Duplicate(first));
     }
-    Ok(results)
+    let gathered = gather(tx, new)?;
+    if let Err(error) = rules::check(new.sender_id, &new.change, &gathered.facts) {
+        return Ok(Appended::Refused(error));
+    }
+    let created_at_ns = match nanos(new.accepted_at) {
+        Ok(created_at_ns) => created_at_ns,
+        Err(out_of_range) => return Ok(Appended::Rejected(out_of_range.to_string())),
+    };
+    // Storing an event is several statements (its row, the conversation, the change it
+    // makes); a savepoint undoes all of them if one violates a constraint, so that entry is
+    // rejected alone and the rest of the batch goes on.
+    tx.execute_batch("SAVEPOINT entry")?;
+    match apply::store(tx, new, &gathered, created_at_ns) {
+        Ok(stored) => {
+            tx.execute_batch("RELEASE entry")?;
+            Ok(Appended::New(stored))
+        }
+        Err(Failure::Db(error))
+            if error.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) =>
+        {
+            tx.execute_batch("ROLLBACK TO entry; RELEASE entry")?;
+            Ok(Appended::Rejected(format!(
+                "cannot store {}: {error}",
+                new.change.kind()
+            )))
+        }
+        // Any other failure ends the whole transaction, which rolls back with it.
+        Err(failure) => Err(failure),
+    }
+}
+
+/// The event stored the first time (sender, client_msg_id) was seen, as it reads now, with
+/// its conversation's members seq of now. Looked up inside the transaction, so a repeat
+/// within the batch finds the event stored a few entries earlier.
+fn duplicate(tx: &Connection, new: &NewEvent) -> Result<Option<Stored>, Failure> {
+    let found = tx
+        .prepare_cached(
+            "SELECT e.conversation_id, e.seq, c.members_seq
+             FROM events e JOIN conversations c ON c.id = e.conversation_id
+             WHERE e.sender_id = ?1 AND e.client_msg_id = ?2",
+        )?
+        .query_row(params![Id(new.sender_id.0), new.client_msg_id], |row| {
+            Ok((
+                row.get::<_, Id>(0)?,
+                row.get::<_, SeqColumn>(1)?.0,
+                row.get::<_, SeqColumn>(2)?.0,
+            ))
+        })
+        .optional()?;
+    let Some((Id(conversation), seq, members_seq)) = found else {
+        return Ok(None);
+    };
+    let event = event_at(tx, parlor_core::ids::ConversationId(conversation), seq)?
+        .ok_or_else(|| Failure::Rejected(format!("event {seq} vanished while being read")))?;
+    Ok(Some(Stored { event, members_seq }))
 }

@@ -1,11 +1,13 @@
 //! How values cross into and out of SQLite: ids as hyphenated lower-case UUID text, seqs
-//! and times (unix nanoseconds, UTC) as integers, a conversation's kind as text, and the
-//! row mappers for users and messages.
+//! and times (unix nanoseconds, UTC) as integers, a conversation's kind and a member's role
+//! as text, and the row mappers for users and events (a message row in its current state,
+//! with the message it replies to).
 
+use parlor_core::events::{Event, EventData, ReplyPreview, Role, excerpt};
 use parlor_core::ids::{ConversationId, MessageId, Seq, UserId};
 use parlor_core::protocol::{ConversationKind, Message, User};
-use parlor_core::storage::{kind_of_text, nanos};
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Value, ValueRef};
+use parlor_core::storage::{event_of_columns, kind_of_text, mentions_of_text, nanos};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, Value, ValueRef};
 use rusqlite::{Row, ToSql};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -67,6 +69,18 @@ impl FromSql for KindColumn {
     }
 }
 
+/// A stored member role.
+pub(super) struct RoleColumn(pub(super) Role);
+
+impl FromSql for RoleColumn {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Role::parse(text)
+            .map(RoleColumn)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown role {text:?}").into()))
+    }
+}
+
 /// Now, as stored.
 pub(super) fn now_nanos() -> Result<i64, Failure> {
     Ok(nanos(OffsetDateTime::now_utc())?)
@@ -80,15 +94,85 @@ pub(super) fn user_row(row: &Row<'_>) -> rusqlite::Result<User> {
     })
 }
 
-/// Column order: `id, conversation_id, seq, sender_id, client_msg_id, body, created_at_ns`.
-pub(super) fn message_row(row: &Row<'_>) -> rusqlite::Result<Message> {
-    Ok(Message {
-        id: MessageId(row.get::<_, Id>(0)?.0),
-        conversation_id: ConversationId(row.get::<_, Id>(1)?.0),
-        seq: row.get::<_, SeqColumn>(2)?.0,
-        sender_id: UserId(row.get::<_, Id>(3)?.0),
-        client_msg_id: row.get(4)?,
-        body: row.get(5)?,
-        created_at: row.get::<_, Nanos>(6)?.0,
+/// The columns [`event_row`] reads: an event `e`, and `r`, the message it replies to when
+/// `e` is a message (joined by [`reply_join!`]).
+macro_rules! event_columns {
+    () => {
+        "e.conversation_id, e.seq, e.id, e.sender_id, e.client_msg_id, e.body, e.created_at_ns,
+         e.kind, e.target_seq, e.data, e.mentions, e.edited_at_ns, e.deleted,
+         r.sender_id, r.body, r.deleted"
+    };
+}
+pub(super) use event_columns;
+
+/// Joins `r`, the message a message row `e` replies to (nothing for other kinds).
+macro_rules! reply_join {
+    () => {
+        "LEFT JOIN events r ON e.kind = 'message'
+             AND r.conversation_id = e.conversation_id AND r.seq = e.target_seq"
+    };
+}
+pub(super) use reply_join;
+
+/// One event in its current state, from [`event_columns!`]; a message comes without its
+/// reactions (they are another table: see `history::attach_reactions`).
+pub(super) fn event_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    let conversation_id = ConversationId(row.get::<_, Id>(0)?.0);
+    let seq = row.get::<_, SeqColumn>(1)?.0;
+    let sender_id = UserId(row.get::<_, Id>(3)?.0);
+    let client_msg_id: String = row.get(4)?;
+    let body: String = row.get(5)?;
+    let created_at = row.get::<_, Nanos>(6)?.0;
+    let kind: String = row.get(7)?;
+    let data = if kind == "message" {
+        let reply_to = match (
+            row.get::<_, Option<SeqColumn>>(8)?,
+            row.get::<_, Option<Id>>(13)?,
+        ) {
+            (Some(SeqColumn(seq)), Some(Id(sender))) => Some(ReplyPreview {
+                seq,
+                sender_id: UserId(sender),
+                excerpt: excerpt(&row.get::<_, String>(14)?),
+                deleted: row.get::<_, i64>(15)? != 0,
+            }),
+            _ => None,
+        };
+        EventData::Message {
+            message: Message {
+                id: MessageId(row.get::<_, Id>(2)?.0),
+                conversation_id,
+                seq,
+                sender_id,
+                client_msg_id: client_msg_id.clone(),
+                body,
+                created_at,
+                reply_to,
+                mentions: mentions_of_text(&row.get::<_, String>(10)?),
+                reactions: Vec::new(),
+                edited_at: row.get::<_, Option<Nanos>>(11)?.map(|Nanos(at)| at),
+                deleted: row.get::<_, i64>(12)? != 0,
+            },
+        }
+    } else {
+        let data: String = row.get(9)?;
+        let data = event_of_columns(&data, body).map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(9, Type::Text, error.into())
+        })?;
+        if data.kind() != kind {
+            return Err(rusqlite::Error::FromSqlConversionFailure(
+                7,
+                Type::Text,
+                format!("an event of kind {kind:?} holds {:?} data", data.kind()).into(),
+            ));
+        }
+        data
+    };
+    Ok(Event {
+        conversation_id,
+        seq,
+        sender_id,
+        client_msg_id,
+        created_at,
+        data,
     })
 }

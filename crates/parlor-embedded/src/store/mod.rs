@@ -5,27 +5,44 @@
 //! blocking, so every call runs on tokio's blocking pool; callers wait for a connection
 //! asynchronously and hold a blocking thread only while they use one.
 //!
+//! A conversation is a log of events: one row of `events` per event of every kind
+//! (message, edit, delete, reaction, member, title and role changes), beside the state the
+//! events build (a message row's current body and mentions, `reactions`, `members` with
+//! their roles and markers, the conversation's title).
+//!
 //! Invariants, all kept inside one `BEGIN IMMEDIATE` transaction per write:
-//! - `messages.seq` is `conversations.last_seq + 1` at insert time, so per conversation the
-//!   seqs are 1, 2, 3… with no gaps and no repeats.
-//! - `(sender_id, client_msg_id)` is unique: a repeat returns the first message.
-//! - `members.last_read_seq <= conversations.last_seq` and never decreases.
+//! - `events.seq` is `conversations.last_seq + 1` at insert time, whatever the kind, so per
+//!   conversation the seqs are 1, 2, 3… with no gaps and no repeats.
+//! - `(sender_id, client_msg_id)` is unique across kinds: a repeat returns the first event.
+//! - The rules ([`rules::check`](parlor_core::rules::check)) are checked inside that
+//!   transaction, per entry, on facts read there, so what an earlier entry of the same
+//!   batch changed counts; a refused change stores nothing and consumes no seq. `refusal`
+//!   asks the same function on the same facts, read in a read transaction.
+//! - An event and what it changes are stored together or not at all.
+//! - `conversations.last_message_seq` is the newest message's seq, `members_seq` the newest
+//!   member or role event's.
+//! - `members.last_read_seq` and `last_delivered_seq` are `<= conversations.last_seq` and
+//!   never decrease; reading raises the delivered marker to the read one.
 //!
 //! Times are stored as unix nanoseconds (UTC) in `*_ns` integer columns: exact for every
 //! `OffsetDateTime` between 1677 and 2262, and ordered as numbers. Ids are hyphenated
 //! lower-case UUID text.
 //!
 //! Files by concern: [`connections`] (pragmas, the reader pool), [`schema`] (migrations),
-//! [`append`] (storing a batch), [`history`] (pages of messages), [`conversations`]
-//! (conversations, members, read markers), [`users`] (users and sessions), [`codec`]
-//! (values and rows in and out of SQL) and [`failure`] (error classification). This file
-//! holds the store, its read and write transactions, and the [`Store`] impl that runs each
-//! method's body in one of them.
+//! [`append`] (a batch: duplicates, refusals, one savepoint per entry), [`facts`] (what the
+//! rules need, read in SQL), [`apply`] (storing one event and applying it), [`history`]
+//! (pages of messages and events in their current state), [`conversations`]
+//! (conversations, members, views, markers, mute), [`users`] (users and sessions),
+//! [`codec`] (values and rows in and out of SQL) and [`failure`] (error classification).
+//! This file holds the store, its read and write transactions, and the [`Store`] impl that
+//! runs each method's body in one of them.
 
 mod append;
+mod apply;
 mod codec;
 mod connections;
 mod conversations;
+mod facts;
 mod failure;
 mod history;
 mod schema;
@@ -38,24 +55,27 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use parlor_core::error::BackendError;
+use parlor_core::error::{ApiError, BackendError};
+use parlor_core::events::Event;
 use parlor_core::ids::{ConversationId, Seq, UserId};
-use parlor_core::ports::{Appended, ConversationView, NewMessage, Page, Session, Store, TokenHash};
+use parlor_core::ports::{Appended, ConversationView, NewEvent, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{Message, User};
+use parlor_core::rules;
 use parlor_core::storage::{check_direct_pair, distinct, group_members, like_prefix};
 use rusqlite::{Connection, TransactionBehavior};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
 use connections::{READER_CONNECTIONS, ReaderPool, configure_reader, configure_writer};
+use conversations::Marker;
 use failure::{Failure, db_error, joined};
 use schema::migrate;
 
-/// The embedded [`Store`]: users, sessions, conversations, messages and read markers in one
-/// SQLite file (plus its `-wal` and `-shm` companions).
+/// The embedded [`Store`]: users, sessions, conversations with their logs of events, members
+/// and their markers in one SQLite file (plus its `-wal` and `-shm` companions).
 ///
 /// Every commit is fsynced (`synchronous=FULL`) before the call returns, so the persister
-/// may acknowledge its queue as soon as [`Store::append_messages`] returns `Ok`. A caller
+/// may acknowledge its queue as soon as [`Store::append_events`] returns `Ok`. A caller
 /// that stops waiting (its future dropped) does not cancel the work: the transaction still
 /// commits or rolls back as a whole, and a retried batch is then answered with duplicates.
 pub struct SqliteStore {
@@ -267,15 +287,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    /// The creator comes first among the members, then `members` in order, each once.
     async fn create_group(
         &self,
+        creator: UserId,
         title: &str,
         members: &[UserId],
     ) -> Result<ConversationId, BackendError> {
-        let members = group_members(members)?;
+        let members = group_members(&[&[creator], members].concat())?;
         let title = title.to_owned();
         self.write("create group", move |tx| {
-            conversations::create_group(tx, &title, &members)
+            conversations::create_group(tx, creator, &title, &members)
         })
         .await
     }
@@ -338,24 +360,34 @@ impl Store for SqliteStore {
 
     /// One `BEGIN IMMEDIATE` transaction for the whole batch, fsynced on commit; if it fails,
     /// nothing of the batch is stored and the error (`Unavailable`) is returned. Per entry:
-    /// a known (sender, client_msg_id) → `Duplicate` of the first message, whatever this
-    /// entry's body or conversation; a sender who is not a member (or a conversation that
-    /// does not exist) → `Rejected`; otherwise `New` with the next seq. Batches are bounded
-    /// by the caller (the persister's batch size).
-    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, BackendError> {
+    /// a known (sender, client_msg_id) → `Duplicate` of the first event as it is now,
+    /// whatever this entry asks or where; a change the rules refuse on the state as the
+    /// entries before left it → `Refused` (a non-member, or a conversation that does not
+    /// exist, is `not_found`); a time out of range, or a row a constraint refuses →
+    /// `Rejected`; otherwise `New` with the next seq. Batches are bounded by the caller
+    /// (the persister's batch size).
+    async fn append_events(&self, batch: &[NewEvent]) -> Result<Vec<Appended>, BackendError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let batch = batch.to_vec();
-        let results = self
-            .write("append messages", move |tx| append::append(tx, &batch))
-            .await?;
-        Ok(results)
+        self.write("append events", move |tx| append::append(tx, &batch))
+            .await
+    }
+
+    async fn refusal(&self, event: &NewEvent) -> Result<Option<ApiError>, BackendError> {
+        let event = event.clone();
+        self.read("refusal", move |tx| {
+            let gathered = facts::gather(tx, &event)?;
+            Ok(rules::check(event.sender_id, &event.change, &gathered.facts).err())
+        })
+        .await
     }
 
     /// `after_seq` → the `limit` messages after it; else `before_seq` → the `limit` messages
     /// just below it; else the newest `limit`. Always ascending; `limit` is clamped to
-    /// `1..=HISTORY_PAGE_MAX` (200). An unknown conversation has no messages.
+    /// `1..=HISTORY_PAGE_MAX` (200) and counts messages only. An unknown conversation has no
+    /// messages.
     async fn messages(
         &self,
         conversation: ConversationId,
@@ -363,6 +395,19 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Message>, BackendError> {
         self.read("messages", move |tx| {
             history::messages_page(tx, conversation, page)
+        })
+        .await
+    }
+
+    /// An unknown conversation has no events.
+    async fn events(
+        &self,
+        conversation: ConversationId,
+        after_seq: Seq,
+        limit: u16,
+    ) -> Result<Vec<Event>, BackendError> {
+        self.read("events", move |tx| {
+            history::events_after(tx, conversation, after_seq, limit)
         })
         .await
     }
@@ -375,7 +420,32 @@ impl Store for SqliteStore {
         seq: Seq,
     ) -> Result<Option<Seq>, BackendError> {
         self.write("mark read", move |tx| {
-            conversations::mark_read(tx, conversation, user, seq)
+            conversations::mark(tx, conversation, user, Marker::Read, seq)
+        })
+        .await
+    }
+
+    /// `Rejected` if `user` is not a member of `conversation`.
+    async fn mark_delivered(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<Option<Seq>, BackendError> {
+        self.write("mark delivered", move |tx| {
+            conversations::mark(tx, conversation, user, Marker::Delivered, seq)
+        })
+        .await
+    }
+
+    async fn set_muted(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        muted: bool,
+    ) -> Result<bool, BackendError> {
+        self.write("set muted", move |tx| {
+            conversations::set_muted(tx, conversation, user, muted)
         })
         .await
     }

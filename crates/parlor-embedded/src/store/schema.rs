@@ -8,7 +8,9 @@ use super::failure::Failure;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts how many ran. Append
 /// new ones at the end, never edit one that has shipped.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    // The first schema: users, sessions, conversations, members and messages.
+    r#"
 CREATE TABLE users (
     id            TEXT PRIMARY KEY NOT NULL,
     username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
@@ -57,7 +59,56 @@ CREATE TABLE messages (
     PRIMARY KEY (conversation_id, seq),
     UNIQUE (sender_id, client_msg_id)
 ) STRICT;
-"#];
+"#,
+    // Conversations become logs of events: every kind of event is a row of `events` (the
+    // messages table renamed), with the next seq and idempotent per (sender, client_msg_id)
+    // across kinds as before. Message rows keep their state in their own columns; the other
+    // kinds keep theirs as JSON in `data` (see `parlor_core::storage::event_columns`).
+    r#"
+ALTER TABLE messages RENAME TO events;
+ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+-- edit/delete/reaction_*: the message it targets; message: its reply_to_seq; else NULL.
+ALTER TABLE events ADD COLUMN target_seq INTEGER;
+ALTER TABLE events ADD COLUMN data TEXT;
+-- Message rows: the mentioned ids, space-separated (`instr` finds one); '' for none.
+ALTER TABLE events ADD COLUMN mentions TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN edited_at_ns INTEGER;
+ALTER TABLE events ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1));
+-- A message's edits (to erase them with it), and the message a reply answers.
+CREATE INDEX events_by_target ON events (conversation_id, target_seq)
+    WHERE target_seq IS NOT NULL;
+-- Pages of messages and unread counts skip the other kinds without reading them.
+CREATE INDEX events_messages ON events (conversation_id, seq) WHERE kind = 'message';
+
+-- With a rowid: reactions made in the same nanosecond keep the order they were stored in.
+CREATE TABLE reactions (
+    conversation_id TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    emoji           TEXT NOT NULL,
+    user_id         TEXT NOT NULL REFERENCES users (id),
+    created_at_ns   INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, seq, emoji, user_id),
+    FOREIGN KEY (conversation_id, seq) REFERENCES events (conversation_id, seq) ON DELETE CASCADE
+) STRICT;
+
+ALTER TABLE members ADD COLUMN role TEXT NOT NULL DEFAULT 'member'
+    CHECK (role IN ('admin', 'member'));
+ALTER TABLE members ADD COLUMN joined_at_ns INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN last_delivered_seq INTEGER NOT NULL DEFAULT 0
+    CHECK (last_delivered_seq >= 0);
+ALTER TABLE members ADD COLUMN muted INTEGER NOT NULL DEFAULT 0 CHECK (muted IN (0, 1));
+ALTER TABLE conversations ADD COLUMN last_message_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN members_seq INTEGER NOT NULL DEFAULT 0;
+
+-- Existing data: every row was a message. Groups made before roles existed have no known
+-- creator, so every member of one becomes admin (nobody loses a power they had).
+UPDATE conversations SET last_message_seq = last_seq;
+UPDATE members SET last_delivered_seq = last_read_seq,
+    joined_at_ns = (SELECT created_at_ns FROM conversations c WHERE c.id = members.conversation_id);
+UPDATE members SET role = 'admin'
+    WHERE conversation_id IN (SELECT id FROM conversations WHERE kind = 'group');
+"#,
+];
 
 /// Applies the migrations `connection`'s file has not seen yet, in one transaction; a file
 /// whose schema is newer than this build is `Rejected`.

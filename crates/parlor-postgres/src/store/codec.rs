@@ -1,13 +1,19 @@
 //! How values cross into and out of PostgreSQL: seqs and times (unix nanoseconds, UTC) as
-//! bigints, a conversation's kind as text, and the row mappers for users and messages. Ids
-//! are `uuid` columns, bound as [`Uuid`](uuid::Uuid) directly.
+//! bigints, a conversation's kind and a member's role as text, and the row mappers for
+//! users and events (a message in its current state: its edit, deletion, mentions, the
+//! message it replies to and its reactions, all read by one statement). Ids are `uuid`
+//! columns, bound as [`Uuid`](uuid::Uuid) directly.
 
+use parlor_core::events::{Event, EventData, ReplyPreview, Role, excerpt};
 use parlor_core::ids::{ConversationId, MessageId, Seq, UserId};
 use parlor_core::protocol::{ConversationKind, Message, User};
-use parlor_core::storage::{kind_of_text, nanos};
+use parlor_core::storage::{
+    event_of_columns, group_reactions, kind_of_text, mentions_of_text, nanos,
+};
 use time::OffsetDateTime;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Type};
+use uuid::Uuid;
 
 use super::failure::Failure;
 
@@ -65,6 +71,25 @@ impl<'a> FromSql<'a> for KindColumn {
     }
 }
 
+/// A stored member role.
+pub(super) struct RoleColumn(pub(super) Role);
+
+impl<'a> FromSql<'a> for RoleColumn {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = <&str as FromSql>::from_sql(ty, raw)?;
+        Role::parse(text)
+            .map(RoleColumn)
+            .ok_or_else(|| format!("unknown member role {text:?}").into())
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <&str as FromSql>::accepts(ty)
+    }
+}
+
 /// Now, as stored.
 pub(super) fn now_nanos() -> Result<i64, Failure> {
     Ok(nanos(OffsetDateTime::now_utc())?)
@@ -78,15 +103,114 @@ pub(super) fn user_row(row: &Row) -> Result<User, tokio_postgres::Error> {
     })
 }
 
-/// Column order: `id, conversation_id, seq, sender_id, client_msg_id, body, created_at_ns`.
-pub(super) fn message_row(row: &Row) -> Result<Message, tokio_postgres::Error> {
+/// The columns [`event_row`] reads, of an event `e` (with `FROM`, [`from_events`]): the
+/// event's own, then for a message the one it replies to (`r`), then its reactions as two
+/// arrays in the order they were made (emoji and user, element by element). One
+/// statement, so a message and its reactions come from the same snapshot.
+macro_rules! event_fields {
+    () => {
+        "e.id, e.conversation_id, e.seq, e.sender_id, e.client_msg_id, e.body,
+         e.created_at_ns, e.kind, e.data, e.target_seq, e.mentions, e.edited_at_ns,
+         e.deleted, r.sender_id, r.body, r.deleted,
+         ARRAY(SELECT x.emoji FROM reactions x
+               WHERE x.conversation_id = e.conversation_id AND x.seq = e.seq
+               ORDER BY x.created_at_ns, x.id),
+         ARRAY(SELECT x.user_id FROM reactions x
+               WHERE x.conversation_id = e.conversation_id AND x.seq = e.seq
+               ORDER BY x.created_at_ns, x.id)"
+    };
+}
+pub(super) use event_fields;
+
+/// The `FROM` of [`event_fields`]: the events `e`, with the message a message replies to.
+macro_rules! from_events {
+    () => {
+        " FROM events e
+          LEFT JOIN events r ON e.kind = 'message'
+              AND r.conversation_id = e.conversation_id AND r.seq = e.target_seq"
+    };
+}
+pub(super) use from_events;
+
+/// How many columns [`event_fields`] has: a statement may select more after them.
+pub(super) const EVENT_FIELDS: usize = 18;
+
+/// An event of [`event_fields`], a message in its current state.
+pub(super) fn event_row(row: &Row) -> Result<Event, Failure> {
+    let conversation_id = ConversationId(row.try_get(1)?);
+    let seq = row.try_get::<_, SeqColumn>(2)?.0;
+    let sender_id = UserId(row.try_get(3)?);
+    let client_msg_id: String = row.try_get(4)?;
+    let body: String = row.try_get(5)?;
+    let created_at = row.try_get::<_, Nanos>(6)?.0;
+    let kind: &str = row.try_get(7)?;
+    let data = if kind == "message" {
+        EventData::Message {
+            message: message_fields(row, conversation_id, seq, sender_id, &client_msg_id)?,
+        }
+    } else {
+        let data: Option<&str> = row.try_get(8)?;
+        let data =
+            data.ok_or_else(|| Failure::Unreadable(format!("{kind} event {seq} has no data")))?;
+        event_of_columns(data, body).map_err(|error| {
+            Failure::Unreadable(format!("{kind} event {seq} of {conversation_id}: {error}"))
+        })?
+    };
+    Ok(Event {
+        conversation_id,
+        seq,
+        sender_id,
+        client_msg_id,
+        created_at,
+        data,
+    })
+}
+
+/// A message row of [`event_fields`] in its current state; `Unreadable` for another kind.
+pub(super) fn message_row(row: &Row) -> Result<Message, Failure> {
+    match event_row(row)?.data {
+        EventData::Message { message } => Ok(message),
+        other => Err(Failure::Unreadable(format!(
+            "expected a message, read a {} event",
+            other.kind()
+        ))),
+    }
+}
+
+fn message_fields(
+    row: &Row,
+    conversation_id: ConversationId,
+    seq: Seq,
+    sender_id: UserId,
+    client_msg_id: &str,
+) -> Result<Message, tokio_postgres::Error> {
+    let reply_to = match row.try_get::<_, Option<SeqColumn>>(9)? {
+        Some(SeqColumn(target_seq)) => match row.try_get::<_, Option<Uuid>>(13)? {
+            Some(target_sender) => Some(ReplyPreview {
+                seq: target_seq,
+                sender_id: UserId(target_sender),
+                excerpt: excerpt(row.try_get(14)?),
+                deleted: row.try_get(15)?,
+            }),
+            // Not stored: a reply is only ever stored to a message that exists.
+            None => None,
+        },
+        None => None,
+    };
+    let emoji: Vec<String> = row.try_get(16)?;
+    let users: Vec<Uuid> = row.try_get(17)?;
     Ok(Message {
         id: MessageId(row.try_get(0)?),
-        conversation_id: ConversationId(row.try_get(1)?),
-        seq: row.try_get::<_, SeqColumn>(2)?.0,
-        sender_id: UserId(row.try_get(3)?),
-        client_msg_id: row.try_get(4)?,
+        conversation_id,
+        seq,
+        sender_id,
+        client_msg_id: client_msg_id.to_owned(),
         body: row.try_get(5)?,
         created_at: row.try_get::<_, Nanos>(6)?.0,
+        reply_to,
+        mentions: mentions_of_text(row.try_get(10)?),
+        reactions: group_reactions(emoji.into_iter().zip(users.into_iter().map(UserId))),
+        edited_at: row.try_get::<_, Option<Nanos>>(11)?.map(|at| at.0),
+        deleted: row.try_get(12)?,
     })
 }

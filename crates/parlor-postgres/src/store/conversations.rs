@@ -1,29 +1,59 @@
-//! Conversations: creating direct and group ones, the views of a member's conversations,
-//! membership, contacts and read markers; the bodies of those
-//! [`Store`](parlor_core::ports::Store) methods.
+//! Conversations: creating direct and group ones, the views of a member's conversations
+//! (members with their roles and markers, the last message in its current state, unread
+//! counts), membership, contacts, read and delivered markers and muting; the bodies of
+//! those [`Store`](parlor_core::ports::Store) methods.
 
 use std::collections::HashSet;
 
+use deadpool_postgres::{Object, Transaction};
 use futures::future::try_join;
-use parlor_core::ids::{ConversationId, MessageId, Seq, UserId};
-use parlor_core::ports::ConversationView;
-use parlor_core::protocol::{ConversationKind, Message, User};
-use parlor_core::storage::{attach_members, direct_key, kind_text, seq_param};
-use tokio_postgres::Row;
+use parlor_core::events::Role;
+use parlor_core::ids::{ConversationId, Seq, UserId};
+use parlor_core::ports::{ConversationView, MemberView};
+use parlor_core::protocol::{ConversationKind, User};
+use parlor_core::storage::{attach_members, direct_key, kind_text, role_text, seq_param};
+use tokio_postgres::{IsolationLevel, Row};
 use uuid::Uuid;
 
 use super::PgStore;
-use super::codec::{KindColumn, Nanos, SeqColumn, now_nanos};
+use super::codec::{
+    EVENT_FIELDS, KindColumn, RoleColumn, SeqColumn, event_fields, message_row, now_nanos,
+};
 use super::failure::Failure;
 
-/// The start of a query for conversation views; callers add the `WHERE` clause.
+/// The start of a query for conversation views; callers add the `WHERE` clause on the
+/// viewer's membership `m`. The last message `e` (with the one it replies to, `r`) comes
+/// first, in the columns of [`event_fields`], then the view's own from `EVENT_FIELDS` on.
+/// The unread counts read the viewer's messages after their marker: with the primary key
+/// (conversation_id, seq), only those rows.
 macro_rules! select_views {
     () => {
-        "SELECT c.id, c.kind, c.title, c.last_seq, m.last_read_seq,
-           msg.id, msg.sender_id, msg.client_msg_id, msg.body, msg.created_at_ns
-    FROM members m
-    JOIN conversations c ON c.id = m.conversation_id
-    LEFT JOIN messages msg ON msg.conversation_id = c.id AND msg.seq = c.last_seq"
+        concat!(
+            "SELECT ",
+            event_fields!(),
+            ", c.id, c.kind, c.title, c.last_seq, m.last_read_seq, m.muted,
+               unread.messages, unread.mentions
+             FROM members m
+             JOIN conversations c ON c.id = m.conversation_id
+             LEFT JOIN events e ON e.conversation_id = c.id AND e.seq = c.last_message_seq
+             LEFT JOIN events r ON r.conversation_id = e.conversation_id
+                 AND r.seq = e.target_seq
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS messages,
+                        count(*) FILTER (WHERE strpos(u.mentions, m.user_id::text) > 0)
+                            AS mentions
+                 FROM events u
+                 WHERE u.conversation_id = c.id AND u.seq > m.last_read_seq
+                   AND u.kind = 'message' AND NOT u.deleted AND u.sender_id <> m.user_id
+             ) unread"
+        )
+    };
+}
+
+/// The columns of a member in a view, after the conversation id.
+macro_rules! member_fields {
+    () => {
+        "u.id, u.username, other.role, other.last_delivered_seq, other.last_read_seq"
     };
 }
 
@@ -51,7 +81,9 @@ pub(super) async fn create_direct(
     }
     let id = ConversationId::new();
     let kind = ConversationKind::Direct;
-    if !insert_conversation(&tx, id, kind, None, Some(&key), &[a, b]).await? {
+    // Nobody is an admin of a direct conversation: it always has exactly its two members.
+    let members = [(a, Role::Member), (b, Role::Member)];
+    if !insert_conversation(&tx, id, kind, None, Some(&key), &members).await? {
         // Another call created the pair's conversation and committed after the
         // lookup above; this statement sees it.
         let row = tx.query_one(&existing, &[&key]).await?;
@@ -61,7 +93,8 @@ pub(super) async fn create_direct(
     Ok((id, true))
 }
 
-/// A new group of `members` (distinct, at least one), all of whom must exist.
+/// A new group of `members` (distinct, the creator first), all of whom must exist: the
+/// creator is its admin, everyone else a member.
 pub(super) async fn create_group(
     store: &PgStore,
     title: &str,
@@ -82,41 +115,63 @@ pub(super) async fn create_group(
     }
     let id = ConversationId::new();
     let kind = ConversationKind::Group;
-    let inserted = insert_conversation(&tx, id, kind, Some(title), None, members).await?;
+    let members: Vec<(UserId, Role)> = members
+        .iter()
+        .enumerate()
+        .map(|(index, &user)| {
+            (
+                user,
+                if index == 0 {
+                    Role::Admin
+                } else {
+                    Role::Member
+                },
+            )
+        })
+        .collect();
+    let inserted = insert_conversation(&tx, id, kind, Some(title), None, &members).await?;
     debug_assert!(inserted, "a group has no direct key to clash on");
     tx.commit().await?;
     Ok(id)
+}
+
+/// A read-only transaction on one snapshot: a view and its members agree even while
+/// members come and go.
+async fn snapshot(client: &mut Object) -> Result<Transaction<'_>, Failure> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
 }
 
 pub(super) async fn conversations_of(
     store: &PgStore,
     user: UserId,
 ) -> Result<Vec<ConversationView>, Failure> {
-    let client = store.client().await?;
+    let mut client = store.client().await?;
+    let tx = snapshot(&mut client).await?;
     let (views, members) = try_join(
-        client.prepare_cached(concat!(
+        tx.prepare_cached(concat!(
             select_views!(),
             " WHERE m.user_id = $1
              ORDER BY c.last_activity_at_ns DESC, c.created_at_ns DESC, c.id DESC"
         )),
-        client.prepare_cached(
-            r#"SELECT other.conversation_id, u.id, u.username
-               FROM members m
+        tx.prepare_cached(concat!(
+            "SELECT other.conversation_id, ",
+            member_fields!(),
+            r#" FROM members m
                JOIN members other ON other.conversation_id = m.conversation_id
                JOIN users u ON u.id = other.user_id
                WHERE m.user_id = $1
-               ORDER BY lower(u.username COLLATE "C")"#,
-        ),
+               ORDER BY lower(u.username COLLATE "C")"#
+        )),
     )
     .await?;
-    // Two statements, run one after the other: every conversation the first one
-    // sees was committed with all its members, which never change, so the second
-    // one sees them too.
-    let (view_rows, member_rows) = try_join(
-        client.query(&views, &[&user.0]),
-        client.query(&members, &[&user.0]),
-    )
-    .await?;
+    let (view_rows, member_rows) =
+        try_join(tx.query(&views, &[&user.0]), tx.query(&members, &[&user.0])).await?;
+    tx.commit().await?;
     let mut views = view_rows
         .iter()
         .map(view_row)
@@ -130,27 +185,30 @@ pub(super) async fn conversation_of(
     user: UserId,
     conversation: ConversationId,
 ) -> Result<Option<ConversationView>, Failure> {
-    let client = store.client().await?;
+    let mut client = store.client().await?;
+    let tx = snapshot(&mut client).await?;
     let (views, members) = try_join(
-        client.prepare_cached(concat!(
+        tx.prepare_cached(concat!(
             select_views!(),
             " WHERE m.user_id = $1 AND m.conversation_id = $2"
         )),
-        client.prepare_cached(
-            r#"SELECT m.conversation_id, u.id, u.username
-               FROM members m JOIN users u ON u.id = m.user_id
-               WHERE m.conversation_id = $1
-               ORDER BY lower(u.username COLLATE "C")"#,
-        ),
+        tx.prepare_cached(concat!(
+            "SELECT other.conversation_id, ",
+            member_fields!(),
+            r#" FROM members other JOIN users u ON u.id = other.user_id
+               WHERE other.conversation_id = $1
+               ORDER BY lower(u.username COLLATE "C")"#
+        )),
     )
     .await?;
     // Members are fetched whether or not `user` is one, to save a round trip;
     // a non-member gets `None` and never sees them.
     let (view_rows, member_rows) = try_join(
-        client.query(&views, &[&user.0, &conversation.0]),
-        client.query(&members, &[&conversation.0]),
+        tx.query(&views, &[&user.0, &conversation.0]),
+        tx.query(&members, &[&conversation.0]),
     )
     .await?;
+    tx.commit().await?;
     let mut views = view_rows
         .iter()
         .map(view_row)
@@ -219,8 +277,9 @@ pub(super) async fn contacts(
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Moves `user`'s read marker forward to `seq`, clamped to the last seq; the new marker if
-/// it moved. `Rejected` if `user` is not a member of `conversation`.
+/// Moves `user`'s read marker forward to `seq`, clamped to the last seq, and their
+/// delivered marker to at least as far; the new read marker if it moved. `Rejected` if
+/// `user` is not a member of `conversation`.
 pub(super) async fn mark_read(
     store: &PgStore,
     conversation: ConversationId,
@@ -240,7 +299,9 @@ pub(super) async fn mark_read(
                  WHERE m.conversation_id = $1 AND m.user_id = $2
                  FOR UPDATE OF m
              )
-             UPDATE members m SET last_read_seq = marker.new
+             UPDATE members m
+             SET last_read_seq = marker.new,
+                 last_delivered_seq = greatest(m.last_delivered_seq, marker.new)
              FROM marker
              WHERE m.conversation_id = $1 AND m.user_id = $2
              RETURNING marker.old, marker.new",
@@ -249,6 +310,47 @@ pub(super) async fn mark_read(
     let row = client
         .query_opt(&statement, &[&conversation.0, &user.0, &seq_param(seq)])
         .await?;
+    moved(row, conversation, user)
+}
+
+/// Moves `user`'s delivered marker forward to `seq`, clamped to the last seq; the new
+/// marker if it moved. `Rejected` if `user` is not a member of `conversation`.
+pub(super) async fn mark_delivered(
+    store: &PgStore,
+    conversation: ConversationId,
+    user: UserId,
+    seq: Seq,
+) -> Result<Option<Seq>, Failure> {
+    let client = store.client().await?;
+    // As `mark_read`, on the delivered marker alone.
+    let statement = client
+        .prepare_cached(
+            "WITH marker AS (
+                 SELECT m.last_delivered_seq AS old,
+                        greatest(m.last_delivered_seq, least($3, c.last_seq)) AS new
+                 FROM members m JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.conversation_id = $1 AND m.user_id = $2
+                 FOR UPDATE OF m
+             )
+             UPDATE members m SET last_delivered_seq = marker.new
+             FROM marker
+             WHERE m.conversation_id = $1 AND m.user_id = $2
+             RETURNING marker.old, marker.new",
+        )
+        .await?;
+    let row = client
+        .query_opt(&statement, &[&conversation.0, &user.0, &seq_param(seq)])
+        .await?;
+    moved(row, conversation, user)
+}
+
+/// A marker update's `(old, new)` row: the new marker if it moved; no row means `user` is
+/// not a member.
+fn moved(
+    row: Option<Row>,
+    conversation: ConversationId,
+    user: UserId,
+) -> Result<Option<Seq>, Failure> {
     let Some(row) = row else {
         return Err(Failure::Rejected(format!(
             "user {user} is not a member of conversation {conversation}"
@@ -261,34 +363,48 @@ pub(super) async fn mark_read(
     Ok((new != old).then_some(new))
 }
 
-fn view_row(row: &Row) -> Result<ConversationView, tokio_postgres::Error> {
-    let id = ConversationId(row.try_get(0)?);
-    let last_seq = row.try_get::<_, SeqColumn>(3)?.0;
-    let last_message = match row.try_get::<_, Option<Uuid>>(5)? {
+/// `false` if `user` is not a member of `conversation`.
+pub(super) async fn set_muted(
+    store: &PgStore,
+    conversation: ConversationId,
+    user: UserId,
+    muted: bool,
+) -> Result<bool, Failure> {
+    let client = store.client().await?;
+    let statement = client
+        .prepare_cached("UPDATE members SET muted = $3 WHERE conversation_id = $1 AND user_id = $2")
+        .await?;
+    let updated = client
+        .execute(&statement, &[&conversation.0, &user.0, &muted])
+        .await?;
+    Ok(updated == 1)
+}
+
+fn view_row(row: &Row) -> Result<ConversationView, Failure> {
+    let at = EVENT_FIELDS;
+    let last_message = match row.try_get::<_, Option<Uuid>>(0)? {
         None => None,
-        Some(message_id) => Some(Message {
-            id: MessageId(message_id),
-            conversation_id: id,
-            seq: last_seq,
-            sender_id: UserId(row.try_get(6)?),
-            client_msg_id: row.try_get(7)?,
-            body: row.try_get(8)?,
-            created_at: row.try_get::<_, Nanos>(9)?.0,
-        }),
+        Some(_) => Some(message_row(row)?),
+    };
+    let count = |index: usize| -> Result<u64, tokio_postgres::Error> {
+        Ok(u64::try_from(row.try_get::<_, i64>(index)?).unwrap_or(0))
     };
     Ok(ConversationView {
-        id,
-        kind: row.try_get::<_, KindColumn>(1)?.0,
-        title: row.try_get(2)?,
+        id: ConversationId(row.try_get(at)?),
+        kind: row.try_get::<_, KindColumn>(at + 1)?.0,
+        title: row.try_get(at + 2)?,
         members: Vec::new(),
         last_message,
-        last_seq,
-        last_read_seq: row.try_get::<_, SeqColumn>(4)?.0,
+        last_seq: row.try_get::<_, SeqColumn>(at + 3)?.0,
+        last_read_seq: row.try_get::<_, SeqColumn>(at + 4)?.0,
+        muted: row.try_get(at + 5)?,
+        unread_count: count(at + 6)?,
+        unread_mentions: count(at + 7)?,
     })
 }
 
-/// Fills each view's members from `(conversation id, user id, username)` rows, which come
-/// ordered by name.
+/// Fills each view's members from rows of the conversation id and [`member_fields`],
+/// which come ordered by name.
 fn attach_member_rows(
     views: &mut [ConversationView],
     member_rows: &[Row],
@@ -296,9 +412,14 @@ fn attach_member_rows(
     let members = member_rows
         .iter()
         .map(|row| {
-            let member = User {
-                id: UserId(row.try_get(1)?),
-                username: row.try_get(2)?,
+            let member = MemberView {
+                user: User {
+                    id: UserId(row.try_get(1)?),
+                    username: row.try_get(2)?,
+                },
+                role: row.try_get::<_, RoleColumn>(3)?.0,
+                last_delivered_seq: row.try_get::<_, SeqColumn>(4)?.0,
+                last_read_seq: row.try_get::<_, SeqColumn>(5)?.0,
             };
             Ok((ConversationId(row.try_get(0)?), member))
         })
@@ -307,15 +428,16 @@ fn attach_member_rows(
     Ok(())
 }
 
-/// Inserts a conversation and its members unless it is a direct one whose pair already has
-/// one (committed by a concurrent call); `false` then, and nothing is inserted.
+/// Inserts a conversation and its members with their roles (all joining now) unless it is
+/// a direct one whose pair already has one (committed by a concurrent call); `false` then,
+/// and nothing is inserted.
 async fn insert_conversation(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     id: ConversationId,
     kind: ConversationKind,
     title: Option<&str>,
     direct_key: Option<&str>,
-    members: &[UserId],
+    members: &[(UserId, Role)],
 ) -> Result<bool, Failure> {
     let now = now_nanos()?;
     let (conversation, member) = try_join(
@@ -326,7 +448,9 @@ async fn insert_conversation(
              ON CONFLICT (direct_key) DO NOTHING",
         ),
         tx.prepare_cached(
-            "INSERT INTO members (conversation_id, user_id) SELECT $1, unnest($2::uuid[])",
+            "INSERT INTO members (conversation_id, user_id, role, joined_at_ns)
+             SELECT $1, v.user_id, v.role, $4
+             FROM unnest($2::uuid[], $3::text[]) AS v (user_id, role)",
         ),
     )
     .await?;
@@ -339,7 +463,11 @@ async fn insert_conversation(
     if inserted == 0 {
         return Ok(false);
     }
-    let member_ids: Vec<Uuid> = members.iter().map(|m| m.0).collect();
-    tx.execute(&member, &[&id.0, &member_ids]).await?;
+    let (member_ids, roles): (Vec<Uuid>, Vec<&str>) = members
+        .iter()
+        .map(|(user, role)| (user.0, role_text(*role)))
+        .unzip();
+    tx.execute(&member, &[&id.0, &member_ids, &roles, &now])
+        .await?;
     Ok(true)
 }

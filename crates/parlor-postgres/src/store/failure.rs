@@ -1,6 +1,6 @@
-//! How a store call fails: [`Failure`], what stopped a call (the database, the pool, or
-//! input that can never succeed), and its classification into a [`BackendError`] kind
-//! (`Rejected`, `StorageFull`, `Unavailable`) at the boundary.
+//! How a store call fails: [`Failure`], what stopped a call (the database, the pool, input
+//! that can never succeed, or stored data this build cannot read), and its classification
+//! into a [`BackendError`] kind (`Rejected`, `StorageFull`, `Unavailable`) at the boundary.
 
 use std::error::Error as _;
 use std::future::Future;
@@ -17,6 +17,8 @@ pub(super) enum Failure {
     Pool(PoolError),
     /// The input can never succeed.
     Rejected(String),
+    /// A stored value this build cannot read (an event's `data` that does not parse).
+    Unreadable(String),
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -51,6 +53,11 @@ impl Failure {
                 BackendError::unavailable(message).with_source(error)
             }
             Failure::Rejected(reason) => BackendError::rejected(format!("{operation}: {reason}")),
+            // As a column the driver cannot decode (an unknown kind or role): the caller's
+            // input is not at fault, so it is not `Rejected`.
+            Failure::Unreadable(reason) => {
+                BackendError::unavailable(format!("{operation}: unreadable stored data: {reason}"))
+            }
         }
     }
 }

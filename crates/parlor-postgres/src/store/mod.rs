@@ -7,25 +7,41 @@
 //! appends costs a few round trips whatever its size.
 //!
 //! Invariants, kept inside one transaction per write, for any number of processes:
-//! - `messages.seq` is `conversations.last_seq + 1`, assigned while the transaction holds
-//!   the conversation row locked (`FOR UPDATE`), so per conversation the seqs are 1, 2, 3…
-//!   with no gaps and no repeats.
-//! - `(sender_id, client_msg_id)` is unique: a repeat returns the first message.
-//! - `members.last_read_seq <= conversations.last_seq` and never decreases.
+//! - A conversation is a log: `events.seq` is `conversations.last_seq + 1`, assigned while
+//!   the transaction holds the conversation row locked (`FOR UPDATE`), so per conversation
+//!   the seqs are 1, 2, 3… across every kind, with no gaps and no repeats. Every event
+//!   takes that lock, so a conversation's events (member and role changes among them) are
+//!   checked and applied one at a time, each on the state the one before left.
+//! - `(sender_id, client_msg_id)` is unique across every kind: a repeat returns the first
+//!   event (a message in its current state).
+//! - The rules are `parlor_core::rules::check`, fed facts read inside the transaction that
+//!   stores the change; a refused change stores nothing and consumes no seq.
+//! - A message row holds its current state (body, mentions, `edited_at_ns`, `deleted`);
+//!   each edit row keeps the body it set, until a delete erases the message and its edits.
+//! - A group with members has an admin: the last admin cannot step down, and their
+//!   departure promotes the longest-standing member who stays.
+//! - `conversations.last_message_seq` is the newest message's seq, `members_seq` the
+//!   newest member or role change's.
+//! - `members.last_read_seq <= members.last_delivered_seq <= conversations.last_seq`
+//!   (reading delivers), and neither marker decreases while the member stays.
 //!
 //! Times are stored as unix nanoseconds (UTC) in `*_ns` bigint columns, as in the embedded
 //! store: exact for every `OffsetDateTime` between 1677 and 2262 (`timestamptz` keeps only
 //! microseconds).
 //!
 //! Files by concern: [`schema`] (migrations under an advisory lock), [`append`] (storing a
-//! batch), [`history`] (pages of messages), [`conversations`] (conversations, members, read
-//! markers), [`users`] (users and sessions), [`codec`] (values and rows in and out of SQL)
-//! and [`failure`] (error classification). This file holds the store, its pool, and the
-//! [`Store`] impl that runs each method's body and names it in its error.
+//! batch, and its runs of messages), [`events`] (storing one change of another kind),
+//! [`facts`] (what the rules look at, and `refusal`), [`history`] (pages of messages and
+//! events), [`conversations`] (conversations, members, markers, muting), [`users`] (users
+//! and sessions), [`codec`] (values and rows in and out of SQL) and [`failure`] (error
+//! classification). This file holds the store, its pool, and the [`Store`] impl that runs
+//! each method's body and names it in its error.
 
 mod append;
 mod codec;
 mod conversations;
+mod events;
+mod facts;
 mod failure;
 mod history;
 mod schema;
@@ -38,9 +54,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use parlor_core::error::BackendError;
+use parlor_core::error::{ApiError, BackendError};
+use parlor_core::events::Event;
 use parlor_core::ids::{ConversationId, Seq, UserId};
-use parlor_core::ports::{Appended, ConversationView, NewMessage, Page, Session, Store, TokenHash};
+use parlor_core::ports::{Appended, ConversationView, NewEvent, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{Message, User};
 use parlor_core::storage::{check_direct_pair, distinct, group_members};
 use time::OffsetDateTime;
@@ -53,12 +70,12 @@ use failure::{Failure, run};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The cluster [`Store`]: users, sessions, conversations, messages and read markers in one
-/// PostgreSQL database, shared by any number of processes.
+/// The cluster [`Store`]: users, sessions, conversations and their event logs, members and
+/// their markers in one PostgreSQL database, shared by any number of processes.
 ///
 /// Every commit is flushed to disk by the server before it returns (`synchronous_commit =
 /// on`), so the persister may acknowledge its queue as soon as
-/// [`Store::append_messages`] returns `Ok`. A caller that stops waiting (its future
+/// [`Store::append_events`] returns `Ok`. A caller that stops waiting (its future
 /// dropped) leaves a transaction that commits or rolls back as a whole; a retried batch is
 /// then answered with duplicates.
 pub struct PgStore {
@@ -233,12 +250,17 @@ impl Store for PgStore {
         .await
     }
 
+    /// The creator first, so that they are its admin (and the longest-standing member).
     async fn create_group(
         &self,
+        creator: UserId,
         title: &str,
         members: &[UserId],
     ) -> Result<ConversationId, BackendError> {
-        let members = group_members(members)?;
+        let mut with_creator = Vec::with_capacity(members.len() + 1);
+        with_creator.push(creator);
+        with_creator.extend_from_slice(members);
+        let members = group_members(&with_creator)?;
         run(
             "create group",
             conversations::create_group(self, title, &members),
@@ -304,15 +326,21 @@ impl Store for PgStore {
     /// of the batch is stored and the error (`Unavailable`) is returned. It locks the
     /// batch's conversations (in id order), so concurrent appends to the same conversation,
     /// from any process, take turns. Per entry: a known (sender, client_msg_id) →
-    /// `Duplicate` of the first message, whatever this entry's body or conversation; a
-    /// sender who is not a member (or a conversation that does not exist) → `Rejected`;
-    /// otherwise `New` with the next seq. A conflict with a concurrent transaction is
-    /// retried a few times. Batches are bounded by the caller (the persister's batch size).
-    async fn append_messages(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, BackendError> {
+    /// `Duplicate` of the first event, whatever this entry's change or conversation; a
+    /// change the rules refuse (a sender who is not a member, or a conversation that does
+    /// not exist, is `not_found`) → `Refused`; text PostgreSQL cannot hold, a time out of
+    /// range or a constraint the change violates → `Rejected`; otherwise `New` with the next
+    /// seq. A conflict with a concurrent transaction is retried a few times. Batches are
+    /// bounded by the caller (the persister's batch size).
+    async fn append_events(&self, batch: &[NewEvent]) -> Result<Vec<Appended>, BackendError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        append::append_messages(self, batch).await
+        append::append_events(self, batch).await
+    }
+
+    async fn refusal(&self, event: &NewEvent) -> Result<Option<ApiError>, BackendError> {
+        run("refusal", facts::refusal(self, event)).await
     }
 
     /// `after_seq` → the `limit` messages after it; else `before_seq` → the `limit` messages
@@ -326,6 +354,20 @@ impl Store for PgStore {
         run("messages", history::messages(self, conversation, page)).await
     }
 
+    /// An unknown conversation has no events.
+    async fn events(
+        &self,
+        conversation: ConversationId,
+        after_seq: Seq,
+        limit: u16,
+    ) -> Result<Vec<Event>, BackendError> {
+        run(
+            "events",
+            history::events(self, conversation, after_seq, limit),
+        )
+        .await
+    }
+
     /// `Rejected` if `user` is not a member of `conversation`.
     async fn mark_read(
         &self,
@@ -336,6 +378,33 @@ impl Store for PgStore {
         run(
             "mark read",
             conversations::mark_read(self, conversation, user, seq),
+        )
+        .await
+    }
+
+    /// `Rejected` if `user` is not a member of `conversation`.
+    async fn mark_delivered(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<Option<Seq>, BackendError> {
+        run(
+            "mark delivered",
+            conversations::mark_delivered(self, conversation, user, seq),
+        )
+        .await
+    }
+
+    async fn set_muted(
+        &self,
+        conversation: ConversationId,
+        user: UserId,
+        muted: bool,
+    ) -> Result<bool, BackendError> {
+        run(
+            "set muted",
+            conversations::set_muted(self, conversation, user, muted),
         )
         .await
     }

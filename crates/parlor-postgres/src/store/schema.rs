@@ -15,6 +15,7 @@ const MIGRATION_LOCK: i64 = 0x7061_726c_6f72;
 pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_messages_without_foreign_keys.sql"),
+    include_str!("../migrations/0003_events.sql"),
 ];
 
 /// Applies the migrations the database has not seen yet, in one transaction; a database

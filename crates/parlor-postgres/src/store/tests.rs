@@ -1,13 +1,15 @@
 //! PostgreSQL-specific checks: every connection's settings, migrations under the advisory
-//! lock, schema upgrades and refusals, connection failures and text PostgreSQL cannot
-//! hold. The behaviour every store shares is checked by the contract suite in
+//! lock, schema upgrades (data written before the event log reads back as events) and
+//! refusals, connection failures and text PostgreSQL cannot hold. The behaviour every store shares is checked by the contract suite in
 //! `tests/contract`.
 
 use std::time::Duration;
 
 use parlor_core::BackendErrorKind;
-use parlor_core::ids::UserId;
-use parlor_core::ports::{Appended, NewMessage, Store};
+use parlor_core::error::ErrorCode;
+use parlor_core::events::{Change, EventData, Role};
+use parlor_core::ids::{ConversationId, UserId};
+use parlor_core::ports::{Appended, NewEvent, Page, Store};
 use time::OffsetDateTime;
 use tokio_postgres::{Config, NoTls};
 use uuid::Uuid;
@@ -95,6 +97,66 @@ async fn user(store: &PgStore, name: &str) -> UserId {
     store.create_user(name, "hash").await.unwrap().unwrap().id
 }
 
+fn new_event(
+    conversation_id: ConversationId,
+    sender_id: UserId,
+    client_msg_id: &str,
+    change: Change,
+) -> NewEvent {
+    NewEvent {
+        conversation_id,
+        sender_id,
+        client_msg_id: client_msg_id.to_owned(),
+        accepted_at: OffsetDateTime::now_utc(),
+        change,
+    }
+}
+
+fn message(body: &str) -> Change {
+    Change::Message {
+        body: body.to_owned(),
+        reply_to_seq: None,
+    }
+}
+
+/// The schema versions the database recorded.
+async fn versions(client: &tokio_postgres::Client) -> Vec<i32> {
+    client
+        .query(
+            "SELECT version FROM parlor_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Creates the schema of the first `count` migrations, as a build of that time left it.
+async fn migrate_to(client: &tokio_postgres::Client, count: usize) {
+    client
+        .batch_execute(
+            "CREATE TABLE parlor_schema_migrations (
+                 version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .unwrap();
+    for (index, migration) in MIGRATIONS[..count].iter().enumerate() {
+        client.batch_execute(migration).await.unwrap();
+        let version = index as i32 + 1;
+        client
+            .execute(
+                "INSERT INTO parlor_schema_migrations (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn every_pooled_connection_commits_synchronously_whatever_the_default() {
     let database = TestDatabase::create().await;
@@ -146,54 +208,25 @@ async fn processes_starting_together_migrate_once() {
     for start in starts {
         start.await.unwrap().expect("connect");
     }
-    let versions: Vec<i32> = client(&database.config)
-        .await
-        .query(
-            "SELECT version FROM parlor_schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
     let expected: Vec<i32> = (1..=MIGRATIONS.len() as i32).collect();
-    assert_eq!(versions, expected);
+    assert_eq!(versions(&client(&database.config).await).await, expected);
 }
 
 #[tokio::test]
 async fn a_database_of_the_first_schema_is_brought_up_to_date() {
     let database = TestDatabase::create().await;
     let plain = client(&database.config).await;
-    plain
-        .batch_execute(&format!(
-            "CREATE TABLE parlor_schema_migrations (
-                 version integer PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             );
-             {}
-             INSERT INTO parlor_schema_migrations (version) VALUES (1);",
-            MIGRATIONS[0]
-        ))
-        .await
-        .unwrap();
+    migrate_to(&plain, 1).await;
 
     let store = database.store(1).await;
-    let versions: Vec<i32> = plain
-        .query(
-            "SELECT version FROM parlor_schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(versions, (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>());
+    assert_eq!(
+        versions(&plain).await,
+        (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>()
+    );
     let foreign_keys: i64 = plain
         .query_one(
             "SELECT count(*) FROM pg_constraint
-             WHERE conrelid = 'messages'::regclass AND contype = 'f'",
+             WHERE conrelid = 'events'::regclass AND contype = 'f'",
             &[],
         )
         .await
@@ -201,16 +234,132 @@ async fn a_database_of_the_first_schema_is_brought_up_to_date() {
         .get(0);
     assert_eq!(foreign_keys, 0);
     let ann = user(&store, "ann").await;
-    let notes = store.create_group("notes", &[ann]).await.unwrap();
-    let message = NewMessage {
-        conversation_id: notes,
-        sender_id: ann,
-        client_msg_id: "m1".to_owned(),
-        body: "hi".to_owned(),
-        accepted_at: OffsetDateTime::now_utc(),
+    let notes = store.create_group(ann, "notes", &[]).await.unwrap();
+    let appended = store
+        .append_events(&[new_event(notes, ann, "m1", message("hi"))])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&appended[0], Appended::New(stored) if stored.event.seq == 1),
+        "{appended:?}"
+    );
+}
+
+/// Data written by a build before the event log (the first two migrations): its messages
+/// read back as message events, and the members of a group, whose creator nobody recorded,
+/// are all its admins.
+#[tokio::test]
+async fn messages_and_groups_from_before_the_event_log_read_back_as_events() {
+    let database = TestDatabase::create().await;
+    let plain = client(&database.config).await;
+    migrate_to(&plain, 2).await;
+    let (ann, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let (group, message_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let (created_ns, sent_ns): (i64, i64) = (1_700_000_000_000_000_001, 1_700_000_100_000_000_002);
+    plain
+        .execute(
+            "INSERT INTO users (id, username, password_hash, created_at_ns)
+             VALUES ($1, 'ann', 'hash', $3), ($2, 'bob', 'hash', $3)",
+            &[&ann, &bob, &created_ns],
+        )
+        .await
+        .unwrap();
+    plain
+        .execute(
+            "INSERT INTO conversations (id, kind, title, last_seq, last_activity_at_ns,
+                                        created_at_ns)
+             VALUES ($1, 'group', 'team', 1, $2, $3)",
+            &[&group, &sent_ns, &created_ns],
+        )
+        .await
+        .unwrap();
+    plain
+        .execute(
+            "INSERT INTO members (conversation_id, user_id, last_read_seq)
+             VALUES ($1, $2, 1), ($1, $3, 0)",
+            &[&group, &ann, &bob],
+        )
+        .await
+        .unwrap();
+    plain
+        .execute(
+            "INSERT INTO messages (conversation_id, seq, id, sender_id, client_msg_id, body,
+                                   created_at_ns)
+             VALUES ($1, 1, $2, $3, 'm1', 'hello @bob', $4)",
+            &[&group, &message_id, &ann, &sent_ns],
+        )
+        .await
+        .unwrap();
+
+    let store = database.store(2).await;
+    assert_eq!(
+        versions(&plain).await,
+        (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>()
+    );
+    let group = ConversationId(group);
+    let (ann, bob) = (UserId(ann), UserId(bob));
+    let page = Page {
+        before_seq: None,
+        after_seq: None,
+        limit: 50,
     };
-    let appended = store.append_messages(&[message]).await.unwrap();
-    assert!(matches!(&appended[0], Appended::New(m) if m.seq == 1));
+    let messages = store.messages(group, page).await.unwrap();
+    assert_eq!(messages.len(), 1);
+    let old = &messages[0];
+    assert_eq!(
+        (old.id.0, old.seq, old.sender_id, old.body.as_str()),
+        (message_id, 1, ann, "hello @bob")
+    );
+    assert_eq!(old.created_at.unix_timestamp_nanos(), i128::from(sent_ns));
+    // Stored before mentions existed: nobody was resolved, and nothing is made up now.
+    assert!(old.mentions.is_empty() && old.reactions.is_empty() && !old.deleted);
+    let events = store.events(group, 0, 50).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(
+        matches!(&events[0].data, EventData::Message { message } if message == old),
+        "{events:?}"
+    );
+
+    let view = store.conversation_of(bob, group).await.unwrap().unwrap();
+    let roles: Vec<(UserId, Role, u64, u64)> = view
+        .members
+        .iter()
+        .map(|m| (m.user.id, m.role, m.last_read_seq, m.last_delivered_seq))
+        .collect();
+    assert_eq!(
+        roles,
+        [(ann, Role::Admin, 1, 1), (bob, Role::Admin, 0, 0)],
+        "by name, every member an admin, delivered as far as read"
+    );
+    assert_eq!(view.last_message.as_ref(), Some(old));
+    assert_eq!((view.last_seq, view.unread_count), (1, 1));
+
+    // The log goes on from there, and an old member's powers work.
+    let appended = store
+        .append_events(&[
+            new_event(
+                group,
+                bob,
+                "t1",
+                Change::TitleChanged {
+                    title: "crew".into(),
+                },
+            ),
+            new_event(group, ann, "m2", message("hi")),
+        ])
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = appended
+        .iter()
+        .map(|a| match a {
+            Appended::New(stored) => stored.event.seq,
+            other => panic!("expected new events, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, [2, 3]);
+    let view = store.conversation_of(ann, group).await.unwrap().unwrap();
+    assert_eq!(view.title.as_deref(), Some("crew"));
+    assert_eq!(view.last_message.map(|m| m.seq), Some(3));
 }
 
 #[tokio::test]
@@ -278,18 +427,39 @@ async fn text_postgres_cannot_hold_is_rejected_alone() {
     let store = database.store(2).await;
     let (ann, bob) = (user(&store, "ann").await, user(&store, "bob").await);
     let (chat, _) = store.create_direct(ann, bob).await.unwrap();
-    let message = |client_msg_id: &str, body: &str| NewMessage {
-        conversation_id: chat,
-        sender_id: ann,
-        client_msg_id: client_msg_id.to_owned(),
-        body: body.to_owned(),
-        accepted_at: OffsetDateTime::now_utc(),
-    };
     let appended = store
-        .append_messages(&[
-            message("m1", "nul \0 inside"),
-            message("m\u{0}2", "fine"),
-            message("m3", "fine"),
+        .append_events(&[
+            new_event(chat, ann, "m1", message("nul \0 inside")),
+            new_event(chat, ann, "m\u{0}2", message("fine")),
+            new_event(chat, ann, "m3", message("fine")),
+            new_event(
+                chat,
+                ann,
+                "r1",
+                Change::ReactionAdded {
+                    target_seq: 1,
+                    emoji: "\0".into(),
+                },
+            ),
+            new_event(chat, ann, "e\u{0}1", Change::Delete { target_seq: 1 }),
+            new_event(
+                chat,
+                ann,
+                "e1",
+                Change::Edit {
+                    target_seq: 1,
+                    body: "still \0".into(),
+                },
+            ),
+            new_event(
+                chat,
+                ann,
+                "e2",
+                Change::Edit {
+                    target_seq: 1,
+                    body: "fixed".into(),
+                },
+            ),
         ])
         .await
         .unwrap();
@@ -302,10 +472,126 @@ async fn text_postgres_cannot_hold_is_rejected_alone() {
         "{appended:?}"
     );
     assert!(
-        matches!(&appended[2], Appended::New(m) if m.seq == 1),
+        matches!(&appended[2], Appended::New(stored) if stored.event.seq == 1),
+        "{appended:?}"
+    );
+    for rejected in &appended[3..6] {
+        assert!(matches!(rejected, Appended::Rejected(_)), "{appended:?}");
+    }
+    assert!(
+        matches!(&appended[6], Appended::New(stored) if stored.event.seq == 2),
         "{appended:?}"
     );
 
-    let error = store.create_group("nul \0", &[ann]).await.unwrap_err();
+    let error = store.create_group(ann, "nul \0", &[]).await.unwrap_err();
     assert_eq!(error.kind, BackendErrorKind::Rejected, "{error}");
+}
+
+/// Member and role changes sent at the same time through two handles (two persister
+/// processes) are applied one after the other, each checked on the state the other left:
+/// two admins removing each other leave one of them; the one admin who is left cannot
+/// step down while the other leaves, or is promoted when they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_member_changes_always_leave_the_group_an_admin() {
+    let database = TestDatabase::create().await;
+    let (one, two) = (database.store(2).await, database.store(2).await);
+    let (ann, bob, cid) = (
+        user(&one, "ann").await,
+        user(&one, "bob").await,
+        user(&one, "cid").await,
+    );
+    let promote = |user_id| Change::RoleChanged {
+        user_id,
+        role: Role::Admin,
+    };
+    let admins = |group| {
+        let store = &one;
+        async move {
+            let view = store.conversation_of(cid, group).await.unwrap().unwrap();
+            view.members
+                .iter()
+                .filter(|m| m.role == Role::Admin)
+                .map(|m| m.user.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    for round in 0..8 {
+        let group = one.create_group(ann, "team", &[bob, cid]).await.unwrap();
+        let made_admin = one
+            .append_events(&[new_event(group, ann, &format!("p{round}"), promote(bob))])
+            .await
+            .unwrap();
+        assert!(matches!(&made_admin[0], Appended::New(_)), "{made_admin:?}");
+
+        // Round by round, the one or the other goes first.
+        let (first, second) = if round % 2 == 0 {
+            (ann, bob)
+        } else {
+            (bob, ann)
+        };
+        let removes_second = [new_event(
+            group,
+            first,
+            &format!("x{round}"),
+            Change::MemberRemoved { user_id: second },
+        )];
+        let removes_first = [new_event(
+            group,
+            second,
+            &format!("x{round}"),
+            Change::MemberRemoved { user_id: first },
+        )];
+        let (a, b) = tokio::join!(
+            one.append_events(&removes_second),
+            two.append_events(&removes_first),
+        );
+        let outcomes = [a.unwrap().remove(0), b.unwrap().remove(0)];
+        let stored = outcomes
+            .iter()
+            .filter(|o| matches!(o, Appended::New(_)))
+            .count();
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, Appended::Refused(e) if e.code == ErrorCode::NotFound))
+            .count();
+        assert_eq!((stored, refused), (1, 1), "{outcomes:?}");
+        let left = admins(group).await;
+        assert_eq!(left.len(), 1, "one of the two admins stays: {left:?}");
+        let stayed = left[0];
+
+        // The last admin steps down and leaves at the same time: whichever goes first, the
+        // step-down is refused (the last admin, or no longer a member) and the departure
+        // promotes the one who stays.
+        let step_down = [new_event(
+            group,
+            stayed,
+            &format!("down{round}"),
+            Change::RoleChanged {
+                user_id: stayed,
+                role: Role::Member,
+            },
+        )];
+        let leave = [new_event(
+            group,
+            stayed,
+            &format!("leave{round}"),
+            Change::MemberLeft {},
+        )];
+        let (a, b) = tokio::join!(one.append_events(&step_down), two.append_events(&leave));
+        let (down, leave) = (a.unwrap().remove(0), b.unwrap().remove(0));
+        assert!(
+            matches!(&down, Appended::Refused(e) if e.code == ErrorCode::Conflict
+                || e.code == ErrorCode::NotFound),
+            "the last admin cannot step down, nor can someone gone: {down:?}"
+        );
+        let Appended::New(leave) = leave else {
+            panic!("anyone may leave: {leave:?}");
+        };
+        assert!(
+            matches!(leave.event.data, EventData::MemberLeft { promoted_user_id: Some(p), .. } if p == cid),
+            "{leave:?}"
+        );
+        assert_eq!(admins(group).await, [cid]);
+        assert_eq!(leave.members_seq, leave.event.seq);
+    }
 }
