@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use parlor_core::ports::Queue;
 use parlor_core::events::Change;
+use parlor_core::ports::Queue;
 use parlor_core::queue::InboundEntry;
 use parlor_embedded::{WalQueue, WalQueueOptions};
 use serde_json::Value;

@@ -3,6 +3,7 @@
 //! change the rules refuse now stores nothing, anything else is stored with the next
 //! gap-free seq of its conversation and applied ([`apply`](super::apply)).
 
+use parlor_core::ids::ConversationId;
 use parlor_core::ports::{Appended, NewEvent, Stored};
 use parlor_core::rules;
 use parlor_core::storage::nanos;
@@ -77,7 +78,7 @@ fn duplicate(tx: &Connection, new: &NewEvent) -> Result<Option<Stored>, Failure>
     let Some((Id(conversation), seq, members_seq)) = found else {
         return Ok(None);
     };
-    let event = event_at(tx, parlor_core::ids::ConversationId(conversation), seq)?
+    let event = event_at(tx, ConversationId(conversation), seq)?
         .ok_or_else(|| Failure::Rejected(format!("event {seq} vanished while being read")))?;
     Ok(Some(Stored { event, members_seq }))
 }

@@ -16,9 +16,9 @@ pub(super) const READER_CONNECTIONS: usize = 4;
 /// How long a statement waits for a lock held by another connection or process (an admin
 /// CLI, a checkpoint) before failing with `Unavailable`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The store prepares about 30 distinct statements; room to spare so that none is
+/// The store prepares about 55 distinct statements; room to spare so that none is
 /// evicted and prepared again.
-const STATEMENT_CACHE_CAPACITY: usize = 64;
+const STATEMENT_CACHE_CAPACITY: usize = 128;
 
 pub(super) fn configure_writer(connection: &Connection) -> rusqlite::Result<()> {
     connection.busy_timeout(BUSY_TIMEOUT)?;

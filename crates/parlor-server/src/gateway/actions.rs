@@ -338,7 +338,8 @@ impl MembershipCache {
 
     fn insert(&mut self, conversation: ConversationId, now: Instant) {
         if self.0.len() >= Self::ENTRIES_MAX {
-            self.0.retain(|_, checked_at| now.duration_since(*checked_at) < Self::TRUSTED_FOR);
+            self.0
+                .retain(|_, checked_at| now.duration_since(*checked_at) < Self::TRUSTED_FOR);
             if self.0.len() >= Self::ENTRIES_MAX {
                 self.0.clear();
             }

@@ -10,10 +10,10 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures::{FutureExt, SinkExt};
 use parlor_core::error::ApiError;
-use parlor_core::ports::{ConnectionInfo, Session, TokenHash};
 use parlor_core::events::Change;
-use parlor_core::queue::InboundEntry;
+use parlor_core::ports::{ConnectionInfo, Session, TokenHash};
 use parlor_core::protocol::{ClientFrame, ServerFrame, User, decode_client_frame};
+use parlor_core::queue::InboundEntry;
 use parlor_core::{ConnectionId, ConversationId, ErrorCode, Seq};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -398,7 +398,10 @@ impl Connection {
                 ClientFrame::Read {
                     conversation_id,
                     seq,
-                } => self.add_marker(Marker::Read, &conversation_id, seq, &mut replies).await,
+                } => {
+                    self.add_marker(Marker::Read, &conversation_id, seq, &mut replies)
+                        .await
+                }
                 ClientFrame::Delivered {
                     conversation_id,
                     seq,

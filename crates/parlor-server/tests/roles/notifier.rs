@@ -3,8 +3,8 @@
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use parlor_core::events::{Change, EventData};
 use parlor_core::ports::{ConnectionInfo, NewEvent, NodeCommand, Queue, Registry, Relay, Store};
@@ -18,7 +18,12 @@ use time::OffsetDateTime;
 use crate::harness::Harness;
 
 /// Stores changes and appends their notifications, as the persister would.
-async fn store_and_announce(h: &Harness, chat: ConversationId, sender: UserId, changes: Vec<(&str, Change)>) {
+async fn store_and_announce(
+    h: &Harness,
+    chat: ConversationId,
+    sender: UserId,
+    changes: Vec<(&str, Change)>,
+) {
     let batch: Vec<NewEvent> = changes
         .into_iter()
         .map(|(id, change)| NewEvent {
@@ -69,7 +74,13 @@ async fn announce(h: &Harness, chat: ConversationId, sender: UserId, ids: &[&str
         .iter()
         .map(|id| {
             let body = id.to_string();
-            (*id, Change::Message { body, reply_to_seq: None })
+            (
+                *id,
+                Change::Message {
+                    body,
+                    reply_to_seq: None,
+                },
+            )
         })
         .collect();
     store_and_announce(h, chat, sender, changes).await;
@@ -133,7 +144,11 @@ async fn members_are_read_once_per_conversation_until_its_membership_changes() {
     store_and_announce(&h, chat, users[0], vec![("remove-carol", remove)]).await;
     assert_eq!(next_seq(&mut bob).await, 4);
     assert_eq!(next_seq(&mut carol).await, 4);
-    assert_eq!(h.store.members_reads.load(SeqCst), 2, "read again after the change");
+    assert_eq!(
+        h.store.members_reads.load(SeqCst),
+        2,
+        "read again after the change"
+    );
     announce(&h, chat, users[0], &["m5"]).await;
     assert_eq!(next_seq(&mut bob).await, 5);
     assert_eq!(h.store.members_reads.load(SeqCst), 2);

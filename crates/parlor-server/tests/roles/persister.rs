@@ -263,7 +263,10 @@ async fn the_next_batch_is_stored_while_one_is_announced_and_notifications_keep_
         .map(|d| {
             let n = Notification::decode(&d.payload).unwrap();
             let frame: serde_json::Value = serde_json::from_str(n.frame.get()).unwrap();
-            let client_msg_id = frame["message"]["client_msg_id"].as_str().unwrap().to_owned();
+            let client_msg_id = frame["message"]["client_msg_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
             (n.seq, client_msg_id, n.audience)
         })
         .collect();

@@ -309,16 +309,23 @@ async fn a_removed_member_on_another_gateway_is_cut_off_within_a_second() {
 
     cat_ws.send_message(&chat, "c1", "hi").await;
     ann_ws
-        .send(json!({"type": "event", "conversation_id": chat, "client_msg_id": "a1",
-            "kind": "reaction_added", "target_seq": 1, "emoji": "👍"}))
+        .send(
+            json!({"type": "event", "conversation_id": chat, "client_msg_id": "a1",
+            "kind": "reaction_added", "target_seq": 1, "emoji": "👍"}),
+        )
         .await;
     let reacted = ben_ws.next_of("event").await["event"].clone();
-    assert_eq!((reacted["seq"].as_u64(), reacted["kind"].as_str()), (Some(2), Some("reaction_added")));
+    assert_eq!(
+        (reacted["seq"].as_u64(), reacted["kind"].as_str()),
+        (Some(2), Some("reaction_added"))
+    );
 
     let started = Instant::now();
     ann_ws
-        .send(json!({"type": "event", "conversation_id": chat, "client_msg_id": "a2",
-            "kind": "member_removed", "user_id": cat_id}))
+        .send(
+            json!({"type": "event", "conversation_id": chat, "client_msg_id": "a2",
+            "kind": "member_removed", "user_id": cat_id}),
+        )
         .await;
     loop {
         let frame = cat_ws.next().await;
@@ -327,7 +334,10 @@ async fn a_removed_member_on_another_gateway_is_cut_off_within_a_second() {
         }
     }
     let told_after = started.elapsed();
-    assert!(told_after < Duration::from_secs(1), "told after {told_after:?}");
+    assert!(
+        told_after < Duration::from_secs(1),
+        "told after {told_after:?}"
+    );
     let response = cat_direct
         .get(&format!("/api/v1/conversations/{chat}/messages"), &cat)
         .await;

@@ -45,7 +45,10 @@ impl Shown {
         let mut reactions = BTreeMap::new();
         for reaction in message["reactions"].as_array().into_iter().flatten() {
             let users = reaction["user_ids"].as_array().unwrap();
-            let users = users.iter().map(|u| u.as_str().unwrap().to_owned()).collect();
+            let users = users
+                .iter()
+                .map(|u| u.as_str().unwrap().to_owned())
+                .collect();
             reactions.insert(reaction["emoji"].as_str().unwrap().to_owned(), users);
         }
         let deleted = message["deleted"].as_bool().unwrap_or(false);
@@ -88,7 +91,11 @@ impl Client {
     /// Applies one event (a `message` frame's message is wrapped as an event).
     fn apply(&mut self, event: &Value) {
         let seq = event["seq"].as_u64().unwrap();
-        assert_eq!(seq, self.applied + 1, "events are applied once each, in order");
+        assert_eq!(
+            seq,
+            self.applied + 1,
+            "events are applied once each, in order"
+        );
         self.applied = seq;
         let target = event["target_seq"].as_u64();
         let sender = event["sender_id"].as_str().unwrap().to_owned();
@@ -141,7 +148,8 @@ impl Client {
             }
             Some("event") => frame["event"].clone(),
             Some("accepted") => {
-                self.accepted.insert(frame["client_msg_id"].as_str().unwrap().to_owned());
+                self.accepted
+                    .insert(frame["client_msg_id"].as_str().unwrap().to_owned());
                 return;
             }
             Some("error") => {
@@ -202,9 +210,9 @@ impl Client {
     }
 
     /// A random change this client may well be allowed to make, by what it knows.
-    fn random_change(&mut self, rng: &mut Rng, names: &[String]) -> Value {
+    fn random_change(&mut self, rng: &mut Rng, names: &[String], chat: &str) -> Value {
         self.next_id += 1;
-        let client_msg_id = format!("{}-{}", &self.id[..8], self.next_id);
+        let client_msg_id = format!("{}-{}", &self.id[24..], self.next_id);
         let live: Vec<u64> = self
             .messages
             .iter()
@@ -215,6 +223,17 @@ impl Client {
             .iter()
             .copied()
             .filter(|seq| self.messages[seq].sender == self.id)
+            .collect();
+        // (message, emoji) this client reacted with.
+        let reacted: Vec<(u64, String)> = live
+            .iter()
+            .flat_map(|seq| {
+                self.messages[seq]
+                    .reactions
+                    .iter()
+                    .filter(|(_, users)| users.contains(&self.id))
+                    .map(|(emoji, _)| (*seq, emoji.clone()))
+            })
             .collect();
         let pick = |rng: &mut Rng, seqs: &[u64]| seqs[rng.below(seqs.len())];
         let mut change = match rng.below(10) {
@@ -230,6 +249,10 @@ impl Client {
                 json!({"kind": "edit", "target_seq": pick(rng, &own), "body": format!("edited for @{name}")})
             }
             6 if !own.is_empty() => json!({"kind": "delete", "target_seq": pick(rng, &own)}),
+            7 if !reacted.is_empty() => {
+                let (target, emoji) = &reacted[rng.below(reacted.len())];
+                json!({"kind": "reaction_removed", "target_seq": target, "emoji": emoji})
+            }
             7 | 8 if !live.is_empty() => {
                 let target = pick(rng, &live);
                 let emoji = EMOJI[rng.below(EMOJI.len())];
@@ -237,12 +260,17 @@ impl Client {
                     .reactions
                     .get(emoji)
                     .is_some_and(|users| users.contains(&self.id));
-                let kind = if mine { "reaction_removed" } else { "reaction_added" };
+                let kind = if mine {
+                    "reaction_removed"
+                } else {
+                    "reaction_added"
+                };
                 json!({"kind": kind, "target_seq": target, "emoji": emoji})
             }
             _ => json!({"kind": "message", "body": format!("note {}", self.next_id)}),
         };
         change["type"] = json!("event");
+        change["conversation_id"] = json!(chat);
         change["client_msg_id"] = json!(client_msg_id);
         change
     }
@@ -257,18 +285,29 @@ async fn stored(http: &Http, token: &str, chat: &str) -> BTreeMap<u64, Shown> {
         .collect()
 }
 
-/// Every stored event's client_msg_id, and the newest seq.
-async fn stored_ids(http: &Http, token: &str, chat: &str) -> (HashSet<String>, u64) {
+/// Every stored event's client_msg_id and kind, and the newest seq.
+async fn stored_ids(
+    http: &Http,
+    token: &str,
+    chat: &str,
+) -> (HashSet<String>, BTreeSet<String>, u64) {
     let mut ids = HashSet::new();
+    let mut kinds = BTreeSet::new();
     let mut after = 0;
     loop {
         let path = format!("/api/v1/conversations/{chat}/events?after_seq={after}&limit=200");
-        let page = http.get(&path, token).await.json()["events"].as_array().unwrap().clone();
+        let page = http.get(&path, token).await.json()["events"]
+            .as_array()
+            .unwrap()
+            .clone();
         let Some(last) = page.last() else {
-            return (ids, after);
+            return (ids, kinds, after);
         };
         after = last["seq"].as_u64().unwrap();
-        ids.extend(page.iter().map(|e| e["client_msg_id"].as_str().unwrap().to_owned()));
+        for event in &page {
+            ids.insert(event["client_msg_id"].as_str().unwrap().to_owned());
+            kinds.insert(event["kind"].as_str().unwrap().to_owned());
+        }
     }
 }
 
@@ -297,7 +336,11 @@ async fn every_client_ends_at_the_stores_state_through_reconnects_and_kill_9() {
     }
     let others: Vec<&String> = clients[1..].iter().map(|c| &c.id).collect();
     let created = http
-        .post("/api/v1/conversations", &clients[0].token, json!({"kind": "group", "title": "chaos", "members": others}))
+        .post(
+            "/api/v1/conversations",
+            &clients[0].token,
+            json!({"kind": "group", "title": "chaos", "members": others}),
+        )
         .await;
     let chat = created.json()["id"].as_str().unwrap().to_owned();
     for client in &mut clients {
@@ -317,9 +360,11 @@ async fn every_client_ends_at_the_stores_state_through_reconnects_and_kill_9() {
         }
         let index = rng.below(clients.len());
         if rng.below(20) == 0 {
-            clients[index].reconnect(&http, &server.address, &chat).await;
+            clients[index]
+                .reconnect(&http, &server.address, &chat)
+                .await;
         }
-        let change = clients[index].random_change(&mut rng, &names);
+        let change = clients[index].random_change(&mut rng, &names, &chat);
         if let Some(ws) = clients[index].ws.as_mut() {
             ws.send(change).await;
         }
@@ -333,25 +378,49 @@ async fn every_client_ends_at_the_stores_state_through_reconnects_and_kill_9() {
     let mut last = u64::MAX;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (_, newest) = stored_ids(&http, &token, &chat).await;
+        let (_, _, newest) = stored_ids(&http, &token, &chat).await;
         if newest == last {
             break;
         }
         last = newest;
     }
     let truth = stored(&http, &token, &chat).await;
-    let (ids, newest) = stored_ids(&http, &token, &chat).await;
-    assert!(newest > STEPS as u64 / 2, "most changes were stored: {newest}");
+    let (ids, kinds, newest) = stored_ids(&http, &token, &chat).await;
+    println!("{newest} events stored, of kinds {kinds:?}");
+    assert!(
+        newest > STEPS as u64 / 2,
+        "most changes were stored: {newest}"
+    );
+    let every_kind: BTreeSet<String> = [
+        "message",
+        "edit",
+        "delete",
+        "reaction_added",
+        "reaction_removed",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(kinds, every_kind, "the run made every kind of change");
     for client in &mut clients {
         client.drain(&http, &chat, Duration::from_millis(200)).await;
         client.catch_up(&http, &chat).await;
         assert_eq!(client.applied, newest, "{} saw every event", client.id);
-        assert_eq!(client.messages, truth, "{}'s view is the store's", client.id);
+        assert_eq!(
+            client.messages, truth,
+            "{}'s view is the store's",
+            client.id
+        );
         let lost: Vec<&String> = client
             .accepted
             .iter()
             .filter(|id| !ids.contains(*id) && !client.refused.contains(*id))
             .collect();
         assert!(lost.is_empty(), "accepted and never stored: {lost:?}");
+        println!(
+            "{}: {} accepted, {} refused",
+            &client.id[24..],
+            client.accepted.len(),
+            client.refused.len()
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use parlor_core::BackendError;
+use parlor_core::events::Change;
 use parlor_core::ports::Queue;
 use parlor_core::queue::InboundEntry;
 use parlor_embedded::{WalQueue, WalQueueOptions};
@@ -60,8 +61,11 @@ async fn dead_letter_directly(data_dir: &Path, conversation: &str, sender: &str,
                 conversation_id: conversation.parse().unwrap(),
                 sender_id: sender.parse().unwrap(),
                 client_msg_id: format!("poison-{i}"),
-                body: body.to_string(),
                 accepted_at: OffsetDateTime::now_utc(),
+                change: Change::Message {
+                    body: body.to_string(),
+                    reply_to_seq: None,
+                },
             }
             .encode()
         })

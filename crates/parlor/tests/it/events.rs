@@ -84,7 +84,9 @@ async fn next_event(ws: &mut Ws) -> (u64, String) {
     loop {
         let frame = ws.next().await;
         match frame["type"].as_str() {
-            Some("message") => return (frame["message"]["seq"].as_u64().unwrap(), "message".into()),
+            Some("message") => {
+                return (frame["message"]["seq"].as_u64().unwrap(), "message".into());
+            }
             Some("event") => {
                 let event = &frame["event"];
                 return (
@@ -110,20 +112,58 @@ async fn every_kind_of_change_reaches_every_member_in_order_and_history_shows_th
     let (ann, ben, cat) = (&tokens[0], &tokens[1], &tokens[2]);
 
     let steps: Vec<(&String, Value)> = vec![
-        (ann, json!({"client_msg_id": "a1", "kind": "message", "body": "lunch at noon?"})),
-        (ben, json!({"client_msg_id": "b1", "kind": "message", "body": "yes @Ann, and @cat?", "reply_to_seq": 1})),
-        (ann, json!({"client_msg_id": "a2", "kind": "edit", "target_seq": 1, "body": "lunch at one?"})),
-        (cat, json!({"client_msg_id": "c1", "kind": "reaction_added", "target_seq": 1, "emoji": "👍"})),
-        (ben, json!({"client_msg_id": "b2", "kind": "reaction_added", "target_seq": 1, "emoji": "👍"})),
-        (cat, json!({"client_msg_id": "c2", "kind": "reaction_removed", "target_seq": 1, "emoji": "👍"})),
-        (ann, json!({"client_msg_id": "a3", "kind": "title_changed", "title": "  Lunch crew "})),
-        (ann, json!({"client_msg_id": "a4", "kind": "role_changed", "user_id": ids[1], "role": "admin"})),
-        (cat, json!({"client_msg_id": "c3", "kind": "message", "body": "oops"})),
-        (cat, json!({"client_msg_id": "c4", "kind": "delete", "target_seq": 9})),
+        (
+            ann,
+            json!({"client_msg_id": "a1", "kind": "message", "body": "lunch at noon?"}),
+        ),
+        (
+            ben,
+            json!({"client_msg_id": "b1", "kind": "message", "body": "yes @Ann, and @cat?", "reply_to_seq": 1}),
+        ),
+        (
+            ann,
+            json!({"client_msg_id": "a2", "kind": "edit", "target_seq": 1, "body": "lunch at one?"}),
+        ),
+        (
+            cat,
+            json!({"client_msg_id": "c1", "kind": "reaction_added", "target_seq": 1, "emoji": "👍"}),
+        ),
+        (
+            ben,
+            json!({"client_msg_id": "b2", "kind": "reaction_added", "target_seq": 1, "emoji": "👍"}),
+        ),
+        (
+            cat,
+            json!({"client_msg_id": "c2", "kind": "reaction_removed", "target_seq": 1, "emoji": "👍"}),
+        ),
+        (
+            ann,
+            json!({"client_msg_id": "a3", "kind": "title_changed", "title": "  Lunch crew "}),
+        ),
+        (
+            ann,
+            json!({"client_msg_id": "a4", "kind": "role_changed", "user_id": ids[1], "role": "admin"}),
+        ),
+        (
+            cat,
+            json!({"client_msg_id": "c3", "kind": "message", "body": "oops"}),
+        ),
+        (
+            cat,
+            json!({"client_msg_id": "c4", "kind": "delete", "target_seq": 9}),
+        ),
     ];
     let kinds = [
-        "message", "message", "edit", "reaction_added", "reaction_added", "reaction_removed",
-        "title_changed", "role_changed", "message", "delete",
+        "message",
+        "message",
+        "edit",
+        "reaction_added",
+        "reaction_added",
+        "reaction_removed",
+        "title_changed",
+        "role_changed",
+        "message",
+        "delete",
     ];
     for (seq, (token, request)) in steps.into_iter().enumerate() {
         let (status, body) = change(&http, token, &chat, request).await;
@@ -143,12 +183,18 @@ async fn every_kind_of_change_reaches_every_member_in_order_and_history_shows_th
     let first = &messages[0];
     assert_eq!(first["body"], "lunch at one?");
     assert!(first["edited_at"].is_string());
-    assert_eq!(first["reactions"], json!([{"emoji": "👍", "user_ids": [ids[1]]}]));
+    assert_eq!(
+        first["reactions"],
+        json!([{"emoji": "👍", "user_ids": [ids[1]]}])
+    );
     let reply = &messages[1];
     assert_eq!(reply["reply_to"]["seq"], 1);
     assert_eq!(reply["reply_to"]["excerpt"], "lunch at one?");
     assert_eq!(reply["mentions"], json!([ids[0], ids[2]]));
-    assert_eq!((&messages[2]["body"], &messages[2]["deleted"]), (&json!(""), &json!(true)));
+    assert_eq!(
+        (&messages[2]["body"], &messages[2]["deleted"]),
+        (&json!(""), &json!(true))
+    );
 
     // Catch-up forwards: the events, with what each did.
     let all = events(&http, cat, &chat).await;
@@ -163,16 +209,25 @@ async fn every_kind_of_change_reaches_every_member_in_order_and_history_shows_th
     let row = &list[0];
     assert_eq!(row["title"], "Lunch crew");
     assert_eq!(row["last_seq"], 10);
-    assert_eq!(row["last_message"]["seq"], 9, "the newest message, not the newest event");
+    assert_eq!(
+        row["last_message"]["seq"], 9,
+        "the newest message, not the newest event"
+    );
     let roles: Vec<(&str, &str)> = row["members"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| (m["username"].as_str().unwrap(), m["role"].as_str().unwrap()))
         .collect();
-    assert_eq!(roles, [("ann", "admin"), ("ben", "admin"), ("cat", "member")]);
+    assert_eq!(
+        roles,
+        [("ann", "admin"), ("ben", "admin"), ("cat", "member")]
+    );
     assert_eq!(row["unread_mentions"], 1);
-    assert_eq!(row["unread_count"], 1, "Ben's reply; Cat's deleted message does not count");
+    assert_eq!(
+        row["unread_count"], 1,
+        "Ben's reply; Cat's deleted message does not count"
+    );
 }
 
 /// Who may do what, over HTTP: each action by a member, an admin, a non-member and a member
@@ -188,7 +243,13 @@ async fn authorisation_table_for_every_change() {
     // Events stored so far: each accepted change is waited for, so that the next row meets
     // the state it left.
     let mut stored = 0;
-    let (status, _) = change(&http, admin, &chat, json!({"client_msg_id": "rm", "kind": "member_removed", "user_id": ids[2]})).await;
+    let (status, _) = change(
+        &http,
+        admin,
+        &chat,
+        json!({"client_msg_id": "rm", "kind": "member_removed", "user_id": ids[2]}),
+    )
+    .await;
     assert_eq!(status, 202);
     stored += 1;
     wait_for_events(&http, admin, &chat, stored).await;
@@ -222,7 +283,8 @@ async fn authorisation_table_for_every_change() {
     };
     for (index, &(kind, who, expected)) in on_a_message.iter().enumerate() {
         // A fresh message by `member` as the target of each row.
-        let request = json!({"client_msg_id": format!("t{index}"), "kind": "message", "body": "target"});
+        let request =
+            json!({"client_msg_id": format!("t{index}"), "kind": "message", "body": "target"});
         assert_eq!(change(&http, member, &chat, request).await.0, 202);
         stored += 1;
         let target = wait_for_events(&http, admin, &chat, stored).await[stored - 1]["seq"]
@@ -231,7 +293,9 @@ async fn authorisation_table_for_every_change() {
         let request = match kind {
             "edit" => json!({"kind": "edit", "target_seq": target, "body": "changed"}),
             "delete" => json!({"kind": "delete", "target_seq": target}),
-            "reaction_added" => json!({"kind": "reaction_added", "target_seq": target, "emoji": "🎉"}),
+            "reaction_added" => {
+                json!({"kind": "reaction_added", "target_seq": target, "emoji": "🎉"})
+            }
             _ => json!({"kind": "message", "body": "re", "reply_to_seq": target}),
         };
         let mut request = request;
@@ -248,25 +312,93 @@ async fn authorisation_table_for_every_change() {
 
     // Member changes: the subject is `spare` unless said.
     let member_rows: &[(&str, Value, u16)] = &[
-        ("member", json!({"kind": "member_added", "user_id": outsider_id}), 403),
-        ("outsider", json!({"kind": "member_added", "user_id": outsider_id}), 404),
-        ("removed", json!({"kind": "member_added", "user_id": ids[2]}), 404),
-        ("admin", json!({"kind": "member_added", "user_id": ids[3]}), 409),
-        ("admin", json!({"kind": "member_added", "user_id": "0190a1b2-0000-7000-8000-000000000000"}), 404),
-        ("member", json!({"kind": "member_removed", "user_id": ids[3]}), 403),
-        ("admin", json!({"kind": "member_removed", "user_id": ids[2]}), 404),
-        ("admin", json!({"kind": "member_removed", "user_id": ids[0]}), 400),
-        ("member", json!({"kind": "title_changed", "title": "mine"}), 403),
-        ("admin", json!({"kind": "title_changed", "title": "   "}), 400),
-        ("removed", json!({"kind": "title_changed", "title": "mine"}), 404),
-        ("member", json!({"kind": "role_changed", "user_id": ids[3], "role": "admin"}), 403),
-        ("admin", json!({"kind": "role_changed", "user_id": ids[0], "role": "member"}), 409),
-        ("admin", json!({"kind": "role_changed", "user_id": ids[1], "role": "member"}), 409),
+        (
+            "member",
+            json!({"kind": "member_added", "user_id": outsider_id}),
+            403,
+        ),
+        (
+            "outsider",
+            json!({"kind": "member_added", "user_id": outsider_id}),
+            404,
+        ),
+        (
+            "removed",
+            json!({"kind": "member_added", "user_id": ids[2]}),
+            404,
+        ),
+        (
+            "admin",
+            json!({"kind": "member_added", "user_id": ids[3]}),
+            409,
+        ),
+        (
+            "admin",
+            json!({"kind": "member_added", "user_id": "0190a1b2-0000-7000-8000-000000000000"}),
+            404,
+        ),
+        (
+            "member",
+            json!({"kind": "member_removed", "user_id": ids[3]}),
+            403,
+        ),
+        (
+            "admin",
+            json!({"kind": "member_removed", "user_id": ids[2]}),
+            404,
+        ),
+        (
+            "admin",
+            json!({"kind": "member_removed", "user_id": ids[0]}),
+            400,
+        ),
+        (
+            "member",
+            json!({"kind": "title_changed", "title": "mine"}),
+            403,
+        ),
+        (
+            "admin",
+            json!({"kind": "title_changed", "title": "   "}),
+            400,
+        ),
+        (
+            "removed",
+            json!({"kind": "title_changed", "title": "mine"}),
+            404,
+        ),
+        (
+            "member",
+            json!({"kind": "role_changed", "user_id": ids[3], "role": "admin"}),
+            403,
+        ),
+        (
+            "admin",
+            json!({"kind": "role_changed", "user_id": ids[0], "role": "member"}),
+            409,
+        ),
+        (
+            "admin",
+            json!({"kind": "role_changed", "user_id": ids[1], "role": "member"}),
+            409,
+        ),
         ("removed", json!({"kind": "member_left"}), 404),
         ("outsider", json!({"kind": "member_left"}), 404),
-        ("admin", json!({"kind": "member_added", "user_id": outsider_id}), 202),
-        ("admin", json!({"kind": "role_changed", "user_id": ids[3], "role": "admin"}), 202),
-        ("spare", json!({"kind": "member_removed", "user_id": outsider_id}), 202),
+        (
+            "admin",
+            json!({"kind": "member_added", "user_id": outsider_id}),
+            202,
+        ),
+        (
+            "admin",
+            json!({"kind": "role_changed", "user_id": ids[3], "role": "admin"}),
+            202,
+        ),
+        (
+            "spare",
+            json!({"kind": "member_removed", "user_id": outsider_id}),
+            202,
+        ),
         ("member", json!({"kind": "member_left"}), 202),
     ];
     for (index, (who, request, expected)) in member_rows.iter().enumerate() {
@@ -319,7 +451,13 @@ async fn a_removed_member_stops_receiving_at_once_and_gets_not_found() {
     assert_eq!(next_event(&mut cat_ws).await, (1, "message".into()));
     assert_eq!(next_event(&mut ann_ws).await, (1, "message".into()));
 
-    let (status, _) = change(&http, ann, &chat, json!({"client_msg_id": "rm", "kind": "member_removed", "user_id": ids[2]})).await;
+    let (status, _) = change(
+        &http,
+        ann,
+        &chat,
+        json!({"client_msg_id": "rm", "kind": "member_removed", "user_id": ids[2]}),
+    )
+    .await;
     assert_eq!(status, 202);
     let removed = loop {
         let frame = cat_ws.next().await;
@@ -327,12 +465,19 @@ async fn a_removed_member_stops_receiving_at_once_and_gets_not_found() {
             break frame["event"].clone();
         }
     };
-    assert_eq!((removed["kind"].as_str(), removed["user_id"].as_str()), (Some("member_removed"), Some(ids[2].as_str())));
+    assert_eq!(
+        (removed["kind"].as_str(), removed["user_id"].as_str()),
+        (Some("member_removed"), Some(ids[2].as_str()))
+    );
 
     // Nothing more reaches her: messages, typing, read marks.
     ann_ws.send_message(&chat, "a1", "without cat").await;
-    ann_ws.send(json!({"type": "typing", "conversation_id": chat})).await;
-    ann_ws.send(json!({"type": "read", "conversation_id": chat, "seq": 3})).await;
+    ann_ws
+        .send(json!({"type": "typing", "conversation_id": chat}))
+        .await;
+    ann_ws
+        .send(json!({"type": "read", "conversation_id": chat, "seq": 3}))
+        .await;
     assert_eq!(next_event(&mut ann_ws).await, (2, "member_removed".into()));
     assert_eq!(next_event(&mut ann_ws).await, (3, "message".into()));
     let mut leaked = Vec::new();
@@ -345,19 +490,34 @@ async fn a_removed_member_stops_receiving_at_once_and_gets_not_found() {
 
     // Every read and write is the same 404 as for nothing at all; the list forgets it.
     for path in ["", "/messages", "/events?after_seq=0"] {
-        let response = http.get(&format!("/api/v1/conversations/{chat}{path}"), cat).await;
+        let response = http
+            .get(&format!("/api/v1/conversations/{chat}{path}"), cat)
+            .await;
         assert_eq!(response.status, 404, "GET {path}: {response:?}");
         assert_eq!(response.code(), "not_found");
     }
-    let post = http.post(&format!("/api/v1/conversations/{chat}/messages"), cat, json!({"client_msg_id": "c2", "body": "let me in"})).await;
+    let post = http
+        .post(
+            &format!("/api/v1/conversations/{chat}/messages"),
+            cat,
+            json!({"client_msg_id": "c2", "body": "let me in"}),
+        )
+        .await;
     assert_eq!(post.status, 404);
     let list = http.get("/api/v1/conversations", cat).await.json();
     assert_eq!(list, json!([]));
     cat_ws.send_message(&chat, "c3", "still here?").await;
     let refused = cat_ws.next_of("error").await;
-    assert_eq!((refused["code"].as_str(), refused["client_msg_id"].as_str()), (Some("not_found"), Some("c3")));
+    assert_eq!(
+        (refused["code"].as_str(), refused["client_msg_id"].as_str()),
+        (Some("not_found"), Some("c3"))
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(events(&http, ann, &chat).await.len(), 3, "nothing of hers was stored");
+    assert_eq!(
+        events(&http, ann, &chat).await.len(),
+        3,
+        "nothing of hers was stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,22 +538,46 @@ async fn new_conversations_and_new_members_reach_chat_lists_live() {
     // Opening it again creates nothing, and announces nothing.
     http.direct(&ann, &ben_id).await;
 
-    let created = http.post("/api/v1/conversations", &ann, json!({"kind": "group", "title": "Plans", "members": [ben_id]})).await;
+    let created = http
+        .post(
+            "/api/v1/conversations",
+            &ann,
+            json!({"kind": "group", "title": "Plans", "members": [ben_id]}),
+        )
+        .await;
     let group = created.json()["id"].as_str().unwrap().to_owned();
     let frame = ben_ws.next_of("conversation").await;
     assert_eq!(frame["conversation"]["id"], group.as_str());
     assert_eq!(frame["conversation"]["title"], "Plans");
 
-    let (status, _) = change(&http, &ann, &group, json!({"client_msg_id": "add", "kind": "member_added", "user_id": cat_id})).await;
+    let (status, _) = change(
+        &http,
+        &ann,
+        &group,
+        json!({"client_msg_id": "add", "kind": "member_added", "user_id": cat_id}),
+    )
+    .await;
     assert_eq!(status, 202);
     let added = cat_ws.next_of("event").await["event"].clone();
     assert_eq!(added["kind"], "member_added");
     assert_eq!(added["user"], json!({"id": cat_id, "username": "cat"}));
-    let row = http.get(&format!("/api/v1/conversations/{group}"), &cat).await.json();
-    assert_eq!(row["last_read_seq"], 1, "history before joining counts as read");
+    let row = http
+        .get(&format!("/api/v1/conversations/{group}"), &cat)
+        .await
+        .json();
+    assert_eq!(
+        row["last_read_seq"], 1,
+        "history before joining counts as read"
+    );
     assert_eq!(row["unread_count"], 0);
     // The new member sees the history.
-    let (status, _) = change(&http, &ann, &group, json!({"client_msg_id": "hi", "kind": "message", "body": "welcome"})).await;
+    let (status, _) = change(
+        &http,
+        &ann,
+        &group,
+        json!({"client_msg_id": "hi", "kind": "message", "body": "welcome"}),
+    )
+    .await;
     assert_eq!(status, 202);
     assert_eq!(next_event(&mut cat_ws).await, (2, "message".into()));
     assert!(ben_ws.next_of("event").await["event"]["kind"] == "member_added");
@@ -409,18 +593,27 @@ async fn read_and_delivered_marks_are_per_member_coalesced_and_survive_a_reload(
     let mut ann_ws = Ws::connect(&server.address, &tokens[0]).await;
     let mut ben_ws = Ws::connect(&server.address, &tokens[1]).await;
     for index in 0..3 {
-        ann_ws.send_message(&chat, &format!("a{index}"), "news").await;
+        ann_ws
+            .send_message(&chat, &format!("a{index}"), "news")
+            .await;
     }
     for _ in 0..3 {
         next_event(&mut ben_ws).await;
     }
     // A flood of delivered marks costs one write and one announcement.
     for seq in 1..=300u64 {
-        ben_ws.send(json!({"type": "delivered", "conversation_id": chat, "seq": seq.min(3)})).await;
+        ben_ws
+            .send(json!({"type": "delivered", "conversation_id": chat, "seq": seq.min(3)}))
+            .await;
     }
     let delivered = ann_ws.next_of("delivered").await;
-    assert_eq!((delivered["user_id"].as_str(), delivered["seq"].as_u64()), (Some(ids[1].as_str()), Some(3)));
-    ben_ws.send(json!({"type": "read", "conversation_id": chat, "seq": 2})).await;
+    assert_eq!(
+        (delivered["user_id"].as_str(), delivered["seq"].as_u64()),
+        (Some(ids[1].as_str()), Some(3))
+    );
+    ben_ws
+        .send(json!({"type": "read", "conversation_id": chat, "seq": 2}))
+        .await;
     let read = ann_ws.next_of("read").await;
     assert_eq!(read["seq"], 2);
     let mut more = Vec::new();
@@ -446,15 +639,36 @@ async fn read_and_delivered_marks_are_per_member_coalesced_and_survive_a_reload(
         .collect();
     assert_eq!(
         marks,
-        [("ann".into(), 3, 3), ("ben".into(), 3, 2), ("cat".into(), 0, 0)]
+        [
+            ("ann".into(), 3, 3),
+            ("ben".into(), 3, 2),
+            ("cat".into(), 0, 0)
+        ]
     );
 
     // Muting is private, and the user's other devices hear of it.
-    let mute = http.request("PUT", &format!("/api/v1/conversations/{chat}/mute"), Some(&tokens[1]), Some(json!({"muted": true}))).await;
+    let mute = http
+        .request(
+            "PUT",
+            &format!("/api/v1/conversations/{chat}/mute"),
+            Some(&tokens[1]),
+            Some(json!({"muted": true})),
+        )
+        .await;
     assert_eq!(mute.status, 204, "{mute:?}");
     assert_eq!(ben_ws.next_of("muted").await["muted"], true);
-    assert_eq!(http.get(&format!("/api/v1/conversations/{chat}"), &tokens[1]).await.json()["muted"], true);
-    assert_eq!(http.get(&format!("/api/v1/conversations/{chat}"), &tokens[0]).await.json()["muted"], false);
+    assert_eq!(
+        http.get(&format!("/api/v1/conversations/{chat}"), &tokens[1])
+            .await
+            .json()["muted"],
+        true
+    );
+    assert_eq!(
+        http.get(&format!("/api/v1/conversations/{chat}"), &tokens[0])
+            .await
+            .json()["muted"],
+        false
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,7 +677,13 @@ async fn the_last_admin_leaving_makes_the_longest_standing_member_admin() {
     let server = Server::start(dir.path(), &[], &[]);
     let http = server.http();
     let (ids, tokens, chat) = group(&http, &["ann", "ben", "cat"]).await;
-    let (status, _) = change(&http, &tokens[0], &chat, json!({"client_msg_id": "bye", "kind": "member_left"})).await;
+    let (status, _) = change(
+        &http,
+        &tokens[0],
+        &chat,
+        json!({"client_msg_id": "bye", "kind": "member_left"}),
+    )
+    .await;
     assert_eq!(status, 202);
     let all = wait_for_events(&http, &tokens[1], &chat, 1).await;
     assert_eq!(all[0]["kind"], "member_left");
@@ -471,8 +691,22 @@ async fn the_last_admin_leaving_makes_the_longest_standing_member_admin() {
     // Ben and Cat joined together, when Ann created the group: the lower id wins the tie.
     let promoted = all[0]["promoted_user_id"].as_str().unwrap();
     assert!(promoted == ids[1] || promoted == ids[2], "{promoted}");
-    let row = http.get(&format!("/api/v1/conversations/{chat}"), &tokens[1]).await.json();
-    let admins: Vec<&str> = row["members"].as_array().unwrap().iter().filter(|m| m["role"] == "admin").map(|m| m["id"].as_str().unwrap()).collect();
+    let row = http
+        .get(&format!("/api/v1/conversations/{chat}"), &tokens[1])
+        .await
+        .json();
+    let admins: Vec<&str> = row["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "admin")
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(admins, [promoted]);
-    assert_eq!(http.get(&format!("/api/v1/conversations/{chat}"), &tokens[0]).await.status, 404);
+    assert_eq!(
+        http.get(&format!("/api/v1/conversations/{chat}"), &tokens[0])
+            .await
+            .status,
+        404
+    );
 }
