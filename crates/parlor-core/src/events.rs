@@ -121,6 +121,17 @@ pub enum Change {
 }
 
 impl Change {
+    /// A change from a JSON object with a string `kind` and the kind's fields (other fields
+    /// are ignored). Serde alone would also take a number as the kind (the variant's index).
+    pub fn from_json(value: serde_json::Value) -> Result<Change, serde_json::Error> {
+        if !value.get("kind").is_some_and(serde_json::Value::is_string) {
+            return Err(serde::de::Error::custom(
+                "a change needs a string `kind` (message, edit, delete, …)",
+            ));
+        }
+        serde_json::from_value(value)
+    }
+
     /// The kind's wire name, for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -270,6 +281,13 @@ mod tests {
             r#"{"kind":"message","body":"hi"}"#
         );
         assert!(serde_json::from_str::<Change>(r#"{"kind":"shout"}"#).is_err());
+        let numbered = serde_json::json!({"kind": 1, "target_seq": 1, "body": "x"});
+        assert!(Change::from_json(numbered).is_err(), "a kind is a name");
+        let named = serde_json::json!({"kind": "delete", "target_seq": 1, "client_msg_id": "e"});
+        assert_eq!(
+            Change::from_json(named).unwrap(),
+            Change::Delete { target_seq: 1 }
+        );
     }
 
     #[test]

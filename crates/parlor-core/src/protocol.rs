@@ -257,8 +257,6 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ApiError> {
     struct EventFrame {
         conversation_id: String,
         client_msg_id: String,
-        #[serde(flatten)]
-        change: Change,
     }
     #[derive(Deserialize)]
     struct Typing {
@@ -304,8 +302,12 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ApiError> {
             let EventFrame {
                 conversation_id,
                 client_msg_id,
-                change,
             } = fields(text, "event")?;
+            let change = serde_json::from_str(text)
+                .and_then(Change::from_json)
+                .map_err(|error| {
+                    ApiError::new(ErrorCode::InvalidInput, format!("bad event frame: {error}"))
+                })?;
             Ok(ClientFrame::Event {
                 conversation_id,
                 client_msg_id,
@@ -421,6 +423,10 @@ mod tests {
         );
         assert_eq!(
             code(r#"{"type":"event","conversation_id":"c","client_msg_id":"e","kind":"shout"}"#),
+            ErrorCode::InvalidInput
+        );
+        assert_eq!(
+            code(r#"{"type":"event","conversation_id":"c","client_msg_id":"e","kind":9}"#),
             ErrorCode::InvalidInput
         );
     }

@@ -201,6 +201,21 @@ pub(super) fn credentials(headers: &HeaderMap) -> Option<(String, bool)> {
         .map(|(_, token)| (token.to_string(), true))
 }
 
+/// A path's `{id}`: one that is not even UTF-8 text names nothing, and gets the same
+/// `not_found` as any other id that names nothing (never axum's plain-text rejection).
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| PathId(id))
+            .map_err(|_| HttpError::new(ErrorCode::NotFound, "no such conversation"))
+    }
+}
+
 /// A JSON request body, with protocol errors instead of axum's plain-text rejections.
 ///
 /// The body must say it is JSON: an HTML form can post `text/plain` (or form data) to any

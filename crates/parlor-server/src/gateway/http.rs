@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use parlor_core::error::ApiError;
@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::Gateway;
 use super::actions::{self, Marker, MembershipCache};
-use super::extract::{Caller, ClientIp, JsonBody, Peer};
+use super::extract::{Caller, ClientIp, JsonBody, PathId, Peer};
 use crate::auth;
 
 type Shared = State<Arc<Gateway>>;
@@ -164,8 +164,10 @@ const USERS_LISTED_MAX: u16 = 20;
 pub async fn users(
     State(gateway): Shared,
     caller: Caller,
-    Query(query): Query<UserQuery>,
+    query: Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<Member>>, HttpError> {
+    let Query(query) = query
+        .map_err(|rejection| HttpError::new(ErrorCode::InvalidInput, rejection.body_text()))?;
     if query.q.len() > 32 {
         return Ok(Json(Vec::new()));
     }
@@ -378,7 +380,7 @@ fn checked_limit(limit: Option<u16>) -> Result<u16, HttpError> {
 pub async fn messages(
     State(gateway): Shared,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
     let Query(query) = query
@@ -407,7 +409,7 @@ pub struct PostMessage {
 pub async fn post_message(
     State(gateway): Shared,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(request): JsonBody<PostMessage>,
 ) -> Result<Response, HttpError> {
     let change = Change::Message {
@@ -418,27 +420,19 @@ pub async fn post_message(
 }
 
 /// A change request: its `kind` and the kind's fields beside `client_msg_id`.
-#[derive(Deserialize)]
-pub struct PostEvent {
-    client_msg_id: String,
-    #[serde(flatten)]
-    change: Change,
-}
-
 pub async fn post_event(
     State(gateway): Shared,
     caller: Caller,
-    Path(id): Path<String>,
-    JsonBody(request): JsonBody<PostEvent>,
+    PathId(id): PathId,
+    JsonBody(request): JsonBody<serde_json::Value>,
 ) -> Result<Response, HttpError> {
-    accept_change(
-        &gateway,
-        caller.user.id,
-        &id,
-        request.client_msg_id,
-        request.change,
-    )
-    .await
+    let invalid = |error: String| HttpError::new(ErrorCode::InvalidInput, error);
+    let client_msg_id = match request.get("client_msg_id") {
+        Some(serde_json::Value::String(id)) => id.clone(),
+        _ => return Err(invalid("client_msg_id is a string".into())),
+    };
+    let change = Change::from_json(request).map_err(|error| invalid(error.to_string()))?;
+    accept_change(&gateway, caller.user.id, &id, client_msg_id, change).await
 }
 
 /// Checks a change, appends it, and answers 202 once it is durable.
@@ -477,7 +471,7 @@ pub struct EventsQuery {
 pub async fn events(
     State(gateway): Shared,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
     let Query(query) = query
@@ -497,7 +491,7 @@ pub async fn events(
 pub async fn conversation(
     State(gateway): Shared,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Conversation>, HttpError> {
     let not_found = || HttpError::new(ErrorCode::NotFound, "no such conversation");
     let conversation = id.parse().map_err(|_| not_found())?;
@@ -518,7 +512,7 @@ pub struct Mute {
 pub async fn set_muted(
     State(gateway): Shared,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(request): JsonBody<Mute>,
 ) -> Result<Response, HttpError> {
     let conversation = gateway
@@ -538,7 +532,7 @@ pub struct MarkerBody {
 pub async fn mark_read(
     state: Shared,
     caller: Caller,
-    path: Path<String>,
+    path: PathId,
     body: JsonBody<MarkerBody>,
 ) -> Result<Response, HttpError> {
     move_marker(Marker::Read, state, caller, path, body).await
@@ -547,7 +541,7 @@ pub async fn mark_read(
 pub async fn mark_delivered(
     state: Shared,
     caller: Caller,
-    path: Path<String>,
+    path: PathId,
     body: JsonBody<MarkerBody>,
 ) -> Result<Response, HttpError> {
     move_marker(Marker::Delivered, state, caller, path, body).await
@@ -557,7 +551,7 @@ async fn move_marker(
     marker: Marker,
     State(gateway): Shared,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     JsonBody(body): JsonBody<MarkerBody>,
 ) -> Result<Response, HttpError> {
     let user = caller.user.id;
