@@ -126,7 +126,10 @@ async fn entries_that_can_never_be_stored_are_dead_lettered_without_retries() {
         "{dead:?}"
     );
     h.until(|| async { h.history(chat).await.len() == 1 }).await;
-    // The refused change is not a dead letter: its sender is told, by its id.
+    // The refused change is not a dead letter: its sender is told, by its id (once the
+    // batch is announced: the fine message's notification and the refusal).
+    h.until(|| async { h.notifications.inner.depth().await.unwrap().pending >= 2 })
+        .await;
     let refusal = h
         .notifications
         .inner
