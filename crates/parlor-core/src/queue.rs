@@ -176,7 +176,8 @@ impl Notification {
         accepted_at: OffsetDateTime,
         frame: &ServerFrame,
     ) -> Notification {
-        let frame = RawValue::from_string(frame.to_json()).expect("a frame is JSON");
+        // Serialized straight into its raw form: no second pass to check it is JSON.
+        let frame = serde_json::value::to_raw_value(frame).expect("frames always serialize");
         Notification {
             conversation_id,
             seq,

@@ -174,8 +174,12 @@ pub const MENTIONS_MAX: usize = 32;
 /// nobody), then a valid [`username`] (a trailing `.` or `-` is punctuation, not the name).
 /// The store resolves them against the conversation's members.
 pub fn mention_names(body: &str) -> Vec<String> {
-    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     let mut names: Vec<String> = Vec::new();
+    // Most messages mention nobody: one fast scan says so.
+    if !body.contains('@') {
+        return names;
+    }
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     let mut previous: Option<char> = None;
     for (index, c) in body.char_indices() {
         let at_start = previous.is_none_or(|p| !name_char(p) && p != '@');

@@ -136,8 +136,8 @@ pub(super) fn conversation_views(
         ))
     };
 
-    // Unread: others' messages after this member's marker that are not deleted (the
-    // `events_messages` index ranges over messages only); mentions: those naming them.
+    // Unread: others' messages after this member's marker that are not deleted (a range of
+    // the primary key); mentions: those naming them.
     macro_rules! select_views {
         () => {
             "SELECT c.id, c.kind, c.title, c.last_seq, m.last_read_seq, m.muted,

@@ -29,23 +29,33 @@ pub(super) struct Gathered {
 pub(super) fn gather(tx: &Connection, new: &NewEvent) -> Result<Gathered, Failure> {
     let conversation = Id(new.conversation_id.0);
     let sender = Id(new.sender_id.0);
-    let found = tx
-        .prepare_cached(
-            "SELECT c.kind, c.last_seq, c.members_seq, m.role
-             FROM conversations c
-             LEFT JOIN members m ON m.conversation_id = c.id AND m.user_id = ?2
-             WHERE c.id = ?1",
-        )?
-        .query_row(params![conversation, sender], |row| {
+    // Two plain lookups, not a join: this runs for every entry, and SQLite re-prepared the
+    // joined forms (from either table) on every call: its parser took a tenth of an append.
+    let conversation_row = tx
+        .prepare_cached("SELECT kind, last_seq, members_seq FROM conversations WHERE id = ?1")?
+        .query_row(params![conversation], |row| {
             Ok((
                 row.get::<_, KindColumn>(0)?.0,
                 row.get::<_, SeqColumn>(1)?.0,
                 row.get::<_, SeqColumn>(2)?.0,
-                row.get::<_, Option<RoleColumn>>(3)?
-                    .map(|RoleColumn(role)| role),
             ))
         })
         .optional()?;
+    let found = match conversation_row {
+        None => None,
+        Some((kind, last_seq, members_seq)) => {
+            let role = tx
+                .prepare_cached(
+                    "SELECT role FROM members WHERE conversation_id = ?1 AND user_id = ?2",
+                )?
+                .query_row(params![conversation, sender], |row| {
+                    row.get::<_, RoleColumn>(0)
+                })
+                .optional()?
+                .map(|RoleColumn(role)| role);
+            Some((kind, last_seq, members_seq, role))
+        }
+    };
     // No such conversation: the same answer as not being a member of it.
     let (kind, last_seq, members_seq, sender_role) =
         found.unwrap_or((ConversationKind::Group, 0, 0, None));
