@@ -32,7 +32,7 @@ const EMPTY_TIMELINE: TimelineView = {
   pending: [],
   hasOlder: false,
   loadingOlder: false,
-  readByOthersSeq: 0,
+  notices: [],
 };
 
 export function ConversationView(props: ConversationViewProps) {
@@ -60,10 +60,11 @@ export function ConversationView(props: ConversationViewProps) {
         status={timeline.status}
         error={timeline.error}
         messages={timeline.messages}
+        notices={timeline.notices}
         pending={timeline.pending}
         hasOlder={timeline.hasOlder}
         loadingOlder={timeline.loadingOlder}
-        readByOthersSeq={timeline.readByOthersSeq}
+        readByOthersSeq={Math.max(0, ...chat.members.filter((m) => m.id !== meId).map((m) => m.last_read_seq))}
         onLoadOlder={loadOlder}
         onRetry={props.onRetry}
         onDiscard={props.onDiscard}

@@ -12,6 +12,7 @@ interface MessageListProps extends TimelineView {
   kind: ConversationKind;
   members: readonly Member[];
   meId: UserId;
+  readByOthersSeq: number;
   onLoadOlder: () => void;
   onRetry: (clientMsgId: string) => void;
   onDiscard: (clientMsgId: string) => void;
