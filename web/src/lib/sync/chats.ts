@@ -54,6 +54,8 @@ export class Chats {
 
   status: LoadStatus = 'loading';
   readonly records = new Map<ConversationId, ChatRecord>();
+  /** Every username seen in a row or an event: system lines name people who have left. */
+  readonly names = new Map<UserId, string>();
   /** Chat ids, most recent message first. */
   private order: ConversationId[] = [];
   private readonly unknownBuffer: ConversationEvent[] = [];
@@ -148,6 +150,7 @@ export class Chats {
    * preview. Member events newer than the row are applied to it; older ones it reflects.
    */
   applyEvent(chat: ChatRecord, event: ConversationEvent): void {
+    if (event.kind === 'member_added') this.names.set(event.user.id, event.user.username);
     if (event.seq > chat.lastSeq) {
       const conversation = applyToConversation(chat.conversation, event);
       if (conversation !== chat.conversation) {
@@ -286,6 +289,7 @@ export class Chats {
   private merge(conversation: Conversation, unread: number | null): void {
     for (const member of conversation.members) {
       this.presence.noteMember(member.id, member.online, member.last_seen ?? null);
+      this.names.set(member.id, member.username);
     }
     const mentions = conversation.unread_mentions ?? 0;
     const serverRead = conversation.last_read_seq ?? ((unread ?? 0) === 0 ? conversation.last_seq : 0);

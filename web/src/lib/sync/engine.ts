@@ -122,6 +122,7 @@ export class SyncEngine {
       typing: this.typing.view(),
       activeId: core.activeId,
       notices: this.notices,
+      names: this.namesView(),
     };
     return core.snapshot;
   };
@@ -277,9 +278,14 @@ export class SyncEngine {
     });
   }
 
-  /** Pages older history in until the message at `seq` is loaded; resolves with whether it is. */
+  /** Pages older history in until everything from `seq` on is loaded; resolves with whether it is. */
   loadUntil(conversationId: ConversationId, seq: number): Promise<boolean> {
     return this.timelines.loadUntil(conversationId, seq);
+  }
+
+  /** Shows a notice (a change the UI could not make, say). */
+  report(text: string): void {
+    this.notify(text);
   }
 
   dismissNotice(id: number): void {
@@ -420,6 +426,13 @@ export class SyncEngine {
     if (message.deleted || message.seq <= chat.baseSeq || message.seq <= chat.readSeq || this.core.isReading(id)) return;
     chat.extraUnread.add(message.seq);
     if (message.mentions?.includes(this.core.me.id)) chat.extraMentions.add(message.seq);
+  }
+
+  private names: Readonly<Record<UserId, string>> = {};
+
+  private namesView(): Readonly<Record<UserId, string>> {
+    if (Object.keys(this.names).length !== this.chats.names.size) this.names = Object.fromEntries(this.chats.names);
+    return this.names;
   }
 
   private notify(text: string): void {

@@ -63,18 +63,19 @@ export class Timelines {
   }
 
   /**
-   * Pages older history in until the message at `seq` is held (to jump to a replied-to
-   * message). Resolves with whether it is.
+   * Pages older history in until everything from `seq` on is held (to jump to a replied-to
+   * message or to the first unread one). Resolves with whether it is.
    */
   async loadUntil(id: ConversationId, seq: number): Promise<boolean> {
     for (;;) {
       const record = this.records.get(id);
       if (!record || record.status !== 'ready') return false;
-      if (record.timeline.messageAt(seq)) return true;
-      if (!record.timeline.hasOlder || record.timeline.firstSeq <= seq) return false;
+      if (record.timeline.firstSeq <= seq || !record.timeline.hasOlder) return true;
       const before = record.timeline.firstSeq;
       await this.loadOlder(id);
-      if (this.records.get(id) !== record || record.timeline.firstSeq === before) return Boolean(record.timeline.messageAt(seq));
+      if (this.records.get(id) !== record || record.timeline.firstSeq === before) {
+        return record.timeline.firstSeq <= seq || !record.timeline.hasOlder;
+      }
     }
   }
 

@@ -141,6 +141,8 @@ export interface EngineState {
   typing: Readonly<Record<ConversationId, readonly UserId[]>>;
   activeId: ConversationId | null;
   notices: readonly Notice[];
+  /** Every username known, also of people no longer in a conversation. */
+  names: Readonly<Record<UserId, string>>;
 }
 
 export interface IncomingMessage {
