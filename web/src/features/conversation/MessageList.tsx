@@ -115,6 +115,18 @@ export function MessageList(props: MessageListProps) {
     }
   }, [status, hasOlder, loadingOlder, onLoadOlder]);
 
+  // The pane shrinks when the reply banner or the suggestions open, or the box grows: a
+  // reader at the bottom stays at the bottom.
+  useEffect(() => {
+    const el = scrollRef.current;
+    if (!el || typeof ResizeObserver === 'undefined') return;
+    const observer = new ResizeObserver(() => {
+      if (place.current.atBottom) el.scrollTop = el.scrollHeight;
+    });
+    observer.observe(el);
+    return () => observer.disconnect();
+  }, []);
+
   // Jumping to a message: scroll it to the middle and give it the focus, so it is announced.
   useEffect(() => {
     if (highlightSeq === null) return;

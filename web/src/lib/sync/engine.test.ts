@@ -622,6 +622,16 @@ describe('events: members, titles, roles, mute', () => {
     expect(server.eventFetches).toContainEqual({ conversation: GROUP, after_seq: 1 });
   });
 
+  it('shows the member and title events between the messages of a page as notices', async () => {
+    server.store(GROUP, bob.id, 'first');
+    server.record(GROUP, alice.id, { kind: 'title_changed', title: 'Renamed' });
+    server.store(GROUP, bob.id, 'second');
+    disconnect();
+    await connect();
+    await open(GROUP);
+    expect(engine.getState().timelines[GROUP]!.notices.map((n) => n.seq)).toEqual([2]);
+  });
+
   it('adds a row from a conversation frame', () => {
     const row = server.addConversation('c-live', [carol.id, alice.id], { kind: 'group', title: 'Live' });
     deliver({ type: 'conversation', conversation: row });

@@ -105,6 +105,17 @@ export class Timeline {
     return older.length;
   }
 
+  /**
+   * Member and title events from a catch-up page of the history already held (messages
+   * come in their current state, without the events between them): the system lines.
+   */
+  addNotices(events: readonly ConversationEvent[]): void {
+    const first = this.firstSeq;
+    const known = new Set(this.notices.map((n) => n.seq));
+    const fresh = events.filter((e) => MEMBERSHIP_KINDS.has(e.kind) && e.seq >= first && e.seq <= this.appliedSeq && !known.has(e.seq));
+    if (fresh.length > 0) this.notices = [...this.notices, ...fresh].sort((a, b) => a.seq - b.seq);
+  }
+
   /** The message at `seq`, if it is held. */
   messageAt(seq: number): Message | undefined {
     const index = this.indexOf(seq);

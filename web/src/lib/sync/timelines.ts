@@ -104,6 +104,7 @@ export class Timelines {
       record.timeline.reset(own, SYNC_LIMITS.pageMessages);
       record.status = 'ready';
       record.catchUpFailures = 0;
+      void this.backfillNotices(id, record, record.timeline.firstSeq);
       this.core.touchTimeline(id);
       this.core.changed();
       const chat = this.chats.records.get(id);
@@ -127,6 +128,22 @@ export class Timelines {
     }
   }
 
+  /**
+   * The system lines of history paged in as messages: one page of events from `fromSeq`
+   * (bounded; a stretch with more events than a page shows the first page's lines).
+   */
+  private async backfillNotices(id: ConversationId, record: TimelineRecord, fromSeq: number): Promise<void> {
+    try {
+      const events = await this.core.transport.fetchEvents(id, Math.max(0, fromSeq - 1), SYNC_LIMITS.catchUpPageMessages);
+      if (this.core.disposed || this.records.get(id) !== record) return;
+      record.timeline.addNotices(events.filter((e) => e.conversation_id === id));
+      this.core.touchTimeline(id);
+      this.core.changed();
+    } catch {
+      // Only system lines are missing; the next open tries again.
+    }
+  }
+
   /** Loads the next older page of an open conversation (infinite scroll upward). */
   async loadOlder(id: ConversationId): Promise<void> {
     const record = this.records.get(id);
@@ -140,10 +157,11 @@ export class Timelines {
         limit: SYNC_LIMITS.pageMessages,
       });
       if (this.records.get(id) !== record) return;
-      record.timeline.prepend(
+      const added = record.timeline.prepend(
         page.filter((m) => m.conversation_id === id),
         SYNC_LIMITS.pageMessages,
       );
+      if (added > 0) void this.backfillNotices(id, record, record.timeline.firstSeq);
     } catch {
       // Scrolling up again retries.
     } finally {
