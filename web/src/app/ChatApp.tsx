@@ -7,6 +7,7 @@ import { ChatList } from '../features/chats/ChatList.tsx';
 import { NewChatDialog } from '../features/chats/NewChatDialog.tsx';
 import { NewGroupDialog } from '../features/chats/NewGroupDialog.tsx';
 import { ConversationView } from '../features/conversation/ConversationView.tsx';
+import { plainText } from '../features/conversation/markdown.ts';
 import { PresenceDot } from '../features/presence/PresenceDot.tsx';
 import { PresenceStatus } from '../features/presence/PresenceStatus.tsx';
 import type { Conversation, ConversationId, User, UserId } from '../lib/api/types.ts';
@@ -136,6 +137,7 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
             typing={typingNames}
             hrefOf={conversationHref}
             renderPresence={renderPresence}
+            previewOf={plainText}
           />
         </nav>
       </aside>

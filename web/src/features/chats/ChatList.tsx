@@ -16,10 +16,12 @@ interface ChatListProps {
   hrefOf: (id: ConversationId) => string;
   /** The presence dot of a direct chat's other member. */
   renderPresence: (userId: UserId) => ReactNode;
+  /** A body as one line of plain text (markup dropped). */
+  previewOf: (body: string) => string;
 }
 
 /** The chat list: a list named "Chats" whose items are named with each chat's title. */
-export function ChatList({ chats, status, activeId, meId, typing, hrefOf, renderPresence }: ChatListProps) {
+export function ChatList({ chats, status, activeId, meId, typing, hrefOf, renderPresence, previewOf }: ChatListProps) {
   if (status === 'loading' && chats.length === 0) {
     return <p className="chats-empty">Loading chats…</p>;
   }
@@ -44,6 +46,7 @@ export function ChatList({ chats, status, activeId, meId, typing, hrefOf, render
           typing={typing[chat.id]}
           href={hrefOf(chat.id)}
           presence={chat.peerId ? renderPresence(chat.peerId) : null}
+          previewOf={previewOf}
         />
       ))}
     </ul>
@@ -57,15 +60,16 @@ interface ChatItemProps {
   typing: readonly string[] | undefined;
   href: string;
   presence: ReactNode;
+  previewOf: (body: string) => string;
 }
 
-const ChatItem = memo(function ChatItem({ chat, active, meId, typing, href, presence }: ChatItemProps) {
+const ChatItem = memo(function ChatItem({ chat, active, meId, typing, href, presence, previewOf }: ChatItemProps) {
   const last = chat.lastMessage;
   let preview: string;
   if (typing && typing.length > 0) {
     preview = chat.kind === 'group' ? `${typing[0]} is typing…` : 'typing…';
   } else if (last) {
-    const firstLine = last.deleted ? 'This message was deleted' : (last.body.split('\n', 1)[0] ?? '');
+    const firstLine = last.deleted ? 'This message was deleted' : previewOf(last.body);
     const sender =
       last.sender_id === meId
         ? 'You: '
