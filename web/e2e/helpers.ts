@@ -158,3 +158,13 @@ export async function openChatInfo(page: Page): Promise<Locator> {
   await expect(dialog).toBeVisible();
   return dialog;
 }
+
+/** The seq of the newest message with `body` (setup for reactions, edits and replies). */
+export async function seqOf(viewer: Person, conversation: string, body: string): Promise<number> {
+  const response = await viewer.context.request.get(`/api/v1/conversations/${conversation}/messages?limit=200`, { headers: CSRF });
+  expect(response.ok()).toBe(true);
+  const { messages: list } = (await response.json()) as { messages: Array<{ seq: number; body: string }> };
+  const found = list.filter((m) => m.body === body).at(-1);
+  expect(found, `no message "${body}"`).toBeDefined();
+  return found!.seq;
+}
