@@ -60,7 +60,7 @@ describe('architecture', () => {
   });
 
   it('never renders an HTML string', () => {
-    const forbidden = 'dangerously' + 'SetInnerHTML';
+    const forbidden = ['dangerously', 'SetInnerHTML'].join(''); // not spelled out: this file is checked too
     const users = files(src).filter((file) => readFileSync(file, 'utf8').includes(forbidden));
     expect(users).toEqual([]);
   });

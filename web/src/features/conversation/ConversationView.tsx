@@ -73,7 +73,12 @@ export function ConversationView(props: ConversationViewProps) {
     editing: editMessage && !editMessage.deleted ? { seq: editMessage.seq, body: editMessage.body } : null,
   };
 
-  const { onReact, onDelete } = props;
+  // The message items are memoised: their callbacks must not change with every render of
+  // the app, so they call whatever the latest props say.
+  const latest = useRef(props);
+  useEffect(() => {
+    latest.current = props;
+  });
   const actions: MessageActions = useMemo(
     () => ({
       onReply: (seq) => {
@@ -85,18 +90,18 @@ export function ConversationView(props: ConversationViewProps) {
         setEditingSeq(seq);
       },
       onDelete: (seq) => setDeletingSeq(seq),
-      onReact,
+      onReact: (seq, emoji) => latest.current.onReact(seq, emoji),
       onJumpTo: (seq) => {
-        void onLoadUntil(seq).then(() => {
+        void latest.current.onLoadUntil(seq).then(() => {
           setHighlightSeq(seq);
           if (highlightTimer.current !== null) window.clearTimeout(highlightTimer.current);
           highlightTimer.current = window.setTimeout(() => setHighlightSeq(null), HIGHLIGHT_MS);
         });
       },
-      onRetry: props.onRetry,
-      onDiscard: props.onDiscard,
+      onRetry: (id) => latest.current.onRetry(id),
+      onDiscard: (id) => latest.current.onDiscard(id),
     }),
-    [onReact, onLoadUntil, props.onRetry, props.onDiscard],
+    [],
   );
 
   const editLast = () => {
@@ -179,7 +184,7 @@ export function ConversationView(props: ConversationViewProps) {
               : `This message from ${nameOf(messageAt(deletingSeq)?.sender_id ?? '')} will be deleted for everyone. This cannot be undone.`
           }
           confirmLabel="Delete"
-          onConfirm={() => onDelete(deletingSeq)}
+          onConfirm={() => props.onDelete(deletingSeq)}
           onClose={() => setDeletingSeq(null)}
         />
       ) : null}
