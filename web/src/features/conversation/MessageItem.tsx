@@ -3,10 +3,11 @@ import { memo, useEffect, useRef, useState } from 'react';
 import { clockTime, longWhen } from '../../components/ui/format.ts';
 import { Icon } from '../../components/ui/Icon.tsx';
 import { Menu, type MenuItem } from '../../components/ui/Menu.tsx';
-import type { ConversationKind, Message, UserId } from '../../lib/api/types.ts';
+import type { ConversationKind, Message, ReplyPreview, UserId } from '../../lib/api/types.ts';
 import type { PendingMessage } from '../../lib/sync/engine.ts';
 import { emojiName, QUICK_REACTIONS } from './emoji.ts';
 import { EmojiPicker } from './EmojiPicker.tsx';
+import { plainText } from './markdown.ts';
 import { MessageBody } from './MessageBody.tsx';
 
 export type Item =
@@ -43,6 +44,8 @@ interface MessageItemProps {
   /** Shown under my newest message in a group. */
   seenBy: string | null;
   highlighted: boolean;
+  /** For a pending reply: what it answers (stored messages carry their own `reply_to`). */
+  pendingQuote: ReplyPreview | null;
   canDelete: boolean;
   actions: MessageActions;
 }
@@ -162,10 +165,8 @@ export const MessageItem = memo(function MessageItem(props: MessageItemProps) {
             </div>
           ) : null}
           <span className="visually-hidden">{sender}: </span>
-          {stored?.reply_to ? <ReplyQuote message={stored} meId={meId} names={names} onJumpTo={actions.onJumpTo} /> : null}
-          {item.kind === 'pending' && item.pending.replyToSeq !== null ? (
-            <div className="reply-quote is-static">Replying…</div>
-          ) : null}
+          {stored?.reply_to ? <ReplyQuote quote={stored.reply_to} meId={meId} names={names} onJumpTo={actions.onJumpTo} /> : null}
+          {props.pendingQuote ? <ReplyQuote quote={props.pendingQuote} meId={meId} names={names} onJumpTo={actions.onJumpTo} /> : null}
           {deleted ? (
             <div className="message-body is-deleted">
               <Icon name="trash" /> This message was deleted
@@ -251,19 +252,18 @@ export const MessageItem = memo(function MessageItem(props: MessageItemProps) {
 });
 
 function ReplyQuote({
-  message,
+  quote,
   meId,
   names,
   onJumpTo,
 }: {
-  message: Message;
+  quote: ReplyPreview;
   meId: UserId;
   names: Readonly<Record<UserId, string>>;
   onJumpTo: (seq: number) => void;
 }) {
-  const quote = message.reply_to!;
   const who = quote.sender_id === meId ? 'You' : (names[quote.sender_id] ?? 'Former member');
-  const text = quote.deleted ? 'This message was deleted' : quote.excerpt;
+  const text = quote.deleted ? 'This message was deleted' : plainText(quote.excerpt);
   return (
     <button
       type="button"

@@ -2,7 +2,8 @@ import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } fr
 
 import { clockTime, dayLabel, longWhen, sameDay } from '../../components/ui/format.ts';
 import { Icon } from '../../components/ui/Icon.tsx';
-import type { ConversationEvent, UserId } from '../../lib/api/types.ts';
+import type { ConversationEvent, ReplyPreview, UserId } from '../../lib/api/types.ts';
+import { plainText } from './markdown.ts';
 import type { ChatView, TimelineView } from '../../lib/sync/engine.ts';
 import { MessageItem, type Item, type MessageActions, type ReceiptState } from './MessageItem.tsx';
 import { systemText } from './systemText.ts';
@@ -132,7 +133,7 @@ export function MessageList(props: MessageListProps) {
     if (highlightSeq === null) return;
     const target = scrollRef.current?.querySelector<HTMLElement>(`[data-seq="${highlightSeq}"]`);
     if (!target) return;
-    target.scrollIntoView({ block: 'center' });
+    target.scrollIntoView?.({ block: 'center' });
     target.focus({ preventScroll: true });
   }, [highlightSeq, messages]);
 
@@ -220,6 +221,7 @@ export function MessageList(props: MessageListProps) {
                 receiptDetail={receipt.detail}
                 seenBy={chat.kind === 'group' && seq !== null && seq === newestMineSeq ? receipt.seenBy : null}
                 highlighted={seq !== null && seq === highlightSeq}
+                pendingQuote={row.kind === 'pending' ? quoteOf(messages, row.pending.replyToSeq) : null}
                 canDelete={mine || chat.isAdmin}
                 actions={actions}
               />
@@ -279,6 +281,14 @@ function useReceipts(
     }
     return receipts;
   }, [chat.members, chat.kind, messages, meId, names]);
+}
+
+/** What a pending reply answers, from the messages held (the server sends its own later). */
+function quoteOf(messages: TimelineView['messages'], seq: number | null): ReplyPreview | null {
+  if (seq === null) return null;
+  const original = messages.find((m) => m.seq === seq);
+  if (!original) return { seq, sender_id: '', excerpt: '…' };
+  return { seq, sender_id: original.sender_id, excerpt: plainText(original.body).slice(0, 120), ...(original.deleted ? { deleted: true } : {}) };
 }
 
 function seqOf(row: Row): number {
