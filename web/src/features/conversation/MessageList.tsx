@@ -88,7 +88,7 @@ export function MessageList(props: MessageListProps) {
       // Opening: at the first unread message if there are some, else at the newest.
       place.current.opened = true;
       if (divider) {
-        el.scrollTop = Math.max(0, divider.offsetTop - 12);
+        scrollToTop(el, divider);
         place.current.atBottom = el.scrollHeight - el.scrollTop - el.clientHeight <= STICKY_PX;
       } else {
         el.scrollTop = el.scrollHeight;
@@ -164,7 +164,7 @@ export function MessageList(props: MessageListProps) {
       const el = scrollRef.current;
       const divider = el?.querySelector<HTMLElement>('.unread-divider');
       if (!el || !divider) return;
-      el.scrollTop = Math.max(0, divider.offsetTop - 12);
+      scrollToTop(el, divider);
       setUnreadAbove(false);
     });
   };
@@ -236,6 +236,11 @@ export function MessageList(props: MessageListProps) {
       ) : null}
     </div>
   );
+}
+
+/** Scrolls `el` so that `target` sits just below its top edge. */
+function scrollToTop(el: HTMLElement, target: HTMLElement): void {
+  el.scrollTop += target.getBoundingClientRect().top - el.getBoundingClientRect().top - 12;
 }
 
 interface Receipt {
