@@ -58,7 +58,8 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
 
   useEffect(() => engine.setActive(activeId), [engine, activeId]);
 
-  const totalUnread = state.chats.reduce((sum, chat) => sum + chat.unread, 0);
+  // A muted chat counts only what mentions me, as its notifications do.
+  const totalUnread = state.chats.reduce((sum, chat) => sum + (chat.muted ? chat.unreadMentions : chat.unread), 0);
   useEffect(() => {
     document.title = totalUnread > 0 ? `(${totalUnread}) Parlor` : 'Parlor';
   }, [totalUnread]);
