@@ -41,6 +41,18 @@ test('a group admin renames, adds, removes and promotes; members leave; lists fo
   await openChat(ada.page, title);
   await send(ada.page, 'welcome');
 
+  // An admin may delete anyone's message in a group (after a confirm that names them).
+  await openChat(ben.page, title);
+  await send(ben.page, 'an unfortunate message');
+  const theirs = messageWith(ada.page, 'an unfortunate message');
+  await theirs.hover();
+  await theirs.getByRole('button', { name: 'More actions' }).click();
+  await ada.page.getByRole('menu', { name: 'Message actions' }).getByRole('menuitem', { name: 'Delete' }).click();
+  const confirmDelete = ada.page.getByRole('dialog', { name: 'Delete message?' });
+  await expect(confirmDelete).toContainText(`from ${ben.username}`);
+  await confirmDelete.getByRole('button', { name: 'Delete' }).click();
+  await expect(messages(ben.page).nth(1)).toContainText('This message was deleted');
+
   // Rename.
   let info = await openChatInfo(ada.page);
   await info.getByRole('button', { name: 'Rename' }).click();

@@ -228,3 +228,33 @@ test('a chat opens at an unread divider, with a way to jump to it', async ({ bro
   await ada.context.close();
   await ben.context.close();
 });
+
+test('message actions work from the keyboard alone', async ({ browser, baseURL }) => {
+  const ada = await person(browser, baseURL, uniqueName('ada'));
+  const ben = await person(browser, baseURL, uniqueName('ben'));
+  await directChat(ada, ben);
+  await ada.page.reload();
+  await openChat(ada.page, ben.username);
+  await send(ada.page, 'keyboard only');
+  const box = ada.page.getByRole('textbox', { name: 'Message' });
+  await box.focus();
+  // Back from the message box: the newest message's toolbar, "More actions" last.
+  await ada.page.keyboard.press('Shift+Tab');
+  const more = messageWith(ada.page, 'keyboard only').getByRole('button', { name: 'More actions' });
+  await expect(more).toBeFocused();
+  await ada.page.keyboard.press('Enter');
+  const menu = ada.page.getByRole('menu', { name: 'Message actions' });
+  await expect(menu.getByRole('menuitem', { name: 'Reply' })).toBeFocused();
+  await ada.page.keyboard.press('Escape');
+  await expect(menu).toHaveCount(0);
+  await expect(more).toBeFocused();
+  await ada.page.keyboard.press('Shift+Tab');
+  await ada.page.keyboard.press('Enter'); // Reply
+  await expect(ada.page.getByText('Replying to yourself')).toBeVisible();
+  await expect(box).toBeFocused();
+  await ada.page.keyboard.type('answering myself');
+  await ada.page.keyboard.press('Enter');
+  await expect(messageWith(ada.page, 'answering myself').getByRole('button', { name: /Reply to You: keyboard only/ })).toBeVisible();
+  await ada.context.close();
+  await ben.context.close();
+});
