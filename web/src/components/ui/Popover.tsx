@@ -64,7 +64,8 @@ export function Popover({ anchor, onClose, label, role = 'dialog', children }: P
       className="popover"
       role={role}
       aria-label={label}
-      style={position ? { top: position.top, left: position.left } : { top: 0, left: 0, visibility: 'hidden' }}
+      // Measured before it is placed: transparent, not hidden, so what it holds can take the focus.
+      style={position ? { top: position.top, left: position.left } : { top: 0, left: 0, opacity: 0 }}
     >
       {children}
     </div>

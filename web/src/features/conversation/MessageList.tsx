@@ -54,11 +54,14 @@ export function MessageList(props: MessageListProps) {
     return [...stored, ...pending.map((p): Row => ({ kind: 'pending', key: `${meId}:${p.clientMsgId}`, pending: p }))];
   }, [messages, notices, pending, meId]);
 
+  // The divider marks the first unread message only once it is loaded: the oldest message
+  // held is already read, or there is nothing older. Until then, a button pages it in.
+  const unreadLoaded = unreadAfterSeq !== null && (!hasOlder || (messages[0]?.seq ?? Infinity) <= unreadAfterSeq);
   const firstUnreadSeq = useMemo(() => {
-    if (unreadAfterSeq === null) return null;
+    if (unreadAfterSeq === null || !unreadLoaded) return null;
     return messages.find((m) => m.seq > unreadAfterSeq && m.sender_id !== meId)?.seq ?? null;
-  }, [messages, unreadAfterSeq, meId]);
-  const unreadNotLoaded = unreadAfterSeq !== null && firstUnreadSeq === null && hasOlder;
+  }, [messages, unreadAfterSeq, unreadLoaded, meId]);
+  const unreadNotLoaded = unreadAfterSeq !== null && !unreadLoaded;
 
   const receipts = useReceipts(chat, messages, meId, names);
   const newestMineSeq = useMemo(() => {
