@@ -125,6 +125,8 @@ export async function send(page: Page, body: string): Promise<void> {
 
 export async function screenshot(page: Page, name: string): Promise<void> {
   mkdirSync(SCREENSHOTS_DIR, { recursive: true });
+  // The pointer rests where the last click left it: move it off anything it would highlight.
+  await page.mouse.move(0, 0);
   await page.screenshot({ path: path.join(SCREENSHOTS_DIR, `${name}.png`), animations: 'disabled', caret: 'hide' });
 }
 
