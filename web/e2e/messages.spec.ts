@@ -199,6 +199,10 @@ test('a draft stays with its chat across switches and reloads', async ({ browser
   await openChat(ada.page, ben.username);
   await openChat(ada.page, cy.username);
   await expect(box).toHaveValue('');
+  // Logging out leaves no draft behind in this browser.
+  await ada.page.getByRole('button', { name: 'Log out' }).click();
+  await expect(ada.page.getByRole('button', { name: 'Log in' })).toBeVisible();
+  expect(await ada.page.evaluate(() => Object.keys(localStorage).filter((k) => k.startsWith('parlor.draft.')))).toEqual([]);
   await ada.context.close();
   await ben.context.close();
   await cy.context.close();

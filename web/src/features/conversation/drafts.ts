@@ -24,3 +24,15 @@ export function saveDraft(userId: string, chatId: string, text: string): void {
     // See above: a draft that cannot be kept is only lost on reload.
   }
 }
+
+/** Logging out leaves nothing of what was typed in this browser. */
+export function clearDrafts(): void {
+  try {
+    for (let i = localStorage.length - 1; i >= 0; i--) {
+      const name = localStorage.key(i);
+      if (name?.startsWith(PREFIX)) localStorage.removeItem(name);
+    }
+  } catch {
+    // See above.
+  }
+}
