@@ -57,6 +57,7 @@ test('screenshots of the main screens', async ({ browser, baseURL }) => {
 
   // The group: a system line, "Seen by", the chat info.
   await postEvent(priya, group, { kind: 'title_changed', title: 'Design review 🎨' }, 'shot-rename');
+  await postEvent(priya, group, { kind: 'role_changed', user_id: maria.id, role: 'admin' }, 'shot-admin');
   await openChat(maria.page, 'Design review 🎨');
   await send(maria.page, 'Two comments inline, otherwise ready to ship.');
   await openChat(priya.page, 'Design review 🎨');
