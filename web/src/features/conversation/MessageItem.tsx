@@ -187,7 +187,8 @@ export const MessageItem = memo(function MessageItem(props: MessageItemProps) {
           </div>
         </div>
         {actionable ? (
-          <div className="message-actions" role="toolbar" aria-label={`Actions for the message from ${sender}`}>
+          <fieldset className="message-actions">
+            <legend className="visually-hidden">Actions for the message from {sender}</legend>
             {QUICK_REACTIONS.slice(0, 1).map(({ emoji, name }) => (
               <button
                 key={emoji}
@@ -223,7 +224,7 @@ export const MessageItem = memo(function MessageItem(props: MessageItemProps) {
             >
               <Icon name="more" />
             </button>
-          </div>
+          </fieldset>
         ) : null}
       </div>
       {stored?.reactions && stored.reactions.length > 0 && !deleted ? (
