@@ -303,7 +303,7 @@ describe('sending: pending → sent', () => {
   it('shows a message as pending until the server pushes it back with a seq', () => {
     const id = engine.send(DM, 'hello bob');
     expect(pending()).toMatchObject([{ clientMsgId: id, body: 'hello bob', state: 'sending' }]);
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'hello bob' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'hello bob' }]);
 
     const [accepted, message] = server.processSends(alice.id);
     deliver(accepted!);
@@ -327,7 +327,7 @@ describe('sending: pending → sent', () => {
     expect(server.received).toEqual([]);
 
     await connect();
-    expect(server.received.map((f) => (f.type === 'send' ? f.client_msg_id : f.type))).toEqual([first, second]);
+    expect(server.received.map((f) => (f.type === 'event' ? f.client_msg_id : f.type))).toEqual([first, second]);
     deliver(...server.processSends(alice.id));
     expect(bodies()).toEqual(['one', 'two']);
     expect(pending()).toEqual([]);
@@ -338,7 +338,7 @@ describe('sending: pending → sent', () => {
     server.received.splice(0); // the frame died with the socket
     disconnect();
     await connect();
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'lost on the way' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'lost on the way' }]);
   });
 
   it('does not duplicate a message that was stored before the socket dropped', async () => {
@@ -349,7 +349,7 @@ describe('sending: pending → sent', () => {
     // The catch-up found it: shown once, as sent, and not sent again.
     expect(bodies()).toEqual(['stored, ack lost']);
     expect(pending()).toEqual([]);
-    expect(server.received.filter((f) => f.type === 'send')).toEqual([]);
+    expect(server.received.filter((f) => f.type === 'event')).toEqual([]);
     expect(server.messages.get(DM)!.filter((m) => m.client_msg_id === id)).toHaveLength(1);
   });
 
@@ -376,7 +376,7 @@ describe('sending: pending → sent', () => {
     const id = engine.send(DM, 'into the void');
     server.received.splice(0);
     clock.advance(SYNC_LIMITS.sendConfirmMs);
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'into the void' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'into the void' }]);
     deliver(...server.processSends(alice.id));
     expect(pending()).toEqual([]);
     expect(bodies()).toEqual(['into the void']);
@@ -392,7 +392,7 @@ describe('sending: pending → sent', () => {
     clock.advance(SYNC_LIMITS.retryInitialMs / 2);
     expect(server.received).toEqual([]);
     clock.advance(SYNC_LIMITS.retryInitialMs * 1.5); // backoff with jitter: within [1 s, 2 s]
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'slow down' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'slow down' }]);
   });
 
   it('waits as long as the server asks before sending again, and out of disk space too', () => {
@@ -403,12 +403,12 @@ describe('sending: pending → sent', () => {
     clock.advance(wait - 1);
     expect(server.received).toEqual([]);
     clock.advance(1);
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'later' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'later' }]);
     server.received.splice(0);
     deliver({ type: 'error', code: 'storage_full', message: 'out of disk space', client_msg_id: id });
     expect(pending()[0]!.state).toBe('queued');
     clock.advance(SYNC_LIMITS.retryMaxMs);
-    expect(server.received[0]).toEqual({ type: 'send', conversation_id: DM, client_msg_id: id, body: 'later' });
+    expect(server.received[0]).toEqual({ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'later' });
   });
 
   it('marks a refused message failed and retries it by hand with the same id', () => {
@@ -418,7 +418,7 @@ describe('sending: pending → sent', () => {
     expect(pending()[0]).toMatchObject({ state: 'failed', error: 'nope' });
     engine.retry(id);
     expect(pending()[0]!.state).toBe('sending');
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'refused' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'refused' }]);
     engine.discard(id);
     expect(pending()).toEqual([]);
   });
@@ -572,7 +572,7 @@ describe('events: edits, deletes, reactions', () => {
 
   it('sends a reply with the seq it answers', () => {
     const id = engine.send(DM, 'answer', 1);
-    expect(server.received.at(-1)).toEqual({ type: 'send', conversation_id: DM, client_msg_id: id, body: 'answer', reply_to_seq: 1 });
+    expect(server.received.at(-1)).toEqual({ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'answer', reply_to_seq: 1 });
     expect(engine.getState().timelines[DM]!.pending[0]!.replyToSeq).toBe(1);
     deliver(...server.processSends(alice.id));
     expect(engine.getState().timelines[DM]!.messages.at(-1)!.reply_to).toEqual({ seq: 1, sender_id: bob.id, excerpt: 'msg 1' });

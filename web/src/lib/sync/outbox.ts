@@ -210,18 +210,13 @@ export class Outbox {
       record.state = 'queued';
       return;
     }
-    const change = record.change;
-    const sent = this.core.transport.send(
-      change.kind === 'message'
-        ? {
-            type: 'send',
-            conversation_id: record.conversationId,
-            client_msg_id: record.clientMsgId,
-            body: change.body,
-            ...(change.reply_to_seq === undefined ? {} : { reply_to_seq: change.reply_to_seq }),
-          }
-        : { type: 'event', conversation_id: record.conversationId, client_msg_id: record.clientMsgId, ...change },
-    );
+    // One frame for every kind of change, messages included (`send` is the older clients' form).
+    const sent = this.core.transport.send({
+      type: 'event',
+      conversation_id: record.conversationId,
+      client_msg_id: record.clientMsgId,
+      ...record.change,
+    });
     record.state = sent ? 'sending' : 'queued';
     if (sent) {
       // A frame can vanish with a socket that looks alive; the server stores a repeat once.
