@@ -21,7 +21,7 @@ test('two people chat live, both ways', async ({ browser, baseURL }) => {
   await expect(box).toHaveValue('');
   const first = messages(ada.page).filter({ hasText: 'Hello Ben!' });
   await expect(first).toContainText('Second line.');
-  await expect(first).toContainText(/Sent|Seen/);
+  await expect(first).toContainText(/Sent|Delivered|Seen/);
 
   // Ben never reloads: the chat appears, with the message, live.
   await expect(chatItem(ben.page, ada.username)).toContainText('Hello Ben!');
@@ -151,7 +151,7 @@ test('the app works with the keyboard alone', async ({ browser, baseURL }) => {
   await ada.page.getByRole('textbox', { name: 'Message' }).focus();
   await ada.page.keyboard.type('typed without a mouse');
   await ada.page.keyboard.press('Enter');
-  await expect(messages(ada.page).first()).toContainText(/Sent|Seen/);
+  await expect(messages(ada.page).first()).toContainText(/Sent|Delivered|Seen/);
 
   await ada.page.getByRole('button', { name: 'New chat' }).focus();
   await ada.page.keyboard.press('Enter');

@@ -120,10 +120,53 @@ export async function send(page: Page, body: string): Promise<void> {
   const box = page.getByRole('textbox', { name: 'Message' });
   await box.fill(body);
   await box.press('Enter');
-  await expect(messages(page).filter({ hasText: body }).last()).toContainText(/Sent|Seen/);
+  await expect(messages(page).filter({ hasText: body }).last()).toContainText(/Sent|Delivered|Seen/);
 }
 
 export async function screenshot(page: Page, name: string): Promise<void> {
   mkdirSync(SCREENSHOTS_DIR, { recursive: true });
+  // The pointer rests where the last click left it: move it off anything it would highlight.
+  await page.mouse.move(0, 0);
   await page.screenshot({ path: path.join(SCREENSHOTS_DIR, `${name}.png`), animations: 'disabled', caret: 'hide' });
+}
+
+/** Asks for any change through the HTTP API (setup: a reply, a reaction, a rename…). */
+export async function postEvent(sender: Person, conversation: string, change: Record<string, unknown>, clientMsgId: string): Promise<void> {
+  const response = await sender.context.request.post(`/api/v1/conversations/${conversation}/events`, {
+    data: { client_msg_id: clientMsgId, ...change },
+    headers: CSRF,
+  });
+  expect(response.status(), `event ${JSON.stringify(change)}: ${await response.text()}`).toBe(202);
+}
+
+/** The one message whose text contains `text`. */
+export function messageWith(page: Page, text: string): Locator {
+  return messages(page).filter({ hasText: text });
+}
+
+/** Opens the actions menu of a message from the keyboard-reachable "More actions" button. */
+export async function messageMenu(page: Page, text: string): Promise<Locator> {
+  const item = messageWith(page, text);
+  await item.hover();
+  await item.getByRole('button', { name: 'More actions' }).click();
+  const menu = page.getByRole('menu', { name: 'Message actions' });
+  await expect(menu).toBeVisible();
+  return menu;
+}
+
+export async function openChatInfo(page: Page): Promise<Locator> {
+  await page.getByRole('button', { name: 'Chat info', exact: true }).click();
+  const dialog = page.getByRole('dialog', { name: /Group info|Chat info/ });
+  await expect(dialog).toBeVisible();
+  return dialog;
+}
+
+/** The seq of the newest message with `body` (setup for reactions, edits and replies). */
+export async function seqOf(viewer: Person, conversation: string, body: string): Promise<number> {
+  const response = await viewer.context.request.get(`/api/v1/conversations/${conversation}/messages?limit=200`, { headers: CSRF });
+  expect(response.ok()).toBe(true);
+  const { messages: list } = (await response.json()) as { messages: Array<{ seq: number; body: string }> };
+  const found = list.filter((m) => m.body === body).at(-1);
+  expect(found, `no message "${body}"`).toBeDefined();
+  return found!.seq;
 }

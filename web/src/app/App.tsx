@@ -1,6 +1,7 @@
 import { useCallback, useEffect, useState } from 'react';
 
 import { AuthScreen } from '../features/auth/AuthScreen.tsx';
+import { clearDrafts } from '../features/conversation/drafts.ts';
 import * as api from '../lib/api/client.ts';
 import type { User } from '../lib/api/types.ts';
 import { ChatApp } from './ChatApp.tsx';
@@ -39,6 +40,7 @@ export function App() {
     } catch {
       // The cookie may already be gone; either way this browser is logged out.
     }
+    clearDrafts();
     window.location.hash = '';
     setAuth({ kind: 'anonymous', notice: null });
   }, []);

@@ -2,10 +2,12 @@ import { useEffect, useMemo, useRef, useState, useSyncExternalStore } from 'reac
 
 import { Avatar } from '../components/ui/Avatar.tsx';
 import { Icon } from '../components/ui/Icon.tsx';
+import { ChatInfoDialog } from '../features/chats/ChatInfoDialog.tsx';
 import { ChatList } from '../features/chats/ChatList.tsx';
 import { NewChatDialog } from '../features/chats/NewChatDialog.tsx';
 import { NewGroupDialog } from '../features/chats/NewGroupDialog.tsx';
 import { ConversationView } from '../features/conversation/ConversationView.tsx';
+import { plainText } from '../features/conversation/markdown.ts';
 import { PresenceDot } from '../features/presence/PresenceDot.tsx';
 import { PresenceStatus } from '../features/presence/PresenceStatus.tsx';
 import type { Conversation, ConversationId, User, UserId } from '../lib/api/types.ts';
@@ -51,12 +53,13 @@ interface ShellProps {
 
 function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
   const state = useSyncExternalStore(engine.subscribe, engine.getState);
-  const [dialog, setDialog] = useState<'chat' | 'group' | null>(null);
+  const [dialog, setDialog] = useState<'chat' | 'group' | 'info' | null>(null);
   const [access, setAccess] = useState<NotificationAccess>(notificationAccess);
 
   useEffect(() => engine.setActive(activeId), [engine, activeId]);
 
-  const totalUnread = state.chats.reduce((sum, chat) => sum + chat.unread, 0);
+  // A muted chat counts only what mentions me, as its notifications do.
+  const totalUnread = state.chats.reduce((sum, chat) => sum + (chat.muted ? chat.unreadMentions : chat.unread), 0);
   useEffect(() => {
     document.title = totalUnread > 0 ? `(${totalUnread}) Parlor` : 'Parlor';
   }, [totalUnread]);
@@ -64,12 +67,34 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
   const typingNames = useMemo(() => namesTyping(state), [state]);
   const activeChat = activeId === null ? undefined : state.chats.find((c) => c.id === activeId);
 
+  // A chat I was removed from, or left, closes: back to the list.
+  const wasOpen = useRef<ConversationId | null>(null);
+  useEffect(() => {
+    if (activeChat) wasOpen.current = activeChat.id;
+    else if (wasOpen.current !== null && wasOpen.current === activeId && state.chatsStatus === 'ready') {
+      wasOpen.current = null;
+      setDialog((current) => (current === 'info' ? null : current));
+      navigate(null);
+    }
+  }, [activeChat, activeId, state.chatsStatus, navigate]);
+
   const opened = (conversation: Conversation) => {
     setDialog(null);
     engine.upsertConversation(conversation);
     navigate(conversation.id);
   };
   const renderPresence = (userId: UserId) => <PresenceDot online={state.presence[userId]?.online ?? false} />;
+  const renderLastSeen = (userId: UserId) => (
+    <PresenceStatus online={state.presence[userId]?.online ?? false} lastSeen={state.presence[userId]?.lastSeen ?? null} />
+  );
+  /** A change the engine refuses before sending (an empty edit, say) says why in a notice. */
+  const act = (change: () => unknown) => {
+    try {
+      change();
+    } catch (cause) {
+      engine.report(cause instanceof Error ? cause.message : 'That did not work.');
+    }
+  };
 
   return (
     <div className="app" data-view={activeId === null ? 'list' : 'conversation'}>
@@ -113,6 +138,7 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
             typing={typingNames}
             hrefOf={conversationHref}
             renderPresence={renderPresence}
+            previewOf={plainText}
           />
         </nav>
       </aside>
@@ -124,11 +150,18 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
             chat={activeChat}
             timeline={state.timelines[activeChat.id]}
             meId={state.me.id}
+            names={state.names}
             typing={typingNames[activeChat.id] ?? []}
             status={<ChatStatus chat={activeChat} state={state} />}
             badge={activeChat.peerId ? renderPresence(activeChat.peerId) : null}
+            avatarSeed={activeChat.peerId ?? activeChat.id}
             backHref={conversationHref(null)}
-            onSend={(body) => void engine.send(activeChat.id, body)}
+            onSend={(body, replyToSeq) => void engine.send(activeChat.id, body, replyToSeq)}
+            onEdit={(seq, body) => act(() => engine.edit(activeChat.id, seq, body))}
+            onDelete={(seq) => act(() => engine.deleteMessage(activeChat.id, seq))}
+            onReact={(seq, emoji) => act(() => engine.toggleReaction(activeChat.id, seq, emoji))}
+            onLoadUntil={(seq) => engine.loadUntil(activeChat.id, seq)}
+            onOpenInfo={() => setDialog('info')}
             onTyping={() => engine.typingIn(activeChat.id)}
             onLoadOlder={() => void engine.loadOlder(activeChat.id)}
             onRetry={(id) => engine.retry(id)}
@@ -147,6 +180,7 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
       </main>
 
       <ConnectionBanner connection={state.connection} />
+      <Notices notices={state.notices} onDismiss={(id) => engine.dismissNotice(id)} />
 
       {dialog === 'chat' ? (
         <NewChatDialog
@@ -154,6 +188,24 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
           onClose={() => setDialog(null)}
           onCreated={opened}
           onPresence={(members) => engine.notePresence(members)}
+        />
+      ) : null}
+      {dialog === 'info' && activeChat ? (
+        <ChatInfoDialog
+          chat={activeChat}
+          meId={state.me.id}
+          renderPresence={renderPresence}
+          renderLastSeen={renderLastSeen}
+          onClose={() => setDialog(null)}
+          onMute={(muted) => engine.setMuted(activeChat.id, muted)}
+          onRename={(title) => engine.rename(activeChat.id, title)}
+          onAdd={(user) => {
+            engine.notePresence([user]);
+            act(() => engine.addMember(activeChat.id, user.id));
+          }}
+          onRemove={(userId) => act(() => engine.removeMember(activeChat.id, userId))}
+          onSetRole={(userId, role) => act(() => engine.setRole(activeChat.id, userId, role))}
+          onLeave={() => act(() => engine.leave(activeChat.id))}
         />
       ) : null}
       {dialog === 'group' ? (
@@ -190,6 +242,30 @@ function ConnectionBanner({ connection }: { connection: EngineState['connection'
         : '';
   return (
     <output className={`connection-banner is-${connection}`}>{text}</output>
+  );
+}
+
+const NOTICE_SHOWN_MS = 8_000;
+
+/** Refused changes and the like, announced politely; each goes away by itself or on Dismiss. */
+function Notices({ notices, onDismiss }: { notices: EngineState['notices']; onDismiss: (id: number) => void }) {
+  const newest = notices.at(-1);
+  useEffect(() => {
+    if (!newest) return;
+    const timer = window.setTimeout(() => onDismiss(newest.id), NOTICE_SHOWN_MS);
+    return () => window.clearTimeout(timer);
+  }, [newest, onDismiss]);
+  return (
+    <output className="notices" aria-live="polite">
+      {notices.map((notice) => (
+        <span key={notice.id} className="notice">
+          <span>{notice.text}</span>
+          <button type="button" className="link-button" onClick={() => onDismiss(notice.id)}>
+            Dismiss
+          </button>
+        </span>
+      ))}
+    </output>
   );
 }
 

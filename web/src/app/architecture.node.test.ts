@@ -59,6 +59,12 @@ describe('architecture', () => {
     expect(reactUsers).toEqual([]);
   });
 
+  it('never renders an HTML string', () => {
+    const forbidden = ['dangerously', 'SetInnerHTML'].join(''); // not spelled out: this file is checked too
+    const users = files(src).filter((file) => readFileSync(file, 'utf8').includes(forbidden));
+    expect(users).toEqual([]);
+  });
+
   it('has no barrel files', () => {
     expect(files(src).filter((file) => /^index\.tsx?$/.test(path.basename(file)))).toEqual([]);
   });

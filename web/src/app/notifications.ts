@@ -1,6 +1,8 @@
-// Browser notifications for messages that arrive while the tab is hidden. Permission is
-// asked only from a click (`requestNotifications`), never on load.
+// Browser notifications for messages that arrive while the tab is hidden (in a muted chat,
+// only those that mention me). Permission is asked only from a click (`requestNotifications`),
+// never on load.
 
+import { plainText } from '../features/conversation/markdown.ts';
 import type { IncomingMessage } from '../lib/sync/engine.ts';
 
 export type NotificationAccess = NotificationPermission | 'unsupported';
@@ -20,10 +22,17 @@ export async function requestNotifications(): Promise<NotificationAccess> {
 
 const BODY_CHARS_MAX = 140;
 
-export function notifyIncoming({ message, chat, sender }: IncomingMessage, onOpen: (id: string) => void): void {
-  if (document.visibilityState !== 'hidden' || notificationAccess() !== 'granted') return;
+/** A muted chat notifies only of messages that mention me. */
+export function shouldNotify({ chat, mentionsMe, message }: IncomingMessage): boolean {
+  return !message.deleted && (!chat.muted || mentionsMe);
+}
+
+export function notifyIncoming(incoming: IncomingMessage, onOpen: (id: string) => void): void {
+  const { message, chat, sender } = incoming;
+  if (document.visibilityState !== 'hidden' || notificationAccess() !== 'granted' || !shouldNotify(incoming)) return;
   const title = chat.kind === 'group' ? `${sender} in ${chat.title}` : sender;
-  const body = message.body.length > BODY_CHARS_MAX ? `${message.body.slice(0, BODY_CHARS_MAX - 1)}…` : message.body;
+  const text = plainText(message.body);
+  const body = text.length > BODY_CHARS_MAX ? `${text.slice(0, BODY_CHARS_MAX - 1)}…` : text;
   try {
     const notification = new Notification(title, { body, tag: chat.id, icon: '/favicon.svg' });
     notification.onclick = () => {

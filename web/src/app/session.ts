@@ -31,8 +31,11 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
     me: user,
     transport: {
       listConversations: api.listConversations,
+      fetchConversation: api.fetchConversation,
       fetchMessages: api.fetchMessages,
+      fetchEvents: api.fetchEvents,
       markRead: api.markRead,
+      setMuted: api.setMuted,
       send: (frame) => socket?.send(frame) ?? false,
     },
   });

@@ -11,7 +11,7 @@ interface DialogProps {
 /**
  * A modal on the native <dialog>: focus is trapped and restored by the browser, Escape
  * closes it, and it is announced with its title. The element marked `data-autofocus`
- * gets the focus when it opens.
+ * gets the focus when it opens; the element that had it before gets it back on close.
  */
 export function Dialog({ title, onClose, children }: DialogProps) {
   const ref = useRef<HTMLDialogElement>(null);
@@ -19,12 +19,18 @@ export function Dialog({ title, onClose, children }: DialogProps) {
 
   useEffect(() => {
     const dialog = ref.current;
+    // The browser gives the focus back only to a dialog closed while in the document; this
+    // one is removed by React first, so it gives it back itself.
+    const opener = document.activeElement instanceof HTMLElement ? document.activeElement : null;
     if (dialog && !dialog.open) {
       dialog.showModal();
       // React's autoFocus runs before the dialog opens; this runs after.
       dialog.querySelector<HTMLElement>('[data-autofocus]')?.focus();
     }
-    return () => dialog?.close();
+    return () => {
+      dialog?.close();
+      if (opener?.isConnected) opener.focus({ preventScroll: true });
+    };
   }, []);
 
   return (

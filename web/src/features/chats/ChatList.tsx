@@ -2,6 +2,7 @@ import { memo, type ReactNode } from 'react';
 
 import { Avatar } from '../../components/ui/Avatar.tsx';
 import { shortWhen } from '../../components/ui/format.ts';
+import { Icon } from '../../components/ui/Icon.tsx';
 import type { ConversationId, UserId } from '../../lib/api/types.ts';
 import type { ChatView, LoadStatus } from '../../lib/sync/engine.ts';
 
@@ -15,10 +16,12 @@ interface ChatListProps {
   hrefOf: (id: ConversationId) => string;
   /** The presence dot of a direct chat's other member. */
   renderPresence: (userId: UserId) => ReactNode;
+  /** A body as one line of plain text (markup dropped). */
+  previewOf: (body: string) => string;
 }
 
 /** The chat list: a list named "Chats" whose items are named with each chat's title. */
-export function ChatList({ chats, status, activeId, meId, typing, hrefOf, renderPresence }: ChatListProps) {
+export function ChatList({ chats, status, activeId, meId, typing, hrefOf, renderPresence, previewOf }: ChatListProps) {
   if (status === 'loading' && chats.length === 0) {
     return <p className="chats-empty">Loading chats…</p>;
   }
@@ -43,6 +46,7 @@ export function ChatList({ chats, status, activeId, meId, typing, hrefOf, render
           typing={typing[chat.id]}
           href={hrefOf(chat.id)}
           presence={chat.peerId ? renderPresence(chat.peerId) : null}
+          previewOf={previewOf}
         />
       ))}
     </ul>
@@ -56,15 +60,16 @@ interface ChatItemProps {
   typing: readonly string[] | undefined;
   href: string;
   presence: ReactNode;
+  previewOf: (body: string) => string;
 }
 
-const ChatItem = memo(function ChatItem({ chat, active, meId, typing, href, presence }: ChatItemProps) {
+const ChatItem = memo(function ChatItem({ chat, active, meId, typing, href, presence, previewOf }: ChatItemProps) {
   const last = chat.lastMessage;
   let preview: string;
   if (typing && typing.length > 0) {
     preview = chat.kind === 'group' ? `${typing[0]} is typing…` : 'typing…';
   } else if (last) {
-    const firstLine = last.body.split('\n', 1)[0] ?? '';
+    const firstLine = last.deleted ? 'This message was deleted' : previewOf(last.body);
     const sender =
       last.sender_id === meId
         ? 'You: '
@@ -78,7 +83,7 @@ const ChatItem = memo(function ChatItem({ chat, active, meId, typing, href, pres
   return (
     <li aria-label={chat.title} className={active ? 'chat-item is-active' : 'chat-item'}>
       <a href={href} aria-current={active ? 'page' : undefined} className="chat-link">
-        <Avatar name={chat.title} seed={chat.id} badge={presence} />
+        <Avatar name={chat.title} seed={chat.peerId ?? chat.id} badge={presence} />
         <span className="chat-main">
           <span className="chat-row">
             <span className="chat-title">{chat.title}</span>
@@ -90,8 +95,19 @@ const ChatItem = memo(function ChatItem({ chat, active, meId, typing, href, pres
           </span>
           <span className="chat-row">
             <span className={typing?.length ? 'chat-preview is-typing' : 'chat-preview'}>{preview}</span>
+            {chat.muted ? (
+              <span className="muted-mark" title="Muted">
+                <Icon name="mute" />
+                <span className="visually-hidden">muted</span>
+              </span>
+            ) : null}
+            {chat.unreadMentions > 0 ? (
+              <output className="badge is-mention" aria-label={`${chat.unreadMentions} unread mention${chat.unreadMentions === 1 ? '' : 's'}`}>
+                @
+              </output>
+            ) : null}
             {chat.unread > 0 ? (
-              <output className="badge" aria-label={`${chat.unread} unread`}>
+              <output className={chat.muted ? 'badge is-muted' : 'badge'} aria-label={`${chat.unread} unread`}>
                 {chat.unread > 99 ? '99+' : chat.unread}
               </output>
             ) : null}

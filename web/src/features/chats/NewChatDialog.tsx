@@ -1,4 +1,4 @@
-import { useState } from 'react';
+import { useEffect, useState } from 'react';
 
 import { Avatar } from '../../components/ui/Avatar.tsx';
 import { Dialog } from '../../components/ui/Dialog.tsx';
@@ -20,6 +20,16 @@ export function NewChatDialog({ meId, onClose, onCreated, onPresence }: NewChatD
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   const search = useUserSearch(query, meId);
+  /** Enter was pressed while the search was still running: open the first match once it answers. */
+  const [enterPending, setEnterPending] = useState(false);
+  const first = search.searching ? undefined : search.results[0];
+  useEffect(() => {
+    if (!enterPending || search.searching) return;
+    setEnterPending(false);
+    if (first) void start(first);
+    // `start` is stable enough: it only reads state set by this dialog.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [enterPending, search.searching, first]);
 
   async function start(user: Member) {
     if (busy) return;
@@ -36,6 +46,13 @@ export function NewChatDialog({ meId, onClose, onCreated, onPresence }: NewChatD
 
   return (
     <Dialog title="New chat" onClose={onClose}>
+      <form
+        onSubmit={(event) => {
+          // Enter opens the chat with the first match: finding someone needs no mouse.
+          event.preventDefault();
+          if (query.trim() !== '') setEnterPending(true);
+        }}
+      >
       <label className="field">
         <span className="field-label">Search users</span>
         <input
@@ -49,6 +66,7 @@ export function NewChatDialog({ meId, onClose, onCreated, onPresence }: NewChatD
           data-autofocus
         />
       </label>
+      </form>
       <SearchFeedback query={query} searching={search.searching} error={error ?? search.error} count={search.results.length} />
       {search.results.length > 0 ? (
         <ul className="user-results" aria-label="Users">

@@ -1,44 +1,117 @@
-import { useCallback, type ReactNode } from 'react';
+import { useCallback, useEffect, useMemo, useRef, useState, type ReactNode } from 'react';
 
 import { Avatar } from '../../components/ui/Avatar.tsx';
+import { ConfirmDialog } from '../../components/ui/ConfirmDialog.tsx';
 import { Icon } from '../../components/ui/Icon.tsx';
 import type { UserId } from '../../lib/api/types.ts';
 import type { ChatView, TimelineView } from '../../lib/sync/engine.ts';
-import { Composer } from './Composer.tsx';
+import { Composer, type ComposerContext } from './Composer.tsx';
+import { plainText } from './markdown.ts';
+import type { MessageActions } from './MessageItem.tsx';
 import { MessageList } from './MessageList.tsx';
 
 interface ConversationViewProps {
   chat: ChatView;
   timeline: TimelineView | undefined;
   meId: UserId;
+  names: Readonly<Record<UserId, string>>;
   /** Names of the people typing here now. */
   typing: readonly string[];
   /** Under the title: presence of a direct chat's peer, or the group's members. */
   status: ReactNode;
   /** The avatar's corner (a presence dot), if any. */
   badge: ReactNode;
+  /** The avatar's colour: the peer's id for a direct chat, so it matches everywhere. */
+  avatarSeed: string;
   backHref: string;
-  onSend: (body: string) => void;
+  onSend: (body: string, replyToSeq: number | null) => void;
+  onEdit: (seq: number, body: string) => void;
+  onDelete: (seq: number) => void;
+  onReact: (seq: number, emoji: string) => void;
+  onLoadUntil: (seq: number) => Promise<boolean>;
   onTyping: () => void;
   onLoadOlder: () => void;
   onRetry: (clientMsgId: string) => void;
   onDiscard: (clientMsgId: string) => void;
+  /** Opens the members, mute and settings panel. */
+  onOpenInfo: () => void;
 }
 
 const EMPTY_TIMELINE: TimelineView = {
   status: 'loading',
   error: null,
   messages: [],
+  notices: [],
   pending: [],
   hasOlder: false,
   loadingOlder: false,
-  readByOthersSeq: 0,
 };
 
+const HIGHLIGHT_MS = 2_500;
+
 export function ConversationView(props: ConversationViewProps) {
-  const { chat, meId, typing, onLoadOlder } = props;
+  const { chat, meId, names, typing, onLoadOlder, onLoadUntil } = props;
   const timeline = props.timeline ?? EMPTY_TIMELINE;
   const loadOlder = useCallback(() => onLoadOlder(), [onLoadOlder]);
+  // Where the divider goes: my read marker as the chat opened, if there was anything unread.
+  const [unreadAfterSeq] = useState(() => (chat.unread > 0 ? chat.readSeq : null));
+  const [unreadCount] = useState(chat.unread);
+  const [replyToSeq, setReplyToSeq] = useState<number | null>(null);
+  const [editingSeq, setEditingSeq] = useState<number | null>(null);
+  const [deletingSeq, setDeletingSeq] = useState<number | null>(null);
+  const [highlightSeq, setHighlightSeq] = useState<number | null>(null);
+  const highlightTimer = useRef<number | null>(null);
+  useEffect(() => () => void (highlightTimer.current !== null && window.clearTimeout(highlightTimer.current)), []);
+
+  const messageAt = (seq: number | null) => (seq === null ? undefined : timeline.messages.find((m) => m.seq === seq));
+  const nameOf = (id: UserId) => (id === meId ? 'yourself' : (names[id] ?? 'Former member'));
+
+  const replyMessage = messageAt(replyToSeq);
+  const editMessage = messageAt(editingSeq);
+  const context: ComposerContext = {
+    replyTo: replyMessage && !replyMessage.deleted ? { seq: replyMessage.seq, sender: nameOf(replyMessage.sender_id), excerpt: plainText(replyMessage.body) } : null,
+    editing: editMessage && !editMessage.deleted ? { seq: editMessage.seq, body: editMessage.body } : null,
+  };
+
+  // The message items are memoised: their callbacks must not change with every render of
+  // the app, so they call whatever the latest props say.
+  const latest = useRef(props);
+  useEffect(() => {
+    latest.current = props;
+  });
+  const actions: MessageActions = useMemo(
+    () => ({
+      onReply: (seq) => {
+        setEditingSeq(null);
+        setReplyToSeq(seq);
+      },
+      onEdit: (seq) => {
+        setReplyToSeq(null);
+        setEditingSeq(seq);
+      },
+      onDelete: (seq) => setDeletingSeq(seq),
+      onReact: (seq, emoji) => latest.current.onReact(seq, emoji),
+      onJumpTo: (seq) => {
+        void latest.current.onLoadUntil(seq).then(() => {
+          setHighlightSeq(seq);
+          if (highlightTimer.current !== null) window.clearTimeout(highlightTimer.current);
+          highlightTimer.current = window.setTimeout(() => setHighlightSeq(null), HIGHLIGHT_MS);
+        });
+      },
+      onRetry: (id) => latest.current.onRetry(id),
+      onDiscard: (id) => latest.current.onDiscard(id),
+    }),
+    [],
+  );
+
+  const editLast = () => {
+    for (let i = timeline.messages.length - 1; i >= 0; i--) {
+      const m = timeline.messages[i]!;
+      if (m.sender_id === meId && !m.deleted) return actions.onEdit(m.seq);
+    }
+  };
+
+  const mentionable = useMemo(() => chat.members.filter((m) => m.id !== meId), [chat.members, meId]);
 
   return (
     <section className="conversation" aria-labelledby="conversation-title">
@@ -46,32 +119,75 @@ export function ConversationView(props: ConversationViewProps) {
         <a className="icon-button back-button" href={props.backHref} aria-label="Back to chats">
           <Icon name="back" />
         </a>
-        <Avatar name={chat.title} seed={chat.id} badge={props.badge} />
-        <div className="conversation-heading">
-          <h2 id="conversation-title">{chat.title}</h2>
-          <div className="conversation-status">{props.status}</div>
-        </div>
+        <button type="button" className="conversation-heading-button" onClick={props.onOpenInfo} aria-label={`${chat.title}: chat info`}>
+          <Avatar name={chat.title} seed={props.avatarSeed} badge={props.badge} />
+          <span className="conversation-heading">
+            <h2 id="conversation-title">
+              {chat.title}
+              {chat.muted ? (
+                <span className="muted-mark" title="Muted">
+                  <Icon name="mute" />
+                  <span className="visually-hidden">muted</span>
+                </span>
+              ) : null}
+            </h2>
+            <span className="conversation-status">{props.status}</span>
+          </span>
+        </button>
+        <button type="button" className="icon-button" aria-label="Chat info" title="Chat info" onClick={props.onOpenInfo}>
+          <Icon name="info" />
+        </button>
       </header>
       <MessageList
-        title={chat.title}
-        kind={chat.kind}
-        members={chat.members}
+        chat={chat}
+        timeline={timeline}
         meId={meId}
-        status={timeline.status}
-        error={timeline.error}
-        messages={timeline.messages}
-        pending={timeline.pending}
-        hasOlder={timeline.hasOlder}
-        loadingOlder={timeline.loadingOlder}
-        readByOthersSeq={timeline.readByOthersSeq}
+        names={names}
+        unreadAfterSeq={unreadAfterSeq}
+        unreadCount={unreadCount}
+        highlightSeq={highlightSeq}
         onLoadOlder={loadOlder}
-        onRetry={props.onRetry}
-        onDiscard={props.onDiscard}
+        onLoadUntil={onLoadUntil}
+        actions={actions}
       />
       <p className="typing-indicator" aria-live="polite">
         {typingText(typing)}
       </p>
-      <Composer placeholder={`Message ${chat.title}`} onSend={props.onSend} onTyping={props.onTyping} />
+      <Composer
+        userId={meId}
+        chatId={chat.id}
+        placeholder={`Message ${chat.title}`}
+        members={mentionable}
+        replyTo={context.replyTo}
+        editing={context.editing}
+        onSend={(body) => {
+          props.onSend(body, context.replyTo?.seq ?? null);
+          setReplyToSeq(null);
+        }}
+        onSaveEdit={(seq, body) => {
+          props.onEdit(seq, body);
+          setEditingSeq(null);
+        }}
+        onEditLast={editLast}
+        onCancel={() => {
+          setEditingSeq(null);
+          setReplyToSeq(null);
+        }}
+        onTyping={props.onTyping}
+      />
+      {deletingSeq !== null ? (
+        <ConfirmDialog
+          title="Delete message?"
+          message={
+            messageAt(deletingSeq)?.sender_id === meId
+              ? 'It will be deleted for everyone in this chat. This cannot be undone.'
+              : `This message from ${nameOf(messageAt(deletingSeq)?.sender_id ?? '')} will be deleted for everyone. This cannot be undone.`
+          }
+          confirmLabel="Delete"
+          onConfirm={() => props.onDelete(deletingSeq)}
+          onClose={() => setDeletingSeq(null)}
+        />
+      ) : null}
     </section>
   );
 }

@@ -5,6 +5,7 @@
 import type {
   AuthResponse,
   Conversation,
+  ConversationEvent,
   ConversationId,
   Member,
   Message,
@@ -180,5 +181,25 @@ export function markRead(conversation: ConversationId, seq: number): Promise<voi
   return api<void>(`/conversations/${encodeURIComponent(conversation)}/read`, {
     method: 'POST',
     body: { seq },
+  });
+}
+
+export function fetchConversation(conversation: ConversationId): Promise<Conversation> {
+  return api<Conversation>(`/conversations/${encodeURIComponent(conversation)}`);
+}
+
+/** Events after `afterSeq`, ascending: how a client catches up. */
+export async function fetchEvents(conversation: ConversationId, afterSeq: number, limit: number): Promise<ConversationEvent[]> {
+  const query = new URLSearchParams({ after_seq: String(afterSeq), limit: String(limit) });
+  const res = await api<{ events: ConversationEvent[] }>(
+    `/conversations/${encodeURIComponent(conversation)}/events?${query}`,
+  );
+  return res.events;
+}
+
+export function setMuted(conversation: ConversationId, muted: boolean): Promise<void> {
+  return api<void>(`/conversations/${encodeURIComponent(conversation)}/mute`, {
+    method: 'PUT',
+    body: { muted },
   });
 }

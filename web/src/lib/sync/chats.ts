@@ -1,37 +1,50 @@
-// The chat list: every conversation this user is in, most recent activity first, with its
-// preview and unread count. Refetched on start, on every `hello` and whenever a message
-// names a conversation not known yet (its messages wait here until the list has it).
-// Concurrent refetches share one request and rerun once after it; failures retry with backoff.
+// The chat list: every conversation this user is in, most recent message first, with its
+// preview, unread and mention counts, mute, and its members with their roles and read and
+// delivered markers. Refetched on start, on every `hello` and whenever an event names a
+// conversation not known yet (its messages wait here until the list has it). A `conversation`
+// frame adds one row live; member and title events update rows as they come. Concurrent
+// refetches share one request and rerun once after it; failures retry with backoff.
 
-import type { Conversation, ConversationId, Message, UserId } from '../api/types.ts';
+import type { Conversation, ConversationEvent, ConversationId, Message, Role, UserId } from '../api/types.ts';
+import { applyToConversation, applyToMessage, withMarker } from './apply.ts';
 import type { SyncCore } from './core.ts';
 import type { Presence } from './presence.ts';
 import type { ChatView, LoadStatus } from './types.ts';
 import { SYNC_LIMITS } from './types.ts';
 
 export interface ChatRecord {
+  /** The row as last fetched, with the member and title events and markers since applied. */
   conversation: Conversation;
   lastMessage: Message | null;
+  /** The newest event seq known. */
   lastSeq: number;
-  /** Unread count as of the last chat-list fetch, covering seqs up to `baseSeq`. */
+  /** Unread counts as of the last chat-list fetch, covering seqs up to `baseSeq`. */
   baseUnread: number;
+  baseMentions: number;
   baseSeq: number;
   /** Others' messages above `baseSeq` and above `readSeq` seen since then. */
   extraUnread: Set<number>;
+  /** Of those, the ones that mention me. */
+  extraMentions: Set<number>;
   /** My read marker as far as this client knows (never moves back). */
   readSeq: number;
   /** `readSeq` moved here and the server has not confirmed it yet. */
   readUnsent: boolean;
+  muted: boolean;
 }
 
 /** What a new list sets off elsewhere in the engine. */
 export interface ChatsHooks {
-  /** Bookkeeping for one message (see the engine's `absorb`); true if it is news. */
-  absorb(message: Message): boolean;
+  /** Bookkeeping for one event (see the engine's `absorb`); true if it is a new message. */
+  absorb(event: ConversationEvent): boolean;
   emitIncoming(message: Message): void;
   /** Catches up the loaded timelines that the list shows to be behind. */
   catchUpBehind(): void;
   maybeMarkRead(): void;
+  /** A conversation left the list (removed, left, or gone from a refetch). */
+  dropped(id: ConversationId): void;
+  /** The list says the newest event of a conversation is `seq`: it reached this device. */
+  received(id: ConversationId, seq: number): void;
 }
 
 export class Chats {
@@ -41,9 +54,11 @@ export class Chats {
 
   status: LoadStatus = 'loading';
   readonly records = new Map<ConversationId, ChatRecord>();
-  /** Chat ids, most recent activity first. */
+  /** Every username seen in a row or an event: system lines name people who have left. */
+  readonly names = new Map<UserId, string>();
+  /** Chat ids, most recent message first. */
   private order: ConversationId[] = [];
-  private readonly unknownBuffer: Message[] = [];
+  private readonly unknownBuffer: ConversationEvent[] = [];
   private views: readonly ChatView[] | null = null;
 
   private refreshRunning: Promise<void> | null = null;
@@ -92,22 +107,97 @@ export class Chats {
       return;
     }
     this.merge(conversation, null);
-    this.order = [conversation.id, ...this.order.filter((id) => id !== conversation.id)];
+    this.moveToTop(conversation.id);
     this.views = null;
     this.core.changed();
     void this.refresh();
   }
 
-  /** A live message of a conversation not in the list: a conversation that includes us was
-   * created elsewhere, and its first message is how we learn. */
-  bufferUnknown(message: Message): void {
-    if (this.unknownBuffer.length < SYNC_LIMITS.unknownBufferMax) this.unknownBuffer.push(message);
+  /** A full row from the server (a `conversation` frame, `GET /conversations/{id}`). */
+  addRow(conversation: Conversation): void {
+    if (!Array.isArray(conversation.members)) return void this.refresh();
+    const known = this.records.has(conversation.id);
+    this.merge(conversation, conversation.unread_count);
+    if (!known) this.moveToTop(conversation.id);
+    this.views = null;
+    this.hooks.received(conversation.id, conversation.last_seq);
+    this.drainUnknown();
+    this.core.changed();
+  }
+
+  /** Drops a conversation this user is no longer in. */
+  remove(id: ConversationId): void {
+    if (!this.records.delete(id)) return;
+    this.order = this.order.filter((other) => other !== id);
+    this.views = null;
+    this.hooks.dropped(id);
+    this.core.changed();
+  }
+
+  /** An event of a conversation not in the list: kept until the list (or its row) has it. */
+  bufferUnknown(event: ConversationEvent): void {
+    if (this.unknownBuffer.length < SYNC_LIMITS.unknownBufferMax) this.unknownBuffer.push(event);
     void this.refresh();
   }
 
   /** Moves a chat to the top of the list (a newer message). */
   moveToTop(id: ConversationId): void {
     if (this.order[0] !== id) this.order = [id, ...this.order.filter((other) => other !== id)];
+  }
+
+  /**
+   * A member, role or title event, or an edit, delete or reaction that may touch the
+   * preview. Member events newer than the row are applied to it; older ones it reflects.
+   */
+  applyEvent(chat: ChatRecord, event: ConversationEvent): void {
+    if (event.kind === 'member_added') this.names.set(event.user.id, event.user.username);
+    if (event.seq > chat.lastSeq) {
+      const conversation = applyToConversation(chat.conversation, event);
+      if (conversation !== chat.conversation) {
+        chat.conversation = conversation;
+        this.views = null;
+      }
+    }
+    if (
+      chat.lastMessage &&
+      (event.kind === 'edit' || event.kind === 'delete') &&
+      event.target_seq === chat.lastMessage.seq
+    ) {
+      chat.lastMessage = applyToMessage(chat.lastMessage, event, event.sender_id, event.created_at);
+      this.views = null;
+    }
+    if (event.kind === 'delete') {
+      if (chat.extraUnread.delete(event.target_seq)) chat.extraMentions.delete(event.target_seq);
+      this.views = null;
+    }
+    if (event.kind === 'edit' && chat.extraUnread.has(event.target_seq)) {
+      if (event.mentions?.includes(this.core.me.id)) chat.extraMentions.add(event.target_seq);
+      else chat.extraMentions.delete(event.target_seq);
+      this.views = null;
+    }
+    if (event.seq > chat.lastSeq) {
+      chat.lastSeq = event.seq;
+      this.views = null;
+    }
+  }
+
+  /** A member's read or delivered marker moved. */
+  noteMarker(id: ConversationId, user: UserId, marker: 'read' | 'delivered', seq: number): void {
+    const chat = this.records.get(id);
+    if (!chat) return;
+    const conversation = withMarker(chat.conversation, user, marker, seq);
+    if (conversation === chat.conversation) return;
+    chat.conversation = conversation;
+    this.views = null;
+    this.core.changed();
+  }
+
+  setMuted(id: ConversationId, muted: boolean): void {
+    const chat = this.records.get(id);
+    if (!chat || chat.muted === muted) return;
+    chat.muted = muted;
+    this.views = null;
+    this.core.changed();
   }
 
   /** The list's view is out of date (a preview, an unread count or the order changed). */
@@ -125,16 +215,22 @@ export class Chats {
     for (const id of this.order) {
       const chat = this.records.get(id);
       if (!chat) continue;
-      const { title, peerId } = this.title(chat.conversation);
+      const conversation = chat.conversation;
+      const { title, peerId } = this.title(conversation);
+      const myRole: Role | null = conversation.members.find((m) => m.id === this.core.me.id)?.role ?? null;
       views.push({
         id,
-        kind: chat.conversation.kind,
+        kind: conversation.kind,
         title,
-        members: chat.conversation.members,
+        members: conversation.members,
         peerId,
         lastMessage: chat.lastMessage,
         lastSeq: chat.lastSeq,
         unread: this.unreadOf(chat),
+        unreadMentions: chat.baseMentions + chat.extraMentions.size,
+        readSeq: chat.readSeq,
+        muted: chat.muted,
+        isAdmin: conversation.kind === 'group' && myRole === 'admin',
       });
     }
     this.views = views;
@@ -151,27 +247,52 @@ export class Chats {
       seen.add(conversation.id);
       this.merge(conversation, conversation.unread_count);
     });
-    for (const id of [...this.records.keys()]) if (!seen.has(id)) this.records.delete(id);
+    for (const id of [...this.records.keys()]) {
+      if (!seen.has(id)) {
+        this.records.delete(id);
+        this.hooks.dropped(id);
+      }
+    }
     this.order = list.map((c) => c.id);
     this.status = 'ready';
     this.views = null;
-
-    // Messages of conversations that were unknown until now: notify about them.
-    const buffered = this.unknownBuffer.splice(0);
-    for (const message of buffered) {
-      if (!this.records.has(message.conversation_id)) continue;
-      this.hooks.absorb(message);
-      if (message.sender_id !== this.core.me.id) this.hooks.emitIncoming(message);
-    }
-    // The list may know of messages the open timelines have not seen.
+    for (const conversation of list) this.hooks.received(conversation.id, conversation.last_seq);
+    this.drainUnknown();
+    // The list may know of events the open timelines have not seen.
     this.hooks.catchUpBehind();
     this.core.changed();
     this.hooks.maybeMarkRead();
   }
 
+  /** Events of conversations that were unknown until now: absorb them, notify of messages. */
+  private drainUnknown(): void {
+    const buffered = this.unknownBuffer.splice(0);
+    const notified = new Set<string>();
+    for (const event of buffered) {
+      const chat = this.records.get(event.conversation_id);
+      if (!chat) {
+        this.unknownBuffer.push(event);
+        continue;
+      }
+      this.hooks.absorb(event);
+      // The row fetched since may already show this message as the newest: it is news all
+      // the same, unless read (on another device) or heard of twice.
+      const key = `${event.conversation_id}/${event.seq}`;
+      if (event.kind === 'message' && event.sender_id !== this.core.me.id && event.seq > chat.readSeq && !notified.has(key)) {
+        notified.add(key);
+        this.hooks.emitIncoming(event.message);
+      }
+    }
+  }
+
   /** `unread` is null when the source does not say (a conversation just created here). */
   private merge(conversation: Conversation, unread: number | null): void {
-    for (const member of conversation.members) this.presence.noteOnline(member.id, member.online);
+    for (const member of conversation.members) {
+      this.presence.noteMember(member.id, member.online, member.last_seen ?? null);
+      this.names.set(member.id, member.username);
+    }
+    const mentions = conversation.unread_mentions ?? 0;
+    const serverRead = conversation.last_read_seq ?? ((unread ?? 0) === 0 ? conversation.last_seq : 0);
     const existing = this.records.get(conversation.id);
     if (!existing) {
       this.records.set(conversation.id, {
@@ -179,22 +300,40 @@ export class Chats {
         lastMessage: conversation.last_message,
         lastSeq: conversation.last_seq,
         baseUnread: unread ?? 0,
+        baseMentions: unread === null ? 0 : mentions,
         baseSeq: conversation.last_seq,
         extraUnread: new Set(),
-        readSeq: (unread ?? 0) === 0 ? conversation.last_seq : 0,
+        extraMentions: new Set(),
+        readSeq: serverRead,
         readUnsent: false,
+        muted: conversation.muted ?? false,
       });
       return;
     }
-    existing.conversation = conversation;
+    // Markers only move forward: keep those that frames moved past the fetched row.
+    let merged = conversation;
+    for (const member of existing.conversation.members) {
+      merged = withMarker(merged, member.id, 'read', member.last_read_seq);
+      merged = withMarker(merged, member.id, 'delivered', member.last_delivered_seq);
+    }
+    existing.conversation = merged;
+    existing.muted = conversation.muted ?? existing.muted;
     if (conversation.last_seq >= existing.lastSeq) {
       existing.lastSeq = conversation.last_seq;
       existing.lastMessage = conversation.last_message ?? existing.lastMessage;
     }
     if (unread === null) return;
+    existing.readSeq = Math.max(existing.readSeq, serverRead);
     existing.baseSeq = conversation.last_seq;
-    existing.baseUnread = existing.readSeq >= conversation.last_seq ? 0 : unread;
-    for (const seq of existing.extraUnread) if (seq <= conversation.last_seq) existing.extraUnread.delete(seq);
+    const readAll = existing.readSeq >= conversation.last_seq;
+    existing.baseUnread = readAll ? 0 : unread;
+    existing.baseMentions = readAll ? 0 : mentions;
+    for (const seq of existing.extraUnread) {
+      if (seq <= conversation.last_seq) {
+        existing.extraUnread.delete(seq);
+        existing.extraMentions.delete(seq);
+      }
+    }
     if (unread === 0) existing.readSeq = Math.max(existing.readSeq, conversation.last_seq);
   }
 

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import type { Message, ServerFrame } from '../api/types.ts';
+import type { ConversationEvent, Message, ServerFrame } from '../api/types.ts';
 import { FakeClock } from '../../test/fakeClock.ts';
 import { FakeServer, settle } from '../../test/fakeServer.ts';
 import { SendRejected, SyncEngine, SYNC_LIMITS, type IncomingMessage } from './engine.ts';
@@ -63,6 +63,10 @@ function chat(id = DM) {
   const found = engine.getState().chats.find((c) => c.id === id);
   if (!found) throw new Error(`no chat ${id}`);
   return found;
+}
+
+function member(id: string, user: string) {
+  return chat(id).members.find((m) => m.id === user);
 }
 
 async function open(id = DM): Promise<void> {
@@ -238,7 +242,7 @@ describe('live messages, gaps, duplicates and reordering', () => {
     expect(seqs()).toEqual([1, 2, 3]);
     await settle();
     expect(seqs()).toEqual([1, 2, 3, 4, 5, 6]);
-    expect(server.fetches.at(-1)).toMatchObject({ conversation: DM, after_seq: 3 });
+    expect(server.eventFetches.at(-1)).toEqual({ conversation: DM, after_seq: 3 });
   });
 
   it('puts messages that arrive out of order back in order', async () => {
@@ -256,7 +260,7 @@ describe('live messages, gaps, duplicates and reordering', () => {
     server.storeMany(DM, bob.id, 4, 'missed');
     await connect();
     expect(seqs()).toEqual(range(1, 7));
-    expect(server.fetches).toContainEqual({ conversation: DM, after_seq: 3, limit: SYNC_LIMITS.catchUpPageMessages });
+    expect(server.eventFetches).toContainEqual({ conversation: DM, after_seq: 3 });
   });
 
   it('jumps to the newest page instead of paging through a very long absence', async () => {
@@ -273,11 +277,12 @@ describe('live messages, gaps, duplicates and reordering', () => {
     // The socket shows seq 5 before the store answers it (a lagging replica, say).
     const five: Message = { ...server.store(DM, bob.id, 'x'), seq: 5, id: 'm-future', body: 'five' };
     server.messages.get(DM)!.pop();
+    server.events.get(DM)!.pop();
     deliver(live(five));
     await settle();
     expect(seqs()).toEqual([1, 2, 3]);
     server.store(DM, bob.id, 'four');
-    server.messages.get(DM)!.push(five);
+    server.store(DM, bob.id, 'five');
     clock.advance(SYNC_LIMITS.retryMaxMs);
     await settle();
     expect(seqs()).toEqual([1, 2, 3, 4, 5]);
@@ -298,7 +303,7 @@ describe('sending: pending → sent', () => {
   it('shows a message as pending until the server pushes it back with a seq', () => {
     const id = engine.send(DM, 'hello bob');
     expect(pending()).toMatchObject([{ clientMsgId: id, body: 'hello bob', state: 'sending' }]);
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'hello bob' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'hello bob' }]);
 
     const [accepted, message] = server.processSends(alice.id);
     deliver(accepted!);
@@ -322,7 +327,7 @@ describe('sending: pending → sent', () => {
     expect(server.received).toEqual([]);
 
     await connect();
-    expect(server.received.map((f) => (f.type === 'send' ? f.client_msg_id : f.type))).toEqual([first, second]);
+    expect(server.received.map((f) => (f.type === 'event' ? f.client_msg_id : f.type))).toEqual([first, second]);
     deliver(...server.processSends(alice.id));
     expect(bodies()).toEqual(['one', 'two']);
     expect(pending()).toEqual([]);
@@ -333,7 +338,7 @@ describe('sending: pending → sent', () => {
     server.received.splice(0); // the frame died with the socket
     disconnect();
     await connect();
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'lost on the way' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'lost on the way' }]);
   });
 
   it('does not duplicate a message that was stored before the socket dropped', async () => {
@@ -344,7 +349,7 @@ describe('sending: pending → sent', () => {
     // The catch-up found it: shown once, as sent, and not sent again.
     expect(bodies()).toEqual(['stored, ack lost']);
     expect(pending()).toEqual([]);
-    expect(server.received.filter((f) => f.type === 'send')).toEqual([]);
+    expect(server.received.filter((f) => f.type === 'event')).toEqual([]);
     expect(server.messages.get(DM)!.filter((m) => m.client_msg_id === id)).toHaveLength(1);
   });
 
@@ -371,7 +376,7 @@ describe('sending: pending → sent', () => {
     const id = engine.send(DM, 'into the void');
     server.received.splice(0);
     clock.advance(SYNC_LIMITS.sendConfirmMs);
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'into the void' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'into the void' }]);
     deliver(...server.processSends(alice.id));
     expect(pending()).toEqual([]);
     expect(bodies()).toEqual(['into the void']);
@@ -387,7 +392,7 @@ describe('sending: pending → sent', () => {
     clock.advance(SYNC_LIMITS.retryInitialMs / 2);
     expect(server.received).toEqual([]);
     clock.advance(SYNC_LIMITS.retryInitialMs * 1.5); // backoff with jitter: within [1 s, 2 s]
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'slow down' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'slow down' }]);
   });
 
   it('waits as long as the server asks before sending again, and out of disk space too', () => {
@@ -398,12 +403,12 @@ describe('sending: pending → sent', () => {
     clock.advance(wait - 1);
     expect(server.received).toEqual([]);
     clock.advance(1);
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'later' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'later' }]);
     server.received.splice(0);
     deliver({ type: 'error', code: 'storage_full', message: 'out of disk space', client_msg_id: id });
     expect(pending()[0]!.state).toBe('queued');
     clock.advance(SYNC_LIMITS.retryMaxMs);
-    expect(server.received[0]).toEqual({ type: 'send', conversation_id: DM, client_msg_id: id, body: 'later' });
+    expect(server.received[0]).toEqual({ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'later' });
   });
 
   it('marks a refused message failed and retries it by hand with the same id', () => {
@@ -413,7 +418,7 @@ describe('sending: pending → sent', () => {
     expect(pending()[0]).toMatchObject({ state: 'failed', error: 'nope' });
     engine.retry(id);
     expect(pending()[0]!.state).toBe('sending');
-    expect(server.received).toEqual([{ type: 'send', conversation_id: DM, client_msg_id: id, body: 'refused' }]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'refused' }]);
     engine.discard(id);
     expect(pending()).toEqual([]);
   });
@@ -466,9 +471,13 @@ describe('typing, presence, read receipts', () => {
     expect(engine.getState().presence[bob.id]).toEqual({ online: false, lastSeen: '2026-11-28T12:00:00Z' });
   });
 
-  it('records how far the others have read', () => {
+  it('records how far the others have read and received, never backwards', () => {
+    deliver({ type: 'delivered', conversation_id: DM, user_id: bob.id, seq: 2 });
+    expect(member(DM, bob.id)).toMatchObject({ last_delivered_seq: 2, last_read_seq: 0 });
     deliver({ type: 'read', conversation_id: DM, user_id: bob.id, seq: 4 });
-    expect(engine.getState().timelines[DM]!.readByOthersSeq).toBe(4);
+    expect(member(DM, bob.id)).toMatchObject({ last_delivered_seq: 4, last_read_seq: 4 });
+    deliver({ type: 'read', conversation_id: DM, user_id: bob.id, seq: 3 });
+    expect(member(DM, bob.id)!.last_read_seq).toBe(4);
   });
 
   it('clears unread when this user reads on another device', async () => {
@@ -477,6 +486,260 @@ describe('typing, presence, read receipts', () => {
     expect(chat(DM).unread).toBe(2);
     deliver({ type: 'read', conversation_id: DM, user_id: alice.id, seq: 2 });
     expect(chat(DM).unread).toBe(0);
+  });
+});
+
+function event(e: ConversationEvent): ServerFrame {
+  return { type: 'event', event: e };
+}
+
+describe('events: edits, deletes, reactions', () => {
+  beforeEach(async () => {
+    server.storeMany(DM, bob.id, 2);
+    server.store(GROUP, carol.id, 'older group message');
+    await engine.start();
+    await connect();
+    await open(DM);
+  });
+
+  it('applies edits, reactions and deletes to the messages held and to the preview', () => {
+    deliver(event(server.record(DM, bob.id, { kind: 'edit', target_seq: 2, body: 'msg 2, fixed' })));
+    expect(bodies()).toEqual(['msg 1', 'msg 2, fixed']);
+    expect(engine.getState().timelines[DM]!.messages[1]!.edited_at).toBeDefined();
+    expect(chat(DM).lastMessage?.body).toBe('msg 2, fixed');
+
+    deliver(event(server.record(DM, bob.id, { kind: 'reaction_added', target_seq: 1, emoji: '👍' })));
+    expect(engine.getState().timelines[DM]!.messages[0]!.reactions).toEqual([{ emoji: '👍', user_ids: [bob.id] }]);
+
+    deliver(event(server.record(DM, bob.id, { kind: 'delete', target_seq: 1 })));
+    expect(engine.getState().timelines[DM]!.messages[0]).toMatchObject({ body: '', deleted: true });
+    expect(seqs()).toEqual([1, 2]);
+  });
+
+  it('does not move a chat up for a reaction or an edit', () => {
+    engine.setActive(null);
+    deliver(live(server.store(GROUP, carol.id, 'newest')));
+    expect(engine.getState().chats[0]!.id).toBe(GROUP);
+    deliver(event(server.record(DM, bob.id, { kind: 'reaction_added', target_seq: 1, emoji: '🎉' })));
+    expect(engine.getState().chats[0]!.id).toBe(GROUP);
+    expect(chat(DM).lastSeq).toBe(3);
+  });
+
+  it('fills a gap of any kind of event from the events endpoint', async () => {
+    server.record(DM, bob.id, { kind: 'reaction_added', target_seq: 2, emoji: '❤️' });
+    const next = server.store(DM, bob.id, 'after the lost reaction');
+    deliver(live(next));
+    await settle();
+    expect(seqs()).toEqual([1, 2, 4]);
+    expect(engine.getState().timelines[DM]!.messages[1]!.reactions?.[0]?.emoji).toBe('❤️');
+    expect(server.eventFetches.at(-1)).toEqual({ conversation: DM, after_seq: 2 });
+  });
+
+  it('shows my edit at once, and drops it with a visible reason when the server refuses', () => {
+    const mine = server.store(DM, alice.id, 'tpyo');
+    deliver(live(mine));
+    const id = engine.edit(DM, mine.seq, 'typo');
+    expect(server.received.at(-1)).toEqual({ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'edit', target_seq: mine.seq, body: 'typo' });
+    expect(bodies().at(-1)).toBe('typo');
+    deliver({ type: 'error', code: 'forbidden', message: 'you may not', client_msg_id: id });
+    expect(bodies().at(-1)).toBe('tpyo');
+    expect(engine.getState().notices.map((n) => n.text)).toEqual(['Could not edit the message: you may not']);
+    engine.dismissNotice(engine.getState().notices[0]!.id);
+    expect(engine.getState().notices).toEqual([]);
+  });
+
+  it('is pending until its event comes back, then shows the stored state', () => {
+    engine.toggleReaction(DM, 1, '👍');
+    expect(engine.getState().timelines[DM]!.messages[0]!.reactions).toEqual([{ emoji: '👍', user_ids: [alice.id] }]);
+    deliver(...server.processSends(alice.id));
+    expect(engine.getState().timelines[DM]!.messages[0]!.reactions).toEqual([{ emoji: '👍', user_ids: [alice.id] }]);
+    // Toggling again takes it back.
+    const id = engine.toggleReaction(DM, 1, '👍');
+    expect(server.received.at(-1)).toMatchObject({ type: 'event', client_msg_id: id, kind: 'reaction_removed', emoji: '👍' });
+    deliver(...server.processSends(alice.id));
+    expect(engine.getState().timelines[DM]!.messages[0]!.reactions).toBeUndefined();
+  });
+
+  it('resends a change after a reconnect with the same client_msg_id', async () => {
+    const id = engine.deleteMessage(DM, 2);
+    server.received.splice(0);
+    disconnect();
+    await connect();
+    expect(server.received.filter((f) => f.type === 'event')).toEqual([
+      { type: 'event', conversation_id: DM, client_msg_id: id, kind: 'delete', target_seq: 2 },
+    ]);
+  });
+
+  it('sends a reply with the seq it answers', () => {
+    const id = engine.send(DM, 'answer', 1);
+    expect(server.received.at(-1)).toEqual({ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'answer', reply_to_seq: 1 });
+    expect(engine.getState().timelines[DM]!.pending[0]!.replyToSeq).toBe(1);
+    deliver(...server.processSends(alice.id));
+    expect(engine.getState().timelines[DM]!.messages.at(-1)!.reply_to).toEqual({ seq: 1, sender_id: bob.id, excerpt: 'msg 1' });
+  });
+
+  it('pages history in until a replied-to message is held', async () => {
+    server.storeMany(DM, bob.id, 120, 'more');
+    disconnect();
+    await connect();
+    engine.setActive(null);
+    engine.setActive(DM);
+    await settle();
+    expect(await engine.loadUntil(DM, 1)).toBe(true);
+    expect(seqs()[0]).toBe(1);
+  });
+});
+
+describe('events: members, titles, roles, mute', () => {
+  beforeEach(async () => {
+    await engine.start();
+    await connect();
+  });
+
+  it('updates members, roles and the title of a chat that is not open', () => {
+    deliver(event(server.record(GROUP, alice.id, { kind: 'title_changed', title: 'Dream team' })));
+    expect(chat(GROUP).title).toBe('Dream team');
+    deliver(event(server.record(GROUP, alice.id, { kind: 'role_changed', user_id: bob.id, role: 'admin' })));
+    expect(member(GROUP, bob.id)!.role).toBe('admin');
+    deliver(event(server.record(GROUP, carol.id, { kind: 'member_left' })));
+    expect(chat(GROUP).members.map((m) => m.username)).toEqual(['alice', 'bob']);
+    expect(chat(GROUP).isAdmin).toBe(true);
+  });
+
+  it('shows member and title events as notices in an open timeline', async () => {
+    await open(GROUP);
+    deliver(event(server.record(GROUP, alice.id, { kind: 'title_changed', title: 'Dream team' })));
+    expect(engine.getState().timelines[GROUP]!.notices.map((n) => n.kind)).toEqual(['title_changed']);
+  });
+
+  it('catches up events after the newest message when a chat opens', async () => {
+    server.store(GROUP, bob.id, 'hello');
+    server.record(GROUP, alice.id, { kind: 'title_changed', title: 'Renamed' });
+    disconnect();
+    await connect();
+    await open(GROUP);
+    expect(engine.getState().timelines[GROUP]!.notices.map((n) => n.seq)).toEqual([2]);
+    expect(server.eventFetches).toContainEqual({ conversation: GROUP, after_seq: 1 });
+  });
+
+  it('shows the member and title events between the messages of a page as notices', async () => {
+    server.store(GROUP, bob.id, 'first');
+    server.record(GROUP, alice.id, { kind: 'title_changed', title: 'Renamed' });
+    server.store(GROUP, bob.id, 'second');
+    disconnect();
+    await connect();
+    await open(GROUP);
+    expect(engine.getState().timelines[GROUP]!.notices.map((n) => n.seq)).toEqual([2]);
+  });
+
+  it('adds a row from a conversation frame', () => {
+    const row = server.addConversation('c-live', [carol.id, alice.id], { kind: 'group', title: 'Live' });
+    deliver({ type: 'conversation', conversation: row });
+    expect(chat('c-live').title).toBe('Live');
+    expect(engine.getState().chats[0]!.id).toBe('c-live');
+  });
+
+  it('fetches and adds a conversation I was added to', async () => {
+    server.addConversation('c-added', [carol.id, bob.id], { kind: 'group', title: 'Added' });
+    const added = server.record('c-added', carol.id, { kind: 'member_added', user_id: alice.id });
+    deliver(event(added));
+    await settle();
+    expect(chat('c-added').members.map((m) => m.id)).toContain(alice.id);
+  });
+
+  it('drops a conversation I was removed from, says so, and forgets its timeline', async () => {
+    await open(GROUP);
+    deliver(event(server.record(GROUP, bob.id, { kind: 'member_removed', user_id: alice.id })));
+    expect(engine.getState().chats.map((c) => c.id)).toEqual([DM]);
+    expect(engine.getState().timelines[GROUP]).toBeUndefined();
+    expect(engine.getState().notices.map((n) => n.text)).toEqual(['bob removed you from Team.']);
+  });
+
+  it('drops a group I left, without a notice', () => {
+    engine.leave(GROUP);
+    deliver(...server.processSends(alice.id));
+    expect(engine.getState().chats.map((c) => c.id)).toEqual([DM]);
+    expect(engine.getState().notices).toEqual([]);
+  });
+
+  it('follows mute from this and other devices, and undoes a refused one', async () => {
+    engine.setMuted(DM, true);
+    expect(chat(DM).muted).toBe(true);
+    await settle();
+    expect(server.muted.has(`${DM}/${alice.id}`)).toBe(true);
+    deliver({ type: 'muted', conversation_id: DM, muted: false });
+    expect(chat(DM).muted).toBe(false);
+    server.httpUp = false;
+    engine.setMuted(DM, true);
+    await settle();
+    expect(chat(DM).muted).toBe(false);
+    expect(engine.getState().notices).toHaveLength(1);
+  });
+});
+
+describe('mentions', () => {
+  it('counts unread mentions from the list and live, clears them on reading, and says so to listeners', async () => {
+    server.store(GROUP, bob.id, 'hey @alice');
+    server.store(GROUP, bob.id, 'no mention');
+    await engine.start();
+    await connect();
+    expect(chat(GROUP)).toMatchObject({ unread: 2, unreadMentions: 1 });
+    deliver(live(server.store(GROUP, carol.id, '@alice look')));
+    expect(chat(GROUP)).toMatchObject({ unread: 3, unreadMentions: 2 });
+    expect(incoming.at(-1)!.mentionsMe).toBe(true);
+    await open(GROUP);
+    expect(chat(GROUP)).toMatchObject({ unread: 0, unreadMentions: 0 });
+  });
+});
+
+describe('delivered and read markers', () => {
+  beforeEach(async () => {
+    server.storeMany(DM, bob.id, 2);
+    await engine.start();
+  });
+
+  function delivered() {
+    return server.received.filter((f) => f.type === 'delivered');
+  }
+
+  it('announces the newest seq received per conversation, once per burst', async () => {
+    await connect();
+    clock.advance(SYNC_LIMITS.deliveredCoalesceMs);
+    expect(delivered()).toEqual([{ type: 'delivered', conversation_id: DM, seq: 2 }]);
+    deliver(live(server.store(DM, bob.id, 'a')), live(server.store(DM, bob.id, 'b')));
+    clock.advance(SYNC_LIMITS.deliveredCoalesceMs - 1);
+    expect(delivered()).toHaveLength(1);
+    clock.advance(1);
+    expect(delivered().at(-1)).toEqual({ type: 'delivered', conversation_id: DM, seq: 4 });
+    expect(delivered()).toHaveLength(2);
+    clock.advance(SYNC_LIMITS.deliveredCoalesceMs * 4);
+    expect(delivered()).toHaveLength(2);
+  });
+
+  it('does not announce what was read already, and waits for a connection to announce', async () => {
+    await connect();
+    await open(DM);
+    clock.advance(SYNC_LIMITS.deliveredCoalesceMs);
+    expect(delivered()).toEqual([]);
+    engine.setActive(null);
+    disconnect();
+    deliver(live(server.store(DM, bob.id, 'while the socket drops')));
+    clock.advance(SYNC_LIMITS.deliveredCoalesceMs);
+    expect(delivered()).toEqual([]);
+    await connect();
+    clock.advance(SYNC_LIMITS.deliveredCoalesceMs);
+    expect(delivered()).toEqual([{ type: 'delivered', conversation_id: DM, seq: 3 }]);
+  });
+
+  it('keeps the members\' markers of the chat list, so "Seen" survives a reload', async () => {
+    server.store(DM, alice.id, 'mine');
+    server.readMarkers.set(`${DM}/${bob.id}`, 3);
+    await engine.refreshChats();
+    expect(member(DM, bob.id)).toMatchObject({ last_read_seq: 3, last_delivered_seq: 3 });
+    deliver({ type: 'read', conversation_id: DM, user_id: bob.id, seq: 4 });
+    server.readMarkers.set(`${DM}/${bob.id}`, 2);
+    await engine.refreshChats();
+    expect(member(DM, bob.id)!.last_read_seq).toBe(4);
   });
 });
 

@@ -1,11 +1,13 @@
-// Messages typed here and not stored yet. Each is *pending* (queued → sending → accepted)
-// until the server pushes it back with a `seq`, then it is dropped here (the timeline has
-// it). Sent again with the same client_msg_id: after every reconnect (once the conversation
-// caught up), when neither `accepted` nor the message came in time, and with backoff after a
-// refusal that is not its fault (`rate_limited`, `storage_full`, …). Other refusals mark it
-// failed (Retry / Discard).
+// Changes asked for here and not stored yet: messages, and every other change (edit,
+// delete, reactions, members, title, roles). Each is *pending* (queued → sending →
+// accepted) until the server pushes its event back with a `seq`, then it is dropped here
+// (the timeline has it). Sent again with the same client_msg_id: after every reconnect
+// (once the conversation caught up), when neither `accepted` nor the event came in time,
+// and with backoff after a refusal that is not its fault (`rate_limited`, `storage_full`,
+// …). Other refusals mark a message failed (Retry / Discard) and drop any other change with
+// a notice saying why: its effect was only ever shown as pending.
 
-import type { ConversationId, Message } from '../api/types.ts';
+import type { Change, ConversationEvent, ConversationId, Message } from '../api/types.ts';
 import { LIMITS, utf8Bytes } from '../api/types.ts';
 import type { SyncCore } from './core.ts';
 import type { PendingMessage } from './types.ts';
@@ -20,6 +22,7 @@ const RETRYABLE_CODES: ReadonlySet<string> = new Set([
 ]);
 
 export interface PendingRecord extends PendingMessage {
+  change: Change;
   attempts: number;
   retryTimer: unknown;
   /** Waits for `accepted` (then resends) or for the message (then asks the store). */
@@ -31,6 +34,8 @@ export interface OutboxHooks {
   /** A message was queued in this conversation. */
   queued(id: ConversationId): void;
   catchUp(id: ConversationId): Promise<void>;
+  /** The server refused a change that is not a message: it is dropped, say why. */
+  refused(record: PendingRecord, reason: string): void;
 }
 
 export class Outbox {
@@ -47,16 +52,31 @@ export class Outbox {
   }
 
   /** Queues a message; it is pending until the server pushes it back with a seq. */
-  send(conversationId: ConversationId, body: string): string {
-    if (body.trim() === '') throw new SendRejected('A message cannot be empty.');
-    if (body.includes('\0')) throw new SendRejected('A message cannot contain NUL characters.');
-    if (utf8Bytes(body) > LIMITS.bodyBytesMax) {
-      throw new SendRejected(`A message is at most ${LIMITS.bodyBytesMax / 1024} KiB.`);
+  send(conversationId: ConversationId, body: string, replyToSeq: number | null = null): string {
+    checkBody(body);
+    const change: Change = replyToSeq === null ? { kind: 'message', body } : { kind: 'message', body, reply_to_seq: replyToSeq };
+    return this.enqueue(conversationId, change);
+  }
+
+  /** Queues any other change; pending until its event comes back. */
+  change(conversationId: ConversationId, change: Change): string {
+    if (change.kind === 'message' || change.kind === 'edit') checkBody(change.body);
+    if (change.kind === 'title_changed') {
+      const chars = Array.from(change.title.trim()).length;
+      if (chars < 1 || chars > LIMITS.titleCharsMax) {
+        throw new SendRejected(`A title has 1 to ${LIMITS.titleCharsMax} characters.`);
+      }
     }
+    return this.enqueue(conversationId, change);
+  }
+
+  private enqueue(conversationId: ConversationId, change: Change): string {
     const record: PendingRecord = {
       conversationId,
       clientMsgId: this.newClientMsgId(),
-      body,
+      change,
+      body: change.kind === 'message' ? change.body : '',
+      replyToSeq: change.kind === 'message' ? (change.reply_to_seq ?? null) : null,
       createdAt: new Date(this.core.clock.now()).toISOString(),
       state: 'queued',
       error: null,
@@ -68,7 +88,7 @@ export class Outbox {
     list.push(record);
     this.pending.set(conversationId, list);
     this.pendingById.set(record.clientMsgId, record);
-    this.hooks.queued(conversationId);
+    if (change.kind === 'message') this.hooks.queued(conversationId);
     this.trySend(record);
     this.core.touchTimeline(conversationId);
     this.core.changed();
@@ -102,9 +122,14 @@ export class Outbox {
     return this.pending.keys();
   }
 
-  /** A conversation's pending messages, in the order they were typed. */
+  /** A conversation's pending changes of every kind, in the order they were asked for. */
   of(id: ConversationId): readonly PendingRecord[] {
     return this.pending.get(id) ?? [];
+  }
+
+  /** Drops everything pending in a conversation this user is no longer in. */
+  forget(id: ConversationId): void {
+    for (const record of [...(this.pending.get(id) ?? [])]) this.removePending(record, false);
   }
 
   /** Sends what is pending in a conversation (after it caught up on a reconnect). */
@@ -121,6 +146,12 @@ export class Outbox {
   stored(message: Message): void {
     const record = this.pendingById.get(message.client_msg_id);
     if (record && record.conversationId === message.conversation_id) this.removePending(record, false);
+  }
+
+  /** One of my changes reached the store (its event came back): it is no longer pending. */
+  applied(event: ConversationEvent): void {
+    const record = this.pendingById.get(event.client_msg_id);
+    if (record && record.conversationId === event.conversation_id) this.removePending(record, false);
   }
 
   accepted(clientMsgId: string): void {
@@ -161,6 +192,9 @@ export class Outbox {
           this.core.changed();
         }
       }, Math.max(retryAfterMs ?? 0, this.core.retryDelay(record.attempts)));
+    } else if (record.change.kind !== 'message') {
+      this.removePending(record, false);
+      this.hooks.refused(record, message);
     } else {
       record.state = 'failed';
       record.error = message;
@@ -176,11 +210,12 @@ export class Outbox {
       record.state = 'queued';
       return;
     }
+    // One frame for every kind of change, messages included (`send` is the older clients' form).
     const sent = this.core.transport.send({
-      type: 'send',
+      type: 'event',
       conversation_id: record.conversationId,
       client_msg_id: record.clientMsgId,
-      body: record.body,
+      ...record.change,
     });
     record.state = sent ? 'sending' : 'queued';
     if (sent) {
@@ -212,5 +247,14 @@ export class Outbox {
     else this.pending.delete(record.conversationId);
     this.core.touchTimeline(record.conversationId);
     if (notify) this.core.changed();
+  }
+}
+
+/** The checks the server makes of a body, made first so the person hears of them at once. */
+function checkBody(body: string): void {
+  if (body.trim() === '') throw new SendRejected('A message cannot be empty.');
+  if (body.includes('\0')) throw new SendRejected('A message cannot contain NUL characters.');
+  if (utf8Bytes(body) > LIMITS.bodyBytesMax) {
+    throw new SendRejected(`A message is at most ${LIMITS.bodyBytesMax / 1024} KiB.`);
   }
 }

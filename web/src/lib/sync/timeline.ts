@@ -1,41 +1,49 @@
-// One conversation's loaded history: a contiguous run of messages by `seq`, plus what
-// arrived beyond a gap. Pure data, no IO: the engine decides when to fetch.
+// One conversation's loaded history: the messages held (ascending `seq`; messages skip the
+// seqs of other events), the member and title events seen since the oldest of them (shown
+// as system lines), and what arrived beyond a gap. Pure data, no IO: the engine decides
+// when to fetch.
 //
 // Invariants:
-// - `messages` is sorted by `seq` with no holes and no repeats: messages[i+1].seq = messages[i].seq + 1.
-// - every key of `ahead` is greater than `lastSeq + 1` (otherwise it would have been appended).
+// - `lastSeq` is the highest event seq applied: every event up to it is reflected in
+//   `messages` (an event is applied only when its seq is `lastSeq + 1`, so never twice
+//   in a row and never out of order).
+// - `messages` is sorted by seq, one message per seq; so is `notices`.
+// - every key of `ahead` is greater than `lastSeq + 1` (otherwise it would have been applied).
 // - `ahead` holds at most AHEAD_MAX entries; beyond that the store is asked instead.
 
-import type { Message } from '../api/types.ts';
+import type { ConversationEvent, Message } from '../api/types.ts';
+import { MEMBERSHIP_KINDS } from '../api/types.ts';
+import { applyToMessage, requote } from './apply.ts';
 
 export const AHEAD_MAX = 1000;
 /** Older messages beyond this many are dropped from memory (and can be paged in again). */
 export const TIMELINE_MESSAGES_MAX = 5000;
 
 export type InsertResult =
-  /** Appended (possibly with buffered followers); nothing is missing. */
+  /** Applied (possibly with buffered followers); nothing is missing. */
   | 'appended'
   /** Kept aside: there is a gap before it that only the store can fill. */
   | 'gap'
-  /** Already known, or older than what is loaded: ignored. */
+  /** Already applied: ignored. */
   | 'duplicate';
 
 export class Timeline {
   messages: Message[] = [];
-  ahead = new Map<number, Message>();
-  /** The seq before the first loaded message: 0 when the whole history is loaded. */
-  private floorSeq = 0;
-  /** The store answered an older page with nothing usable: stop asking. */
+  /** Member, role and title events, for the system lines between messages. */
+  notices: ConversationEvent[] = [];
+  ahead = new Map<number, ConversationEvent>();
+  private appliedSeq = 0;
+  /** The store answered an older page with less than was asked: nothing older exists. */
   private olderExhausted = false;
 
-  /** The highest seq such that everything from the first loaded message up to it is here. */
+  /** The highest event seq applied: everything up to it is here. */
   get lastSeq(): number {
-    return this.messages.at(-1)?.seq ?? this.floorSeq;
+    return this.appliedSeq;
   }
 
-  /** The seq of the oldest loaded message, or lastSeq + 1 when none is loaded. */
+  /** The seq to page backwards from: the oldest message held, or lastSeq + 1 when none is. */
   get firstSeq(): number {
-    return this.messages[0]?.seq ?? this.floorSeq + 1;
+    return this.messages[0]?.seq ?? this.appliedSeq + 1;
   }
 
   get hasOlder(): boolean {
@@ -47,93 +55,131 @@ export class Timeline {
   }
 
   /**
-   * Replaces the contents with one page from the store (the newest, usually). Keeps the
-   * contiguous tail of `page` ending at its highest seq, then absorbs what was buffered.
+   * Replaces the contents with one page of messages from the store (the newest, in their
+   * current state), asked with `limit`. The page reflects at least its newest seq, so that
+   * is where applying resumes; events the page already reflects may be applied again by a
+   * catch-up, which ends at the same state.
    */
-  reset(page: readonly Message[]): void {
-    const sorted = dedupeSorted(page);
-    const tail = contiguousTail(sorted);
-    this.messages = tail;
-    this.floorSeq = tail.length > 0 ? tail[0]!.seq - 1 : 0;
-    this.olderExhausted = false;
+  reset(page: readonly Message[], limit: number): void {
+    this.messages = dedupeSorted(page);
+    this.appliedSeq = this.messages.at(-1)?.seq ?? 0;
+    this.olderExhausted = page.length < limit;
+    const first = this.firstSeq;
+    this.notices = this.notices.filter((n) => n.seq >= first && n.seq <= this.appliedSeq);
     this.drainAhead();
   }
 
-  /** Like `reset` for an empty page when the conversation is known to end at `lastSeq`. */
-  resetEmptyAt(lastSeq: number): void {
-    this.messages = [];
-    this.floorSeq = Math.max(0, lastSeq);
-    this.olderExhausted = false;
-    this.drainAhead();
-  }
-
-  /** Adds one message from the live stream or from a forward page of the store. */
-  insert(message: Message): InsertResult {
-    const last = this.lastSeq;
-    if (message.seq <= last) return 'duplicate';
-    if (message.seq === last + 1) {
-      this.messages.push(message);
-      this.ahead.delete(message.seq);
+  /** Applies one event from the live stream or from a catch-up page, if it is the next one. */
+  insert(event: ConversationEvent): InsertResult {
+    if (event.seq <= this.appliedSeq) return 'duplicate';
+    if (event.seq === this.appliedSeq + 1) {
+      this.apply(event);
+      this.ahead.delete(event.seq);
       this.drainAhead();
       this.trim();
       return 'appended';
     }
-    if (this.ahead.has(message.seq)) return 'gap';
+    if (this.ahead.has(event.seq)) return 'gap';
     if (this.ahead.size >= AHEAD_MAX) {
       // The store has all of these; a catch-up will bring them back in order.
       this.ahead.clear();
     }
-    this.ahead.set(message.seq, message);
+    this.ahead.set(event.seq, event);
     return 'gap';
   }
 
-  /** Keeps a message aside while the timeline is (re)loading; `reset` absorbs it. */
-  buffer(message: Message): void {
-    if (this.ahead.size < AHEAD_MAX) this.ahead.set(message.seq, message);
+  /** Keeps an event aside while the timeline is (re)loading; `reset` applies it. */
+  buffer(event: ConversationEvent): void {
+    if (this.ahead.size < AHEAD_MAX) this.ahead.set(event.seq, event);
   }
 
   /**
-   * Puts an older page (from `before_seq = firstSeq`) in front. Only the part that ends
-   * exactly at firstSeq - 1 and is contiguous is used, so the invariant holds whatever the
-   * page holds. Returns how many messages were added.
+   * Puts an older page of messages (from `before_seq = firstSeq`, asked with `limit`) in
+   * front. Returns how many messages were added.
    */
-  prepend(page: readonly Message[]): number {
+  prepend(page: readonly Message[], limit: number): number {
     const first = this.firstSeq;
     const older = dedupeSorted(page).filter((m) => m.seq < first);
-    const tail = contiguousTail(older);
-    if (tail.length === 0 || tail.at(-1)!.seq !== first - 1) {
-      // Nothing usable (the store has nothing older, or answered nonsense): stop paging.
-      this.olderExhausted = true;
-      return 0;
-    }
-    this.messages = tail.concat(this.messages);
-    this.floorSeq = tail[0]!.seq - 1;
-    return tail.length;
+    if (older.length === 0 || page.length < limit) this.olderExhausted = true;
+    this.messages = older.concat(this.messages);
+    return older.length;
   }
 
-  /** The lowest seq buffered beyond the gap, if any. */
-  get aheadMinSeq(): number | null {
-    let min: number | null = null;
-    for (const seq of this.ahead.keys()) if (min === null || seq < min) min = seq;
-    return min;
+  /**
+   * Member and title events from a catch-up page of the history already held (messages
+   * come in their current state, without the events between them): the system lines.
+   */
+  addNotices(events: readonly ConversationEvent[]): void {
+    const first = this.firstSeq;
+    const known = new Set(this.notices.map((n) => n.seq));
+    const fresh = events.filter((e) => MEMBERSHIP_KINDS.has(e.kind) && e.seq >= first && e.seq <= this.appliedSeq && !known.has(e.seq));
+    if (fresh.length > 0) this.notices = [...this.notices, ...fresh].sort((a, b) => a.seq - b.seq);
+  }
+
+  /** The message at `seq`, if it is held. */
+  messageAt(seq: number): Message | undefined {
+    const index = this.indexOf(seq);
+    return index < 0 ? undefined : this.messages[index];
+  }
+
+  private apply(event: ConversationEvent): void {
+    this.appliedSeq = event.seq;
+    switch (event.kind) {
+      case 'message':
+        if (event.message.seq === event.seq) this.messages.push(event.message);
+        return;
+      case 'edit':
+      case 'delete':
+      case 'reaction_added':
+      case 'reaction_removed': {
+        const index = this.indexOf(event.target_seq);
+        if (index < 0) return; // Not held: when paged in, it comes in its current state.
+        const before = this.messages[index]!;
+        const after = applyToMessage(before, event, event.sender_id, event.created_at);
+        if (after === before) return;
+        this.messages[index] = after;
+        if (event.kind === 'edit' || event.kind === 'delete') {
+          for (let i = index + 1; i < this.messages.length; i++) {
+            this.messages[i] = requote(this.messages[i]!, after);
+          }
+        }
+        return;
+      }
+      default:
+        if (MEMBERSHIP_KINDS.has(event.kind)) this.notices.push(event);
+    }
+  }
+
+  private indexOf(seq: number): number {
+    let low = 0;
+    let high = this.messages.length - 1;
+    while (low <= high) {
+      const mid = (low + high) >> 1;
+      const at = this.messages[mid]!.seq;
+      if (at === seq) return mid;
+      if (at < seq) low = mid + 1;
+      else high = mid - 1;
+    }
+    return -1;
   }
 
   private drainAhead(): void {
-    for (const seq of [...this.ahead.keys()]) if (seq <= this.lastSeq) this.ahead.delete(seq);
-    let next = this.ahead.get(this.lastSeq + 1);
+    for (const seq of [...this.ahead.keys()]) if (seq <= this.appliedSeq) this.ahead.delete(seq);
+    let next = this.ahead.get(this.appliedSeq + 1);
     while (next) {
-      this.messages.push(next);
+      this.apply(next);
       this.ahead.delete(next.seq);
-      next = this.ahead.get(this.lastSeq + 1);
+      next = this.ahead.get(this.appliedSeq + 1);
     }
   }
 
   private trim(): void {
     const excess = this.messages.length - TIMELINE_MESSAGES_MAX;
     if (excess <= 0) return;
-    this.floorSeq = this.messages[excess - 1]!.seq;
     this.olderExhausted = false;
     this.messages = this.messages.slice(excess);
+    const first = this.firstSeq;
+    this.notices = this.notices.filter((n) => n.seq >= first);
   }
 }
 
@@ -142,11 +188,4 @@ function dedupeSorted(page: readonly Message[]): Message[] {
   const bySeq = new Map<number, Message>();
   for (const m of page) if (!bySeq.has(m.seq)) bySeq.set(m.seq, m);
   return [...bySeq.values()].sort((a, b) => a.seq - b.seq);
-}
-
-/** The longest run at the end of a sorted list whose seqs follow each other. */
-function contiguousTail(sorted: Message[]): Message[] {
-  let start = sorted.length - 1;
-  while (start > 0 && sorted[start - 1]!.seq === sorted[start]!.seq - 1) start -= 1;
-  return start < 0 ? [] : sorted.slice(start);
 }

@@ -5,9 +5,10 @@
 import type {
   ClientFrame,
   Conversation,
+  ConversationEvent,
   ConversationId,
   ConversationKind,
-  Member,
+  ConversationMember,
   Message,
   Page,
   User,
@@ -17,8 +18,13 @@ import { LIMITS } from '../api/types.ts';
 
 export interface SyncTransport {
   listConversations(): Promise<Conversation[]>;
+  fetchConversation(conversation: ConversationId): Promise<Conversation>;
+  /** Backwards history: messages in their current state (they may skip seqs). */
   fetchMessages(conversation: ConversationId, page: Page): Promise<Message[]>;
+  /** Catching up forwards: every event after `afterSeq`, ascending. */
+  fetchEvents(conversation: ConversationId, afterSeq: number, limit: number): Promise<ConversationEvent[]>;
   markRead(conversation: ConversationId, seq: number): Promise<void>;
+  setMuted(conversation: ConversationId, muted: boolean): Promise<void>;
   /** Sends on the live socket; false when there is none (the engine keeps it to resend). */
   send(frame: ClientFrame): boolean;
 }
@@ -53,8 +59,12 @@ export const SYNC_LIMITS = {
   /** Backoff for resending a `rate_limited` send, and for retrying failed fetches. */
   retryInitialMs: 1_000,
   retryMaxMs: 30_000,
-  /** Messages of not-yet-known conversations kept until the chat list is refetched. */
+  /** Events of not-yet-known conversations kept until the chat list is refetched. */
   unknownBufferMax: 100,
+  /** A burst of events sends one `delivered` per conversation, this long after the first. */
+  deliveredCoalesceMs: 500,
+  /** Notices (a refused change, say) kept at most, oldest dropped first. */
+  noticesMax: 5,
 } as const;
 
 export type ConnectionState = 'connecting' | 'online' | 'offline';
@@ -65,12 +75,22 @@ export interface ChatView {
   kind: ConversationKind;
   /** The group's title, or the other member's username for a direct chat. */
   title: string;
-  members: readonly Member[];
+  /** By username, with roles and how far each has received and read. */
+  members: readonly ConversationMember[];
   /** For a direct chat, the other member. */
   peerId: UserId | null;
   lastMessage: Message | null;
+  /** The newest event's seq. */
   lastSeq: number;
   unread: number;
+  /** Unread messages that mention me. */
+  unreadMentions: number;
+  /** My read marker. */
+  readSeq: number;
+  /** Notifications only for mentions. */
+  muted: boolean;
+  /** A group whose admin I am (direct chats have no admins). */
+  isAdmin: boolean;
 }
 
 export type PendingState = 'queued' | 'sending' | 'accepted' | 'failed';
@@ -79,6 +99,8 @@ export interface PendingMessage {
   conversationId: ConversationId;
   clientMsgId: string;
   body: string;
+  /** The message this one replies to. */
+  replyToSeq: number | null;
   createdAt: string;
   state: PendingState;
   error: string | null;
@@ -87,14 +109,21 @@ export interface PendingMessage {
 export interface TimelineView {
   status: LoadStatus;
   error: string | null;
-  /** Stored messages, ascending seq, each once. */
+  /** Stored messages, ascending seq, each once; with my edits, deletes and reactions that are
+   * still on their way shown as done. */
   messages: readonly Message[];
+  /** Member, role and title events since the oldest message shown (the system lines). */
+  notices: readonly ConversationEvent[];
   /** Typed here, not yet stored: shown after `messages`, in the order they were typed. */
   pending: readonly PendingMessage[];
   hasOlder: boolean;
   loadingOlder: boolean;
-  /** The highest seq that another member is known to have read. */
-  readByOthersSeq: number;
+}
+
+/** Something the user should hear of that belongs to no screen: a refused change, say. */
+export interface Notice {
+  id: number;
+  text: string;
 }
 
 export interface PresenceView {
@@ -111,12 +140,17 @@ export interface EngineState {
   presence: Readonly<Record<UserId, PresenceView>>;
   typing: Readonly<Record<ConversationId, readonly UserId[]>>;
   activeId: ConversationId | null;
+  notices: readonly Notice[];
+  /** Every username known, also of people no longer in a conversation. */
+  names: Readonly<Record<UserId, string>>;
 }
 
 export interface IncomingMessage {
   message: Message;
   chat: ChatView;
   sender: string;
+  /** The message mentions me (a muted chat notifies only these). */
+  mentionsMe: boolean;
 }
 
 export interface EngineOptions {
