@@ -85,6 +85,7 @@ macro_rules! store_contract {
             every_rule_refuses_through_the_store_and_changes_nothing,
             refusal_is_none_for_what_append_would_store,
             an_earlier_entry_of_the_batch_can_make_a_later_one_refused,
+            messages_interleaved_with_a_removal_in_one_batch_follow_it,
             a_removed_member_loses_the_conversation_at_once,
             a_re_added_member_starts_afresh_with_history_read,
             the_last_admin_leaving_promotes_the_longest_standing_member,
@@ -2318,6 +2319,52 @@ pub async fn refusal_is_none_for_what_append_would_store(fixture: impl StoreFixt
         assert_eq!(append_one(s, entry).await, seq);
     }
     assert_eq!(store.members(group).await.unwrap(), [bob]);
+}
+
+/// A store may remember, through a batch, what plain messages depend on (the sender's
+/// membership, the conversation's newest seq): a removal between two messages of the same
+/// sender must still refuse the second, and seqs stay gap-free across senders.
+pub async fn messages_interleaved_with_a_removal_in_one_batch_follow_it(
+    fixture: impl StoreFixture,
+) {
+    let store = fixture.store();
+    let s = store.as_ref();
+    let (ann, bob) = (user(s, "ann").await, user(s, "bob").await);
+    let group = store.create_group(ann, "G", &[ann, bob]).await.unwrap();
+    let batch = [
+        new_message(group, bob, "b1", "one"),
+        new_message(group, ann, "a1", "two"),
+        new_message(group, bob, "b2", "three"),
+        new_event(group, ann, "a2", Change::MemberRemoved { user_id: bob }),
+        new_message(group, bob, "b3", "let me in"),
+        new_message(group, ann, "a3", "four"),
+        new_event(group, ann, "a4", Change::MemberAdded { user_id: bob }),
+        new_message(group, bob, "b4", "back"),
+    ];
+    let answers = store.append_events(&batch).await.unwrap();
+    let summary: Vec<String> = answers
+        .iter()
+        .map(|answer| match answer {
+            Appended::New(stored) => {
+                format!("new {} {}", stored.event.seq, stored.event.data.kind())
+            }
+            Appended::Refused(error) => format!("refused {}", error.code),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "new 1 message",
+            "new 2 message",
+            "new 3 message",
+            "new 4 member_removed",
+            "refused not_found",
+            "new 5 message",
+            "new 6 member_added",
+            "new 7 message",
+        ]
+    );
 }
 
 pub async fn an_earlier_entry_of_the_batch_can_make_a_later_one_refused(

@@ -3,16 +3,19 @@
 //! change the rules refuse now stores nothing, anything else is stored with the next
 //! gap-free seq of its conversation and applied ([`apply`](super::apply)).
 
-use parlor_core::events::Change;
-use parlor_core::ids::ConversationId;
+use std::collections::HashMap;
+
+use parlor_core::events::{Change, Role};
+use parlor_core::ids::{ConversationId, Seq, UserId};
 use parlor_core::ports::{Appended, NewEvent, Stored};
-use parlor_core::rules;
+use parlor_core::protocol::ConversationKind;
+use parlor_core::rules::{self, Facts};
 use parlor_core::storage::nanos;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::apply;
 use super::codec::{Id, SeqColumn};
-use super::facts::gather;
+use super::facts::{Gathered, gather};
 use super::failure::Failure;
 use super::history::event_at;
 
@@ -20,14 +23,114 @@ use super::history::event_at;
 /// every entry sees what the entries before it stored: a change can be refused because an
 /// earlier one of the same batch removed its sender.
 pub(super) fn append(tx: &Connection, batch: &[NewEvent]) -> Result<Vec<Appended>, Failure> {
-    batch.iter().map(|new| append_one(tx, new)).collect()
+    let mut known = PlainMessageFacts::default();
+    batch
+        .iter()
+        .map(|new| append_one(tx, new, &mut known))
+        .collect()
 }
 
-fn append_one(tx: &Connection, new: &NewEvent) -> Result<Appended, Failure> {
+/// What a plain message (no reply) depends on, remembered through a batch: a batch holds
+/// many messages of the same senders to the same conversations, and each lookup is a
+/// statement of the single writer, whose speed is the store's throughput. Only plain
+/// messages are stored while it is trusted: any other change may alter what it holds
+/// (members, roles), so it is forgotten then.
+#[derive(Default)]
+struct PlainMessageFacts {
+    /// A conversation's kind, newest seq and members seq, as this batch left them.
+    conversations: HashMap<ConversationId, (ConversationKind, Seq, Seq)>,
+    /// A sender's role in a conversation (`None`: not a member).
+    roles: HashMap<(ConversationId, UserId), Option<Role>>,
+}
+
+impl PlainMessageFacts {
+    fn applies_to(new: &NewEvent) -> bool {
+        matches!(
+            new.change,
+            Change::Message {
+                reply_to_seq: None,
+                ..
+            }
+        )
+    }
+
+    fn get(&self, new: &NewEvent) -> Option<Gathered> {
+        let &(kind, last_seq, members_seq) = self.conversations.get(&new.conversation_id)?;
+        let &sender_role = self.roles.get(&(new.conversation_id, new.sender_id))?;
+        Some(Gathered {
+            facts: Facts {
+                kind,
+                sender_role,
+                target: None,
+                subject_role: None,
+                subject_exists: false,
+                admins: 0,
+                members: 0,
+            },
+            last_seq,
+            members_seq,
+            subject: None,
+        })
+    }
+
+    fn remember(&mut self, new: &NewEvent, gathered: &Gathered) {
+        let facts = &gathered.facts;
+        self.conversations.insert(
+            new.conversation_id,
+            (facts.kind, gathered.last_seq, gathered.members_seq),
+        );
+        self.roles
+            .insert((new.conversation_id, new.sender_id), facts.sender_role);
+    }
+
+    fn stored(&mut self, new: &NewEvent, seq: Seq) {
+        if let Some(conversation) = self.conversations.get_mut(&new.conversation_id) {
+            conversation.1 = seq;
+        }
+    }
+
+    fn forget(&mut self) {
+        self.conversations.clear();
+        self.roles.clear();
+    }
+}
+
+fn append_one(
+    tx: &Connection,
+    new: &NewEvent,
+    known: &mut PlainMessageFacts,
+) -> Result<Appended, Failure> {
     if let Some(first) = duplicate(tx, new)? {
         return Ok(Appended::Duplicate(first));
     }
-    let gathered = gather(tx, new)?;
+    let plain = PlainMessageFacts::applies_to(new);
+    let gathered = match known.get(new).filter(|_| plain) {
+        Some(gathered) => gathered,
+        None => {
+            let gathered = gather(tx, new)?;
+            if plain {
+                // A conversation that does not exist reads as a group with no members:
+                // remembered as such, it is refused the same way again.
+                known.remember(new, &gathered);
+            }
+            gathered
+        }
+    };
+    let appended = store_checked(tx, new, &gathered)?;
+    match &appended {
+        Appended::New(stored) if plain => known.stored(new, stored.event.seq),
+        Appended::New(_) => known.forget(),
+        _ => {}
+    }
+    Ok(appended)
+}
+
+/// Stores `new` if the rules allow it on `gathered`.
+fn store_checked(
+    tx: &Connection,
+    new: &NewEvent,
+    gathered: &Gathered,
+) -> Result<Appended, Failure> {
     if let Err(error) = rules::check(new.sender_id, &new.change, &gathered.facts) {
         return Ok(Appended::Refused(error));
     }
@@ -45,7 +148,7 @@ fn append_one(tx: &Connection, new: &NewEvent) -> Result<Appended, Failure> {
     if savepoint {
         tx.execute_batch("SAVEPOINT entry")?;
     }
-    match apply::store(tx, new, &gathered, created_at_ns) {
+    match apply::store(tx, new, gathered, created_at_ns) {
         Ok(stored) => {
             if savepoint {
                 tx.execute_batch("RELEASE entry")?;
