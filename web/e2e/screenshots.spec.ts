@@ -48,7 +48,7 @@ test('screenshots of the main screens', async ({ browser, baseURL }) => {
   await postEvent(jonas, dm, { kind: 'edit', target_seq: projector, body: 'Sure, _will do_. @maria does the room have a `HDMI` projector?' }, 'shot-edit');
   await expect(messageWith(maria.page, 'HDMI')).toContainText('edited');
   await send(maria.page, 'It does. See you there!');
-  await expect(messageWith(maria.page, 'It does. See you there!').getByLabel('Seen', { exact: true })).toBeVisible();
+  await expect(messageWith(maria.page, 'It does. See you there!').getByText('Seen', { exact: true })).toBeVisible();
   await screenshot(maria.page, 'conversation-events');
 
   await maria.page.emulateMedia({ colorScheme: 'dark' });

@@ -164,7 +164,10 @@ export const MessageItem = memo(function MessageItem(props: MessageItemProps) {
               {sender}
             </div>
           ) : null}
-          <span className="visually-hidden">{sender}: </span>
+          <span className="visually-hidden">
+            {sender}
+            {mentionsMe ? ', mentioning you' : ''}:{' '}
+          </span>
           {stored?.reply_to ? <ReplyQuote quote={stored.reply_to} meId={meId} names={names} onJumpTo={actions.onJumpTo} /> : null}
           {props.pendingQuote ? <ReplyQuote quote={props.pendingQuote} meId={meId} names={names} onJumpTo={actions.onJumpTo} /> : null}
           {deleted ? (
@@ -344,9 +347,11 @@ function DeliveryState({ item, receipt, detail }: { item: Item; receipt: Receipt
     );
   }
   const word = receipt === 'read' ? 'Seen' : receipt === 'delivered' ? 'Delivered' : 'Sent';
+  // The word is read out; in a group the names follow for screen readers (and as a tooltip).
   return (
-    <span className={`delivery is-${receipt}`} title={detail || word} aria-label={detail ? `${word}. ${detail}` : word}>
-      <Icon name={receipt === 'sent' ? 'check' : 'checks'} /> <span aria-hidden="true">{word}</span>
+    <span className={`delivery is-${receipt}`} title={detail || word}>
+      <Icon name={receipt === 'sent' ? 'check' : 'checks'} /> <span>{word}</span>
+      {detail ? <span className="visually-hidden">. {detail}</span> : null}
     </span>
   );
 }

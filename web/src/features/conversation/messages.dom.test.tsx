@@ -54,15 +54,15 @@ function list(c: ChatView, t: TimelineView, a = actions(), unreadAfterSeq: numbe
 describe('MessageList', () => {
   it('shows sent, delivered and seen in a direct chat from the peer’s markers', () => {
     const items = list(chat('direct', [member(ME, 3, 3), member('u-ann', 1, 2)]), timeline([msg(1, ME, 'one'), msg(2, ME, 'two'), msg(3, ME, 'three')]));
-    expect(within(items[0]!).getByLabelText('Seen')).toBeTruthy();
-    expect(within(items[1]!).getByLabelText('Delivered')).toBeTruthy();
-    expect(within(items[2]!).getByLabelText('Sent')).toBeTruthy();
+    expect(within(items[0]!).getByText('Seen')).toBeTruthy();
+    expect(within(items[1]!).getByText('Delivered')).toBeTruthy();
+    expect(within(items[2]!).getByText('Sent')).toBeTruthy();
   });
 
   it('says who saw my newest message in a group, and who only received it', () => {
     const items = list(chat('group', [member(ME, 1, 1), member('u-ann', 1, 1), member('u-ben', 0, 1)]), timeline([msg(1, ME, 'news')]));
     expect(within(items[0]!).getByText('Seen by ann')).toBeTruthy();
-    expect(within(items[0]!).getByLabelText('Delivered. Seen by ann. Delivered to ben')).toBeTruthy();
+    expect(items[0]!.querySelector('.delivery')!.textContent).toBe(' Delivered. Seen by ann. Delivered to ben');
   });
 
   it('shows system lines, the unread divider, edits and deleted messages', () => {
