@@ -166,8 +166,7 @@ pub async fn users(
     caller: Caller,
     query: Result<Query<UserQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<Member>>, HttpError> {
-    let Query(query) = query
-        .map_err(|rejection| HttpError::new(ErrorCode::InvalidInput, rejection.body_text()))?;
+    let query = query_of(query)?;
     if query.q.len() > 32 {
         return Ok(Json(Vec::new()));
     }
@@ -365,6 +364,15 @@ pub struct HistoryQuery {
 
 pub const HISTORY_LIMIT_MAX: u16 = parlor_core::ports::HISTORY_PAGE_MAX;
 
+/// A query string's fields, or the protocol's `invalid_input` (never axum's plain text).
+fn query_of<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, HttpError> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|rejection| HttpError::new(ErrorCode::InvalidInput, rejection.body_text()))
+}
+
 /// A page's `limit`: 50 unless given, at most [`HISTORY_LIMIT_MAX`].
 fn checked_limit(limit: Option<u16>) -> Result<u16, HttpError> {
     let limit = limit.unwrap_or(50);
@@ -383,8 +391,7 @@ pub async fn messages(
     PathId(id): PathId,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let Query(query) = query
-        .map_err(|rejection| HttpError::new(ErrorCode::InvalidInput, rejection.body_text()))?;
+    let query = query_of(query)?;
     let limit = checked_limit(query.limit)?;
     let conversation = gateway
         .member_conversation(caller.user.id, &id, &mut MembershipCache::default())
@@ -474,8 +481,7 @@ pub async fn events(
     PathId(id): PathId,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
-    let Query(query) = query
-        .map_err(|rejection| HttpError::new(ErrorCode::InvalidInput, rejection.body_text()))?;
+    let query = query_of(query)?;
     let limit = checked_limit(query.limit)?;
     let conversation = gateway
         .member_conversation(caller.user.id, &id, &mut MembershipCache::default())
@@ -515,9 +521,10 @@ pub async fn set_muted(
     PathId(id): PathId,
     JsonBody(request): JsonBody<Mute>,
 ) -> Result<Response, HttpError> {
-    let conversation = gateway
-        .member_conversation(caller.user.id, &id, &mut MembershipCache::default())
-        .await?;
+    // Membership is the store's to check here: setting mute answers whether it was one.
+    let conversation = id
+        .parse()
+        .map_err(|_| HttpError::new(ErrorCode::NotFound, "no such conversation"))?;
     gateway
         .set_muted(caller.user.id, conversation, request.muted)
         .await?;
