@@ -71,6 +71,17 @@ pub trait Queue: Send + Sync {
     /// Appends entries, in order; durable when this returns `Ok`. `StorageFull` when the
     /// backend is out of space: none of the entries was appended, retry once space is freed.
     async fn append(&self, entries: Vec<Vec<u8>>) -> Result<(), BackendError>;
+    /// The same, with the conversation each entry belongs to: the order that must hold is
+    /// only each conversation's. A backend that orders within a key (SQS FIFO message
+    /// groups) orders by it, and lets other conversations go on while one waits; the
+    /// others keep one order for all entries, which keeps every conversation's.
+    async fn append_keyed(
+        &self,
+        entries: Vec<(ConversationId, Vec<u8>)>,
+    ) -> Result<(), BackendError> {
+        self.append(entries.into_iter().map(|(_, entry)| entry).collect())
+            .await
+    }
     /// Up to `max` entries; waits up to `wait` for the first one, returns empty after that.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BackendError>;
     /// Marks entries done; they are never delivered again.

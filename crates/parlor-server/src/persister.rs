@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use parlor_core::events::EventData;
+use parlor_core::ids::ConversationId;
 use parlor_core::ports::{Appended, Delivery, DeliveryId, NewEvent, Stored as StoredEvent};
 use parlor_core::protocol::ServerFrame;
 use parlor_core::queue::{Audience, InboundEntry, Notification};
@@ -118,7 +119,7 @@ async fn store_until_shutdown(
 /// A batch in the store, its notifications not yet appended, its entries not yet acked.
 struct Stored {
     deliveries: Vec<Delivery>,
-    notifications: Vec<Vec<u8>>,
+    notifications: Vec<(ConversationId, Vec<u8>)>,
     done: Vec<DeliveryId>,
 }
 
@@ -222,7 +223,7 @@ async fn store(
                 continue;
             }
         };
-        notifications.push(notification.encode());
+        notifications.push((new.conversation_id, notification.encode()));
         done.push(*id);
     }
     Ok(Some(Stored {
@@ -366,7 +367,7 @@ async fn announce(
     loop {
         let Err(error) = deps
             .notifications
-            .append(stored.notifications.clone())
+            .append_keyed(stored.notifications.clone())
             .await
         else {
             full.ended();

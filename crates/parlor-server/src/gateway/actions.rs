@@ -209,8 +209,15 @@ impl Gateway {
         }
         let count = entries.len() as u64;
         let started = std::time::Instant::now();
-        let encoded = entries.iter().map(InboundEntry::encode).collect();
-        self.deps.inbound.append(encoded).await.map_err(backend)?;
+        let encoded = entries
+            .iter()
+            .map(|entry| (entry.conversation_id, entry.encode()))
+            .collect();
+        self.deps
+            .inbound
+            .append_keyed(encoded)
+            .await
+            .map_err(backend)?;
         metrics::histogram!(m::ACCEPT_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::MESSAGES_ACCEPTED).increment(count);
         Ok(())
