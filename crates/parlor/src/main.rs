@@ -2,6 +2,8 @@
 //! and wires the roles of `parlor-server` to them. No business logic lives here.
 
 mod assets;
+#[cfg(feature = "aws")]
+mod aws;
 mod cluster;
 mod config;
 mod embedded;
@@ -54,6 +56,8 @@ enum Command {
         settings: ServeSettings,
         #[command(flatten)]
         cluster: ClusterSettings,
+        #[command(flatten)]
+        aws: AwsChoice,
         #[arg(long, env = "PARLOR_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -64,6 +68,8 @@ enum Command {
         settings: ServeSettings,
         #[command(flatten)]
         cluster: ClusterSettings,
+        #[command(flatten)]
+        aws: AwsChoice,
         #[arg(long, env = "PARLOR_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -95,10 +101,24 @@ struct DlqTarget {
     queue: QueueName,
     /// The cluster's queues on NATS (works while the cluster runs) instead of the data
     /// directory's.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "aws")]
     cluster: bool,
     #[command(flatten)]
     cluster_settings: ClusterSettings,
+    /// The AWS deployment's SQS queues.
+    #[command(flatten)]
+    aws: AwsChoice,
+}
+
+/// `--aws`: the AWS backends (SQS, DynamoDB) instead of the cluster's (NATS, PostgreSQL).
+#[derive(clap::Args, Clone, Debug)]
+struct AwsChoice {
+    /// Runs on the AWS deployment's backends: SQS queues and DynamoDB tables.
+    #[arg(long)]
+    aws: bool,
+    #[cfg(feature = "aws")]
+    #[command(flatten)]
+    settings: aws::AwsSettings,
 }
 
 #[derive(clap::Args)]
@@ -163,7 +183,6 @@ enum UserCommand {
 
 fn main() -> anyhow::Result<()> {
     return_large_allocations_to_the_system();
-    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("PARLOR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -174,19 +193,41 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // A Lambda function's package runs `bootstrap` with no arguments: this binary, renamed.
+    #[cfg(feature = "aws")]
+    if aws::started_as_bootstrap() {
+        return runtime.block_on(aws::lambda::run_from_environment());
+    }
+    let cli = Cli::parse();
     runtime.block_on(async {
         match cli.command {
             Command::Serve { settings, config } => serve(resolve(settings, config)?).await,
             Command::Gateway {
                 settings,
                 cluster,
+                aws,
                 config,
-            } => cluster_gateway(resolve(settings, config)?, cluster).await,
+            } => {
+                let config = resolve(settings, config)?;
+                if aws.aws {
+                    aws_gateway(config, aws).await
+                } else {
+                    cluster_gateway(config, cluster).await
+                }
+            }
             Command::Persister {
                 settings,
                 cluster,
+                aws,
                 config,
-            } => cluster_persister(resolve(settings, config)?, cluster).await,
+            } => {
+                let config = resolve(settings, config)?;
+                if aws.aws {
+                    aws_persister(config, aws).await
+                } else {
+                    cluster_persister(config, cluster).await
+                }
+            }
             Command::Config { settings, config } => {
                 println!("{:#?}", resolve(settings, config)?);
                 Ok(())
@@ -356,32 +397,7 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
         "notifier",
         notifier::run(deps.clone(), config.notifier.clone(), shutdown.clone()),
     );
-    let ready = shutdown.clone();
-    let ops = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            axum::routing::get(move || {
-                let shutting_down = ready.is_fired();
-                async move {
-                    if shutting_down {
-                        (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "shutting down\n",
-                        )
-                    } else {
-                        (axum::http::StatusCode::OK, "ready\n")
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { metrics.render() }
-            }),
-        );
+    let ops = ops_router(metrics, shutdown.clone());
     roles.infallible_role(
         "ops listener",
         parlor_server::listen::serve(
@@ -408,12 +424,89 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
     }
 }
 
+/// /healthz, /readyz (failing once shutdown begins) and /metrics: what a process without the
+/// gateway serves on `--listen`.
+fn ops_router(metrics: PrometheusHandle, shutdown: parlor_server::Shutdown) -> axum::Router {
+    let ready = shutdown;
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let shutting_down = ready.is_fired();
+                async move {
+                    if shutting_down {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "shutting down\n",
+                        )
+                    } else {
+                        (axum::http::StatusCode::OK, "ready\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        )
+}
+
+#[cfg(feature = "aws")]
+async fn aws_gateway(config: ServeConfig, aws: AwsChoice) -> anyhow::Result<()> {
+    aws::roles::gateway(config, aws.settings).await
+}
+
+#[cfg(feature = "aws")]
+async fn aws_persister(config: ServeConfig, aws: AwsChoice) -> anyhow::Result<()> {
+    aws::roles::persister(config, aws.settings).await
+}
+
+#[cfg(feature = "aws")]
+async fn aws_dlq(
+    target: DlqTarget,
+    action: Result<(bool, DeadLetterSelection), usize>,
+) -> anyhow::Result<()> {
+    let attempts_max = parlor_server::config::ConsumerConfig::default().attempts_max;
+    let queues = aws::AwsQueues::connect(&target.aws.settings, attempts_max).await?;
+    let queue: Arc<dyn Queue> = queues.queue(target.queue).clone();
+    dlq_run(queue.as_ref(), target.queue, action).await
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_gateway(_: ServeConfig, _: AwsChoice) -> anyhow::Result<()> {
+    bail!(WITHOUT_AWS)
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_persister(_: ServeConfig, _: AwsChoice) -> anyhow::Result<()> {
+    bail!(WITHOUT_AWS)
+}
+
+#[cfg(not(feature = "aws"))]
+async fn aws_dlq(
+    _: DlqTarget,
+    _: Result<(bool, DeadLetterSelection), usize>,
+) -> anyhow::Result<()> {
+    bail!(WITHOUT_AWS)
+}
+
+#[cfg(not(feature = "aws"))]
+const WITHOUT_AWS: &str =
+    "this parlor was built without the AWS backends: build it with `--features aws`";
+
 async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     let (target, action) = match command {
         DlqCommand::List { target, limit } => (target, Err(limit)),
         DlqCommand::Redrive { target, selection } => (target, Ok((true, selection.selection()))),
         DlqCommand::Purge { target, selection } => (target, Ok((false, selection.selection()))),
     };
+    if target.aws.aws {
+        return aws_dlq(target, action).await;
+    }
     if target.cluster {
         let backends = Cluster::connect(
             &target.cluster_settings,

@@ -4,5 +4,6 @@
 
 mod harness;
 mod notifier;
+mod persist_batch;
 mod persister;
 mod presence;

@@ -22,6 +22,10 @@ use crate::consumer::{Attempt, Consumer};
 use crate::metrics as m;
 use crate::{Deps, Shutdown};
 
+mod batch;
+
+pub use batch::{BatchOutcome, persist_batch};
+
 /// How long one receive waits for entries before checking for shutdown.
 const RECEIVE_WAIT: Duration = Duration::from_millis(500);
 
@@ -189,48 +193,60 @@ async fn store(
     let mut done = Vec::with_capacity(results.len());
     let entries = batch_ids.iter().zip(&batch_attempts).zip(&batch);
     for (result, ((id, attempts), new)) in results.into_iter().zip(entries) {
-        let notification = match result {
-            Appended::New(stored) => {
-                metrics::counter!(m::MESSAGES_STORED).increment(1);
-                metrics::histogram!(m::STORE_SECONDS)
-                    .record((now - new.accepted_at).as_seconds_f64().max(0.0));
-                announcement(stored, new, false)
+        match notification(result, new, *attempts, now) {
+            Ok(notification) => {
+                notifications.push((new.conversation_id, notification.encode()));
+                done.push(*id);
             }
-            Appended::Duplicate(stored) => {
-                metrics::counter!(m::MESSAGES_DUPLICATE).increment(1);
-                // A first delivery that is a duplicate is a client's resend of an event
-                // stored and announced before: only the sender needs it back, to learn its
-                // seq. A redelivered entry may have been stored by an attempt that died
-                // before announcing it, so everyone gets it then.
-                announcement(stored, new, *attempts == 1)
-            }
-            Appended::Refused(error) => {
-                // Allowed when the gateway accepted it, refused now (the sender was removed
-                // meanwhile, the message deleted): the sender learns why, by its id.
-                metrics::counter!(m::CHANGES_REFUSED).increment(1);
-                let frame = ServerFrame::error(error, Some(new.client_msg_id.clone()));
-                Notification::new(
-                    new.conversation_id,
-                    None,
-                    Audience::Sender(new.sender_id),
-                    0,
-                    new.accepted_at,
-                    &frame,
-                )
-            }
-            Appended::Rejected(reason) => {
-                inbound.dead_letter(*id, &reason).await?;
-                continue;
-            }
-        };
-        notifications.push((new.conversation_id, notification.encode()));
-        done.push(*id);
+            Err(reason) => inbound.dead_letter(*id, &reason).await?,
+        }
     }
     Ok(Some(Stored {
         deliveries,
         notifications,
         done,
     }))
+}
+
+/// What the store's answer for `new` (delivered for the `attempts`th time) tells its
+/// audience; `Err` with the reason when it must be dead-lettered instead.
+fn notification(
+    result: Appended,
+    new: &NewEvent,
+    attempts: u32,
+    now: OffsetDateTime,
+) -> Result<Notification, String> {
+    Ok(match result {
+        Appended::New(stored) => {
+            metrics::counter!(m::MESSAGES_STORED).increment(1);
+            metrics::histogram!(m::STORE_SECONDS)
+                .record((now - new.accepted_at).as_seconds_f64().max(0.0));
+            announcement(stored, new, false)
+        }
+        Appended::Duplicate(stored) => {
+            metrics::counter!(m::MESSAGES_DUPLICATE).increment(1);
+            // A first delivery that is a duplicate is a client's resend of an event stored
+            // and announced before: only the sender needs it back, to learn its seq. A
+            // redelivered entry may have been stored by an attempt that died before
+            // announcing it, so everyone gets it then.
+            announcement(stored, new, attempts == 1)
+        }
+        Appended::Refused(error) => {
+            // Allowed when the gateway accepted it, refused now (the sender was removed
+            // meanwhile, the message deleted): the sender learns why, by its id.
+            metrics::counter!(m::CHANGES_REFUSED).increment(1);
+            let frame = ServerFrame::error(error, Some(new.client_msg_id.clone()));
+            Notification::new(
+                new.conversation_id,
+                None,
+                Audience::Sender(new.sender_id),
+                0,
+                new.accepted_at,
+                &frame,
+            )
+        }
+        Appended::Rejected(reason) => return Err(reason),
+    })
 }
 
 /// The notification of a stored event: a `message` frame for a message (the frame older

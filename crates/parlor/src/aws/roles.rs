@@ -1,0 +1,73 @@
+//! The processes of the AWS deployment that are not the Lambda: `parlor gateway --aws` and
+//! `parlor persister --aws`.
+
+use anyhow::bail;
+use parlor_core::NodeId;
+use parlor_server::{notifier, persister, presence};
+
+use super::{Aws, AwsSettings};
+use crate::config::ServeConfig;
+use crate::supervise::Supervisor;
+use crate::{announce, bind, gateway_role, ops_router};
+
+/// The gateway (HTTP and WebSocket), presence, and the notifier: notifications from their
+/// FIFO queue to the node queues of the gateways that hold each recipient. Run as an ECS
+/// service behind an ALB. SIGTERM drains: sockets close with a close frame, so clients
+/// reconnect to another task, and this node's relay queue is deleted.
+pub async fn gateway(config: ServeConfig, settings: AwsSettings) -> anyhow::Result<()> {
+    let node = config.gateway.node;
+    let backends = Aws::connect(&settings, node, config.persister.attempts_max).await?;
+    let deps = backends.deps();
+    let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
+    let (listener, address) = bind(&config).await?;
+    let mut roles = Supervisor::new();
+    let shutdown = roles.shutdown();
+    gateway_role(&mut roles, &deps, &config, listener, metrics);
+    roles.infallible_role("presence", presence::run(deps.clone(), shutdown.clone()));
+    roles.role(
+        "notifier",
+        notifier::run(deps, config.notifier.clone(), shutdown),
+    );
+    tracing::info!(%address, %node, "parlor gateway is serving on AWS");
+    announce(address);
+
+    let failure = roles.run().await;
+    if let Err(error) = backends.relay.close(node).await {
+        tracing::warn!(%error, "cannot delete this node's relay queue: the next reaper will");
+    }
+    match failure {
+        None => Ok(()),
+        Some(failure) => bail!("{failure}"),
+    }
+}
+
+/// The persister on ECS instead of Lambda, for steady load: any number of them consume the
+/// inbound FIFO queue together (each conversation is one message group, so its order holds
+/// whoever stores it). `--listen` serves health and metrics only.
+pub async fn persister(config: ServeConfig, settings: AwsSettings) -> anyhow::Result<()> {
+    let backends = Aws::connect(&settings, NodeId::new(), config.persister.attempts_max).await?;
+    let deps = backends.deps();
+    let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
+    let (listener, address) = bind(&config).await?;
+    let mut roles = Supervisor::new();
+    let shutdown = roles.shutdown();
+    roles.role(
+        "persister",
+        persister::run(deps, config.persister.clone(), shutdown.clone()),
+    );
+    roles.infallible_role(
+        "ops listener",
+        parlor_server::listen::serve(
+            listener,
+            ops_router(metrics, shutdown.clone()),
+            config.gateway.listener.clone(),
+            shutdown.wait(),
+        ),
+    );
+    tracing::info!(%address, "parlor persister is running on AWS");
+    announce(address);
+    match roles.run().await {
+        None => Ok(()),
+        Some(failure) => bail!("{failure}; unacknowledged entries are redelivered"),
+    }
+}
