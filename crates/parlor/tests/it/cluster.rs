@@ -81,36 +81,7 @@ impl Cluster {
             admin_url,
             database,
         };
-        // Both gateways must be up in HAProxy's eyes before a test relies on either.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if tokio::net::TcpStream::connect(&stats).await.is_err() {
-                assert!(Instant::now() < deadline, "HAProxy did not start");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-            let stats = Http {
-                address: stats.clone(),
-            }
-            .raw("GET", "/metrics", &[], b"")
-            .await;
-            let up = String::from_utf8_lossy(&stats.body)
-                .lines()
-                .filter(|l| {
-                    l.starts_with("haproxy_server_status{")
-                        && l.contains("state=\"UP\"")
-                        && l.ends_with(" 1")
-                })
-                .count();
-            if up == 2 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "HAProxy never saw both gateways up"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_both_gateways(&stats).await;
         cluster
     }
 
@@ -138,6 +109,40 @@ impl Drop for Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// Waits until HAProxy, whose stats listen on `stats`, sees both gateways up: a test may
+/// rely on either only then.
+pub async fn wait_for_both_gateways(stats: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if tokio::net::TcpStream::connect(stats).await.is_err() {
+            assert!(Instant::now() < deadline, "HAProxy did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let stats = Http {
+            address: stats.to_string(),
+        }
+        .raw("GET", "/metrics", &[], b"")
+        .await;
+        let up = String::from_utf8_lossy(&stats.body)
+            .lines()
+            .filter(|l| {
+                l.starts_with("haproxy_server_status{")
+                    && l.contains("state=\"UP\"")
+                    && l.ends_with(" 1")
+            })
+            .count();
+        if up == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HAProxy never saw both gateways up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,5 +1,7 @@
 //! System tests: the real `parlor` binary on a free port, spoken to over real sockets.
 
+#[cfg(feature = "aws")]
+mod aws;
 mod cli;
 mod cluster;
 mod cluster_chaos;

@@ -1,0 +1,277 @@
+//! The AWS deployment's system tests, on local emulators (`scripts/services up`): DynamoDB
+//! Local for the tables, ministack for SQS and Lambda. Real `parlor gateway --aws` processes
+//! behind HAProxy with the shipped configuration (standing in for the ALB); the persister
+//! either as `parlor persister --aws` processes (its ECS form) or as a Lambda function in
+//! ministack (this binary as `bootstrap`, an SQS event source mapping with partial batch
+//! failures). Each test has its own prefix: its own tables and queues.
+//!
+//! The emulators are slow next to AWS (ministack's SQS is Python, DynamoDB Local is Java on
+//! SQLite), so bursts are hundreds of messages, not thousands.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use parlor_testkit::process::{SERVICES_HINT, free_address};
+
+use crate::cluster_chaos::{assert_stored_exactly_once, burst_through_chaos};
+use crate::harness::{Http, Server, Ws};
+
+/// How the persister runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persister {
+    /// Two `parlor persister --aws` processes consuming the inbound queue together.
+    Processes,
+    /// A Lambda function in ministack.
+    Lambda,
+}
+
+pub struct AwsDeployment {
+    /// HAProxy's address: what clients use.
+    pub address: String,
+    pub gateways: Vec<Server>,
+    pub persisters: Vec<Server>,
+    haproxy: Child,
+    environment: Vec<(String, String)>,
+    lambda: bool,
+}
+
+fn emulator(variable: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| panic!("{variable} is not set: {SERVICES_HINT}"))
+}
+
+/// The Python of the project's cache venv, where scripts/services installed ministack.
+fn venv_python() -> String {
+    let home = std::env::var("HOME").expect("HOME");
+    format!("{home}/.cache/parlor/venv/bin/python")
+}
+
+fn local_lambda(args: &[&str], environment: &[(String, String)]) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/aws/local_lambda.py"
+    );
+    let status = Command::new(venv_python())
+        .arg(script)
+        .args(args)
+        .envs(environment.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run local_lambda.py ({e}): {SERVICES_HINT}"));
+    assert!(status.success(), "local_lambda.py {args:?} failed");
+}
+
+impl AwsDeployment {
+    pub async fn start(persister: Persister) -> AwsDeployment {
+        let id = &uuid::Uuid::now_v7().simple().to_string()[20..];
+        let environment: Vec<(String, String)> = vec![
+            ("PARLOR_AWS_PREFIX".into(), format!("it-{id}-")),
+            (
+                "PARLOR_AWS_ENDPOINT".into(),
+                emulator("PARLOR_TEST_SQS_URL"),
+            ),
+            (
+                "PARLOR_AWS_DYNAMODB_ENDPOINT".into(),
+                emulator("PARLOR_TEST_DYNAMODB_URL"),
+            ),
+            ("PARLOR_AWS_CREATE".into(), "true".into()),
+            // A killed persister's entries come back after this.
+            ("PARLOR_AWS_VISIBILITY_TIMEOUT_SECS".into(), "3".into()),
+        ];
+        let env: Vec<(&str, &str)> = environment
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let spawn = |role: &str, extra: &[&str]| {
+            let mut args = vec![role, "--aws", "--listen", "127.0.0.1:0"];
+            args.extend_from_slice(extra);
+            Server::spawn(&args, &env)
+        };
+        // The first one creates the tables and queues; then the others start.
+        let first = spawn("gateway", &["--trusted-proxies", "127.0.0.1"]);
+        let gateways = vec![first, spawn("gateway", &["--trusted-proxies", "127.0.0.1"])];
+        let persisters = match persister {
+            Persister::Processes => (0..2).map(|_| spawn("persister", &[])).collect(),
+            Persister::Lambda => {
+                local_lambda(&["up", crate::harness::BIN], &environment);
+                Vec::new()
+            }
+        };
+
+        let (listen, stats) = (free_address(), free_address());
+        let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/haproxy.cfg");
+        let haproxy = Command::new("haproxy")
+            .args(["-db", "-f", config])
+            .env("PARLOR_LB_LISTEN", &listen)
+            .env("PARLOR_LB_STATS", &stats)
+            .env("PARLOR_GATEWAY1", &gateways[0].address)
+            .env("PARLOR_GATEWAY2", &gateways[1].address)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start haproxy ({e}): {SERVICES_HINT}"));
+        let deployment = AwsDeployment {
+            address: listen,
+            gateways,
+            persisters,
+            haproxy,
+            environment,
+            lambda: persister == Persister::Lambda,
+        };
+        crate::cluster::wait_for_both_gateways(&stats).await;
+        deployment
+    }
+
+    pub fn http(&self) -> Http {
+        Http {
+            address: self.address.clone(),
+        }
+    }
+}
+
+impl Drop for AwsDeployment {
+    fn drop(&mut self) {
+        let _ = self.haproxy.kill();
+        let _ = self.haproxy.wait();
+        for server in self.gateways.iter_mut().chain(self.persisters.iter_mut()) {
+            server.kill();
+        }
+        if self.lambda {
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../deploy/aws/local_lambda.py"
+            );
+            let _ = Command::new(venv_python())
+                .args([script, "down"])
+                .envs(
+                    self.environment
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Alice and Bob on different gateways: each sees the other's messages live, in order,
+/// through the notification queue and the other node's relay queue.
+async fn users_on_different_gateways_chat(deployment: &AwsDeployment) {
+    let alice_http = Http {
+        address: deployment.gateways[0].address.clone(),
+    };
+    let (alice_id, alice) = alice_http.register("alice").await;
+    let (bob_id, bob) = alice_http.register("bob").await;
+    let conversation = alice_http.direct(&alice, &bob_id).await;
+    let mut alice_ws = Ws::connect(&deployment.gateways[0].address, &alice).await;
+    let mut bob_ws = Ws::connect(&deployment.gateways[1].address, &bob).await;
+    for i in 0..5 {
+        alice_ws
+            .send_message(&conversation, &format!("a{i}"), &format!("hi {i}"))
+            .await;
+    }
+    bob_ws
+        .send_message(&conversation, "b0", "hello alice")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut bob_saw = Vec::new();
+    while bob_saw.len() < 6 {
+        assert!(Instant::now() < deadline, "bob saw only {bob_saw:?}");
+        let Some(frame) = bob_ws.try_next(Duration::from_secs(30)).await else {
+            continue;
+        };
+        if frame["type"] == "message" {
+            bob_saw.push(
+                frame["message"]["client_msg_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    assert!(bob_saw.contains(&"b0".to_string()));
+    let alices: Vec<&String> = bob_saw.iter().filter(|id| id.starts_with('a')).collect();
+    assert_eq!(alices, ["a0", "a1", "a2", "a3", "a4"], "in send order");
+    let mut alice_saw_bob = false;
+    while !alice_saw_bob {
+        assert!(Instant::now() < deadline, "alice never saw bob's message");
+        let Some(frame) = alice_ws.try_next(Duration::from_secs(30)).await else {
+            continue;
+        };
+        alice_saw_bob =
+            frame["type"] == "message" && frame["message"]["sender_id"] == json!(bob_id);
+    }
+    let history = alice_http.history(&alice, &conversation).await;
+    let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+    let _ = alice_id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_gateways_chat_with_persister_processes() {
+    let deployment = AwsDeployment::start(Persister::Processes).await;
+    users_on_different_gateways_chat(&deployment).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_different_gateways_chat_with_the_lambda_persister() {
+    let deployment = AwsDeployment::start(Persister::Lambda).await;
+    users_on_different_gateways_chat(&deployment).await;
+}
+
+/// Three conversations at once, two persisters consuming together: FIFO message groups keep
+/// each conversation's order whoever stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_conversation_order_holds_with_two_persisters_consuming_together() {
+    let deployment = AwsDeployment::start(Persister::Processes).await;
+    let http = deployment.http();
+    let (alice_id, alice) = http.register("alice").await;
+    let mut conversations = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let (_, sender) = http.register(name).await;
+        conversations.push((http.direct(&sender, &alice_id).await, sender));
+    }
+    let bursts = conversations.iter().map(|(conversation, sender)| {
+        burst_through_chaos(&deployment.address, sender, conversation, 2, 100, 0, || {})
+    });
+    let accepted = futures::future::join_all(bursts).await;
+    for ((conversation, _), accepted) in conversations.iter().zip(&accepted) {
+        assert_eq!(accepted.len(), 200);
+        assert_stored_exactly_once(&http, &alice, conversation, accepted).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_burst_loses_nothing() {
+    let mut deployment = AwsDeployment::start(Persister::Processes).await;
+    let http = deployment.http();
+    let (_, alice) = http.register("alice").await;
+    let (bob_id, bob) = http.register("bob").await;
+    let conversation = http.direct(&alice, &bob_id).await;
+    let address = deployment.address.clone();
+    let gateway = &mut deployment.gateways[0];
+    let accepted = burst_through_chaos(&address, &alice, &conversation, 2, 300, 100, || {
+        gateway.kill()
+    })
+    .await;
+    assert_eq!(accepted.len(), 600);
+    assert_stored_exactly_once(&http, &bob, &conversation, &accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persister_killed_mid_burst_loses_nothing_and_stores_nothing_twice() {
+    let mut deployment = AwsDeployment::start(Persister::Processes).await;
+    let http = deployment.http();
+    let (_, alice) = http.register("alice").await;
+    let (bob_id, bob) = http.register("bob").await;
+    let conversation = http.direct(&alice, &bob_id).await;
+    let address = deployment.address.clone();
+    let persister = &mut deployment.persisters[0];
+    let accepted = burst_through_chaos(&address, &alice, &conversation, 2, 300, 100, || {
+        persister.kill()
+    })
+    .await;
+    assert_eq!(accepted.len(), 600);
+    assert_stored_exactly_once(&http, &bob, &conversation, &accepted).await;
+}
