@@ -54,6 +54,9 @@ MAX_RECEIVE = 4
 LAMBDA_TIMEOUT = 10
 VISIBILITY = 60  # six times LAMBDA_TIMEOUT (the template's mapping)
 MAX_CONCURRENCY = 3
+RESERVED = 5
+ORIGIN = "https://chat.example.com"
+EMAIL = "alarms@example.com"
 
 
 class Checks:
@@ -256,7 +259,7 @@ def check_tables(c, endpoint, prefix, template):
             c.eq(f"{name} point-in-time recovery", pitr in (None, "DISABLED"), True)
 
 
-def check_lambda(c, endpoint, prefix, queues, resources):
+def check_lambda(c, endpoint, prefix, queues, resources, template):
     lam = client("lambda", endpoint)
     name = f"{prefix}persister"
     try:
@@ -274,7 +277,12 @@ def check_lambda(c, endpoint, prefix, queues, resources):
     c.eq(f"{name} PARLOR_AWS_PREFIX", env.get("PARLOR_AWS_PREFIX"), prefix)
     c.eq(f"{name} PARLOR_ATTEMPTS_MAX", env.get("PARLOR_ATTEMPTS_MAX"), str(MAX_RECEIVE))
     concurrency = lam.get_function_concurrency(FunctionName=name).get("ReservedConcurrentExecutions")
-    c.eq(f"{name} reserved concurrency (0: none)", concurrency, None)
+    if concurrency is None:
+        c.gap("a function's ReservedConcurrentExecutions")
+        props = template["Resources"]["Persister"]["Properties"]
+        c.eq("ReservedConcurrentExecutions in the template", props.get("ReservedConcurrentExecutions", {}).get("Fn::If", [None])[0], "HasReservedConcurrency")
+    else:
+        c.eq(f"{name} reserved concurrency", concurrency, RESERVED)
     mappings = lam.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]
     c.eq(f"{name} event source mappings", len(mappings), 1)
     if mappings:
@@ -286,7 +294,7 @@ def check_lambda(c, endpoint, prefix, queues, resources):
         c.eq("event source state", m.get("State"), "Enabled")
 
 
-def check_gateways(c, endpoint, prefix, resources, template):
+def check_gateways(c, endpoint, prefix, resources, template, certificate):
     ecs = client("ecs", endpoint)
     elb = client("elbv2", endpoint)
     task = ecs.describe_task_definition(taskDefinition=resources["GatewayTaskDefinition"])["taskDefinition"]
@@ -303,6 +311,8 @@ def check_gateways(c, endpoint, prefix, resources, template):
     c.eq("container PARLOR_AWS_PREFIX", env.get("PARLOR_AWS_PREFIX"), prefix)
     c.eq("container PARLOR_LISTEN", env.get("PARLOR_LISTEN"), "0.0.0.0:8080")
     c.eq("container PARLOR_ATTEMPTS_MAX", env.get("PARLOR_ATTEMPTS_MAX"), str(MAX_RECEIVE))
+    c.eq("container PARLOR_COOKIE_SECURE (HTTPS)", env.get("PARLOR_COOKIE_SECURE"), "true")
+    c.eq("container PARLOR_ALLOWED_ORIGINS", env.get("PARLOR_ALLOWED_ORIGINS"), ORIGIN)
     c.eq("container logs", container.get("logConfiguration", {}).get("logDriver"), "awslogs")
     # What the emulator stores empty or drops: checked in the template instead.
     props = template["Resources"]["GatewayTaskDefinition"]["Properties"]
@@ -341,11 +351,16 @@ def check_gateways(c, endpoint, prefix, resources, template):
     tg_attrs = {a["Key"]: a["Value"] for a in elb.describe_target_group_attributes(TargetGroupArn=resources["GatewayTargetGroup"])["Attributes"]}
     c.eq("deregistration delay", tg_attrs.get("deregistration_delay.timeout_seconds"), "20")
     c.eq("stickiness", tg_attrs.get("stickiness.enabled"), "false")
-    listeners = elb.describe_listeners(LoadBalancerArn=resources["LoadBalancer"])["Listeners"]
-    c.eq("listeners (HTTP only without a certificate)", [(l["Protocol"], l["Port"]) for l in listeners], [("HTTP", 80)])
-    if listeners:
-        action = listeners[0]["DefaultActions"][0]
-        c.eq("HTTP listener forwards", (action.get("Type"), action.get("TargetGroupArn")), ("forward", resources["GatewayTargetGroup"]))
+    listeners = {l["Protocol"]: l for l in elb.describe_listeners(LoadBalancerArn=resources["LoadBalancer"])["Listeners"]}
+    c.eq("listeners", sorted((p, l["Port"]) for p, l in listeners.items()), [("HTTP", 80), ("HTTPS", 443)])
+    for protocol, listener in listeners.items():
+        action = listener["DefaultActions"][0]
+        c.eq(f"{protocol} listener forwards", (action.get("Type"), action.get("TargetGroupArn")), ("forward", resources["GatewayTargetGroup"]))
+    if "HTTPS" in listeners:
+        c.eq("HTTPS certificate", [x["CertificateArn"] for x in listeners["HTTPS"].get("Certificates", [])], [certificate])
+    if "HTTP" in listeners:
+        rules = [r for r in elb.describe_rules(ListenerArn=listeners["HTTP"]["ListenerArn"])["Rules"] if not r.get("IsDefault")]
+        c.eq("HTTP redirect rule", [(a.get("Type"), a.get("RedirectConfig", {}).get("Protocol")) for r in rules for a in r["Actions"]], [("redirect", "HTTPS")])
 
     ec2 = client("ec2", endpoint)
     group = ec2.describe_security_groups(GroupIds=[resources["GatewaySecurityGroup"]])["SecurityGroups"][0]
@@ -403,8 +418,12 @@ def check_roles(c, endpoint, prefix, resources):
     c.true("gateway role: sends to inbound, not to the inbound DLQ", any(r.endswith(f":{prefix}inbound.fifo") for r in sends) and not any(r.endswith(f":{prefix}inbound-dlq.fifo") for r in sends))
 
 
-def check_alarms(c, endpoint, prefix):
+def check_alarms(c, endpoint, prefix, resources):
     cw = client("cloudwatch", endpoint)
+    sns = client("sns", endpoint)
+    topic = resources.get("AlarmTopic")
+    subscriptions = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] if topic else []
+    c.eq("alarm topic's subscription", [(s["Protocol"], s["Endpoint"]) for s in subscriptions], [("email", EMAIL)])
     alarms = {a["AlarmName"]: a for a in cw.describe_alarms(AlarmNamePrefix=prefix)["MetricAlarms"]}
     want = {
         f"{prefix}inbound-dead-letters": ("ApproximateNumberOfMessagesVisible", f"{prefix}inbound-dlq.fifo", 0.0),
@@ -421,6 +440,7 @@ def check_alarms(c, endpoint, prefix):
             (a.get("Namespace"), a.get("MetricName"), a.get("Dimensions"), a.get("Threshold"), a.get("ComparisonOperator")),
             ("AWS/SQS", metric, [{"Name": "QueueName", "Value": queue}], threshold, "GreaterThanThreshold"),
         )
+        c.eq(f"alarm {name} actions", (a.get("AlarmActions"), a.get("OKActions")), ([topic], [topic]))
 
 
 def main():
@@ -439,10 +459,15 @@ def main():
     cfn = client("cloudformation", endpoint)
     s3 = client("s3", endpoint)
     ddb = client("dynamodb", endpoint)
+    acm = client("acm", endpoint)
     c = Checks()
     started = time.time()
     created = False
+    certificate = None
     try:
+        # Every condition on: HTTPS (a certificate from the emulator's ACM), alarm e-mail,
+        # reserved concurrency, an extra origin.
+        certificate = acm.request_certificate(DomainName="chat.example.com")["CertificateArn"]
         s3.create_bucket(Bucket=bucket)
         s3.put_object(Bucket=bucket, Key="parlor/bootstrap.zip", Body=placeholder_zip())
         vpc, subnets = network(endpoint)
@@ -457,6 +482,10 @@ def main():
             "LambdaTimeoutSeconds": str(LAMBDA_TIMEOUT),
             "LambdaMaximumConcurrency": str(MAX_CONCURRENCY),
             "MaxReceiveCount": str(MAX_RECEIVE),
+            "LambdaReservedConcurrency": str(RESERVED),
+            "CertificateArn": certificate,
+            "AlarmEmail": EMAIL,
+            "AllowedOrigins": ORIGIN,
             "Emulator": "true",
         }
         cfn.create_stack(
@@ -478,12 +507,7 @@ def main():
             r["LogicalResourceId"]: r["PhysicalResourceId"]
             for r in cfn.describe_stack_resources(StackName=stack)["StackResources"]
         }
-        # Everything but what a condition leaves out here (no alarm e-mail, no certificate).
-        expected = {
-            logical
-            for logical, resource in template["Resources"].items()
-            if resource.get("Condition") not in ("HasAlarmEmail", "HasCertificate")
-        }
+        expected = set(template["Resources"])
         c.eq("resources created", sorted(resources), sorted(expected))
         outputs = {o["OutputKey"]: o["OutputValue"] for o in status.get("Outputs", [])}
         c.eq("outputs", sorted(outputs), sorted(template["Outputs"]))
@@ -491,10 +515,10 @@ def main():
 
         queues = check_queues(c, endpoint, prefix)
         check_tables(c, endpoint, prefix, template)
-        check_lambda(c, endpoint, prefix, queues, resources)
-        check_gateways(c, endpoint, prefix, resources, template)
+        check_lambda(c, endpoint, prefix, queues, resources, template)
+        check_gateways(c, endpoint, prefix, resources, template, certificate)
         check_roles(c, endpoint, prefix, resources)
-        check_alarms(c, endpoint, prefix)
+        check_alarms(c, endpoint, prefix, resources)
 
         # Deleting the stack removes everything but the store's tables, which it keeps.
         cfn.delete_stack(StackName=stack)
@@ -518,6 +542,11 @@ def main():
             except Exception as error:  # best effort: report, go on cleaning
                 print(f"check_stack: cannot delete stack {stack}: {error}", file=sys.stderr)
         cleanup(ddb, s3, prefix, bucket)
+        if certificate:
+            try:
+                acm.delete_certificate(CertificateArn=certificate)
+            except Exception as error:
+                print(f"check_stack: cannot delete certificate {certificate}: {error}", file=sys.stderr)
 
     elapsed = time.time() - started
     if c.failures:
