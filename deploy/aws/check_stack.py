@@ -410,6 +410,12 @@ def check_roles(c, endpoint, prefix, resources):
         "gateway role: the by_node index",
         any(r.endswith(f"table/{prefix}connections/index/by_node") for r in gateway_resources),
     )
+    c.true(
+        "roles: no table administration",
+        not any(a in ("dynamodb:CreateTable", "dynamodb:DeleteTable", "dynamodb:UpdateTable") for s in persister + gateway for a in actions(s)),
+    )
+    scans = [r for s in gateway for r in arns(s) if "dynamodb:Scan" in actions(s)]
+    c.eq("gateway role: scans the nodes table only", [r.rsplit("/", 1)[-1] for r in scans], [f"{prefix}nodes"])
     relay = [s for s in gateway if any(r.endswith(f":{prefix}node-*.fifo") for r in arns(s))]
     c.true("gateway role: relay queues by name pattern", bool(relay))
     if relay:
