@@ -20,13 +20,18 @@ use crate::aws::{AwsQueues, AwsSettings};
 struct FunctionEnvironment {
     #[command(flatten)]
     aws: AwsSettings,
+    /// Deliveries before an entry is dead-lettered: the queues' maxReceiveCount.
+    #[arg(long, env = "PARLOR_ATTEMPTS_MAX")]
+    attempts_max: Option<u32>,
 }
 
 /// Serves invocations until the runtime stops the process, configured by the environment.
 pub async fn run_from_environment() -> anyhow::Result<()> {
     use clap::Parser;
     let environment = FunctionEnvironment::try_parse_from(["bootstrap"])?;
-    let attempts_max = parlor_server::config::ConsumerConfig::default().attempts_max;
+    let attempts_max = environment
+        .attempts_max
+        .unwrap_or(parlor_server::config::ConsumerConfig::default().attempts_max);
     run(environment.aws, attempts_max).await
 }
 
