@@ -30,6 +30,9 @@ const FAILED_AT: &str = "Parlor-Failed-At";
 const REASON_MAX_BYTES: usize = 4096;
 /// How long a listing holds the letters it received if it dies before giving them back.
 const HOLD_SECS: i32 = 30;
+/// The long poll of each receive from the DLQ: a short poll may answer empty while letters
+/// are there (SQS's "false empty responses"), and an empty answer ends a listing.
+const POLL_SECS: u64 = 1;
 /// Letters received per round of a listing, redrive or purge.
 const SCAN_MAX: usize = 1000;
 /// Rounds of a redrive or purge: each one deletes what it took, so `All` ends when the
@@ -113,7 +116,7 @@ impl SqsQueue {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut received = self.receive_dead().await?;
+        let (mut received, _) = self.receive_dead().await?;
         self.give_back(&received).await;
         // Stable: letters of one group that failed at one instant keep the group's order.
         received.sort_by_key(|letter| letter.letter.failed_at);
@@ -155,11 +158,9 @@ impl SqsQueue {
             if wanted.as_ref().is_some_and(HashSet::is_empty) {
                 break;
             }
-            let (chosen, rest): (Vec<Received>, Vec<Received>) = self
-                .receive_dead()
-                .await?
-                .into_iter()
-                .partition(|received| {
+            let (received, cut_off) = self.receive_dead().await?;
+            let (chosen, rest): (Vec<Received>, Vec<Received>) =
+                received.into_iter().partition(|received| {
                     wanted
                         .as_ref()
                         .is_none_or(|wanted| wanted.contains(&received.letter.id))
@@ -188,23 +189,32 @@ impl SqsQueue {
                 self.delete_messages(&self.dead_url, &receipts).await?;
             }
             done += chosen.len();
+            // `All` goes on until a round finds the DLQ empty. By ids: letters held back
+            // behind their group's first ones show only once those are gone, and with no
+            // full receive there were none.
             if let Some(wanted) = &mut wanted {
                 for received in &chosen {
                     wanted.remove(&received.letter.id);
+                }
+                if !cut_off {
+                    break;
                 }
             }
         }
         Ok(done)
     }
 
-    /// Receives every letter SQS hands out now (up to `SCAN_MAX`), held for `HOLD_SECS`.
-    async fn receive_dead(&self) -> Result<Vec<Received>, BackendError> {
+    /// Receives every letter SQS hands out (up to `SCAN_MAX`), held for `HOLD_SECS`; the
+    /// last, empty, answer takes `POLL_SECS`. With `true` when a receive came full: SQS may
+    /// have held back more of a group.
+    async fn receive_dead(&self) -> Result<(Vec<Received>, bool), BackendError> {
         let mut received = Vec::new();
+        let mut cut_off = false;
         while received.len() < SCAN_MAX {
             let poll = Poll {
                 url: &self.dead_url,
                 max: BATCH_MAX,
-                wait_secs: 0,
+                wait_secs: POLL_SECS,
                 visibility_secs: HOLD_SECS,
                 dead_letter_side: true,
             };
@@ -218,9 +228,10 @@ impl SqsQueue {
             if messages.is_empty() {
                 break;
             }
+            cut_off |= messages.len() == BATCH_MAX;
             received.extend(messages.iter().filter_map(|message| self.letter(message)));
         }
-        Ok(received)
+        Ok((received, cut_off))
     }
 
     /// Makes letters visible again at once; on failure they come back after the hold.

@@ -6,15 +6,17 @@
 // queue rounds up), within the suite's slack.
 //
 // How ministack 1.5.33 differs from SQS, as far as these tests reach:
-// - its counts (ApproximateNumberOf…) are exact at once; SQS's lag by up to a minute, so
-//   the `depth` assertions hold on the emulator only.
+// - its counts (ApproximateNumberOf…) are exact at once; SQS's are approximate (eventually
+//   consistent), so the `depth` assertions hold exactly on the emulator only.
 // - it moves an entry to the DLQ after maxReceiveCount only inside a ReceiveMessage on the
-//   source queue (as SQS does, by what SQS documents), and the moved message keeps its
-//   MessageId, SentTimestamp and receive count (so a letter's id is stable across the move).
+//   source queue (a `depth` before that receive counts it as pending, not dead), and the
+//   moved message keeps its MessageId, SentTimestamp and receive count.
 // - it hands out every visible message of a group in one receive, in send order, and none
 //   of a group with one in flight; SQS documents the same, but chooses among groups as it
 //   likes (these tests assert no order across conversations).
-// - a short poll (WaitTimeSeconds=0) sees every message; SQS's may miss some for a poll.
+// - a short poll (WaitTimeSeconds=0) sees every message; SQS's may answer empty while
+//   messages are there ("false empty responses"): a little later, never lost.
+// - its long poll looks again every 100 ms; SQS's answers as a message arrives.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
