@@ -84,11 +84,7 @@ impl SqsQueue {
                 .build()
                 .map_err(|error| BackendError::rejected(format!("build an attribute: {error}")))
         };
-        // SQS refuses an empty attribute value.
-        let reason = match truncated(reason, REASON_MAX_BYTES) {
-            "" => "no reason given",
-            reason => reason,
-        };
+        let reason = attribute_text(reason);
         let request = self
             .client
             .send_message()
@@ -96,7 +92,7 @@ impl SqsQueue {
             .message_body(body)
             .message_group_id(group)
             .message_deduplication_id(uuid::Uuid::now_v7().simple().to_string())
-            .message_attributes(REASON, text(reason.to_owned(), "String")?)
+            .message_attributes(REASON, text(reason, "String")?)
             .message_attributes(ATTEMPTS, text(attempts.to_string(), "Number")?)
             .message_attributes(FAILED_AT, text(failed_at, "String")?);
         timed(CALL_TIMEOUT, "dead-letter an entry", async {
@@ -304,11 +300,34 @@ fn letter_id(message_id: &str) -> u64 {
     u64::from_be_bytes(first)
 }
 
-/// At most `max` bytes of `text`, cut at a character boundary.
-fn truncated(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
+/// A reason as SQS takes an attribute value: not empty, only the characters XML allows
+/// (an error's text may hold others), at most `REASON_MAX_BYTES`.
+fn attribute_text(reason: &str) -> String {
+    let allowed = |c: char| matches!(c, '\t' | '\n' | '\r' | ' '..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..);
+    let mut text = String::new();
+    for c in reason.chars() {
+        let c = if allowed(c) { c } else { '\u{FFFD}' };
+        if text.len() + c.len_utf8() > REASON_MAX_BYTES {
+            break;
+        }
+        text.push(c);
     }
-    &text[..end]
+    if text.is_empty() {
+        text.push_str("no reason given");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{REASON_MAX_BYTES, attribute_text};
+
+    #[test]
+    fn reasons_become_text_sqs_accepts() {
+        assert_eq!(attribute_text("cannot store: é"), "cannot store: é");
+        assert_eq!(attribute_text(""), "no reason given");
+        assert_eq!(attribute_text("a\u{0}b\u{1b}c"), "a\u{FFFD}b\u{FFFD}c");
+        let long = attribute_text(&"é".repeat(REASON_MAX_BYTES));
+        assert!(long.len() <= REASON_MAX_BYTES && long.chars().all(|c| c == 'é'));
+    }
 }

@@ -54,9 +54,8 @@ pub fn kind_of(code: Option<&str>, status: u16) -> BackendErrorKind {
         | "InternalFailure"
         | "ExpiredToken"
         | "RequestExpired" => BackendErrorKind::Unavailable,
-        "QueueDoesNotExist"
-        | "AWS.SimpleQueueService.NonExistentQueue"
-        | "QueueDeletedRecently"
+        code if is_missing_queue(Some(code)) => BackendErrorKind::Poisoned,
+        "QueueDeletedRecently"
         | "AWS.SimpleQueueService.QueueDeletedRecently"
         | "AccessDenied"
         | "AccessDeniedException"
@@ -82,6 +81,13 @@ pub fn entry_error(
     BackendError::new(
         kind,
         format!("{what}: {code}: {}", message.unwrap_or("no message")),
+    )
+}
+
+pub fn is_missing_queue(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("QueueDoesNotExist" | "AWS.SimpleQueueService.NonExistentQueue")
     )
 }
 

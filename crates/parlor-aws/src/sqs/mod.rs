@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
+use aws_sdk_sqs::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::QueueAttributeName;
 use parlor_core::ports::{
     DeadLetter, DeadLetterSelection, Delivery, DeliveryId, Queue, QueueDepth,
@@ -94,25 +95,17 @@ impl SqsQueue {
         })
     }
 
-    /// Deletes the queue and its DLQ (tests' cleanup).
+    /// Deletes the queue and its DLQ (tests' cleanup); one already gone is no error.
     pub async fn delete(&self) -> Result<(), BackendError> {
         for url in [&self.url, &self.dead_url] {
-            let deleted = timed(CALL_TIMEOUT, "delete a queue", async {
-                self.client
-                    .delete_queue()
-                    .queue_url(url)
-                    .send()
-                    .await
-                    .map_err(|error| sqs_error("delete a queue", error))
-            })
-            .await;
-            match deleted {
-                Ok(_) => {}
-                Err(error) if error.kind == parlor_core::BackendErrorKind::Poisoned => {
-                    tracing::debug!(queue = %self.name, %error, "queue already gone");
+            timed(CALL_TIMEOUT, "delete a queue", async {
+                match self.client.delete_queue().queue_url(url).send().await {
+                    Ok(_) => Ok(()),
+                    Err(error) if error::is_missing_queue(error.code()) => Ok(()),
+                    Err(error) => Err(sqs_error("delete a queue", error)),
                 }
-                Err(error) => return Err(error),
-            }
+            })
+            .await?;
         }
         Ok(())
     }

@@ -18,6 +18,9 @@ use super::error::{CALL_TIMEOUT, entry_error, sqs_error, timed};
 
 /// SQS's most entries per batch call (send, delete, change visibility).
 pub const BATCH_MAX: usize = 10;
+/// The most body bytes per batch call: SQS's limit on a batch's total size was 256 KiB
+/// for years (1 MiB since 2025); the smaller holds everywhere.
+const BATCH_BYTES_MAX: usize = 256 * 1024;
 /// Tries for the entries of a batch that SQS refused for its own (internal) reasons.
 const ENTRY_TRIES: u32 = 3;
 const ENTRY_RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -49,8 +52,11 @@ impl SqsQueue {
         url: &str,
         entries: Vec<Outgoing>,
     ) -> Result<(), BackendError> {
-        for batch in entries.chunks(BATCH_MAX) {
+        let mut rest = entries.as_slice();
+        while !rest.is_empty() {
+            let (batch, after) = rest.split_at(batch_len(rest));
             self.send_batch(url, batch).await?;
+            rest = after;
         }
         Ok(())
     }
@@ -114,5 +120,41 @@ impl SqsQueue {
             }
         }
         Ok(())
+    }
+}
+
+/// How many of `entries` go in the next batch: up to ten within `BATCH_BYTES_MAX`, and at
+/// least one (an entry too large on its own is SQS's to refuse).
+fn batch_len(entries: &[Outgoing]) -> usize {
+    let mut bytes = 0;
+    let mut len = 0;
+    for entry in entries.iter().take(BATCH_MAX) {
+        bytes += entry.body.len();
+        if bytes > BATCH_BYTES_MAX && len > 0 {
+            break;
+        }
+        len += 1;
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BATCH_BYTES_MAX, Outgoing, batch_len};
+
+    fn bodies(sizes: &[usize]) -> Vec<Outgoing> {
+        sizes
+            .iter()
+            .map(|size| Outgoing::new("group", "x".repeat(*size)))
+            .collect()
+    }
+
+    #[test]
+    fn batches_hold_ten_entries_within_the_byte_limit() {
+        assert_eq!(batch_len(&bodies(&[10; 25])), 10);
+        assert_eq!(batch_len(&bodies(&[10; 3])), 3);
+        let half = BATCH_BYTES_MAX / 2;
+        assert_eq!(batch_len(&bodies(&[half, half, 1])), 2);
+        assert_eq!(batch_len(&bodies(&[BATCH_BYTES_MAX * 2, 1])), 1);
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use parlor_aws::AwsOptions;
 use parlor_aws::sqs::{SqsQueue, SqsQueueOptions};
-use parlor_core::ports::{Delivery, DeliveryId, Queue, QueueDepth};
+use parlor_core::ports::{DeadLetterSelection, Delivery, DeliveryId, Queue, QueueDepth};
 use parlor_core::{BackendErrorKind, ConversationId};
 use parlor_testkit::queue::{QueueFactory, QueueOptions};
 
@@ -363,6 +363,78 @@ async fn two_consumers_keep_every_conversations_order_under_concurrent_appends()
             assert_eq!(received, expected.iter().collect::<Vec<_>>());
         }
         assert_eq!(first.depth().await.expect("depth"), QueueDepth::default());
+    })
+    .await;
+}
+
+/// An entry SQS dead-lettered itself (after maxReceiveCount deliveries) carries none of
+/// our attributes: it is listed with a reason that says so, and a redrive sends it back to
+/// its own conversation as a fresh entry, although SQS's five-minute deduplication window
+/// of the first send is still open (the redrive has a deduplication id of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_letter_sqs_moved_itself_says_why_and_redrives_to_its_conversation() {
+    let factory = factory().await;
+    parlor_testkit::queue::guarded(&factory, async {
+        let options = QueueOptions {
+            visibility_timeout: Duration::from_secs(1),
+            attempts_max: 2,
+        };
+        let queue = factory.open_sqs("q", options).await;
+        let conversation = ConversationId::new();
+        let appended_at = time::OffsetDateTime::now_utc();
+        queue
+            .append_keyed(keyed(&[(conversation, "slow")]))
+            .await
+            .expect("append");
+        for attempt in 1..=2 {
+            let got = queue.receive(1, SLACK).await.expect("receive");
+            assert_eq!(payloads(&got), ["slow"]);
+            assert_eq!(got[0].attempts, attempt);
+        }
+        // Moved by SQS at the first receive after the second delivery's visibility ended.
+        let none = queue
+            .receive(10, Duration::from_millis(1500))
+            .await
+            .expect("receive");
+        assert_eq!(payloads(&none), Vec::<String>::new());
+
+        let dead = queue.dead_letters(10).await.expect("dead_letters");
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].payload, b"slow");
+        assert_eq!(
+            dead[0].reason,
+            "delivered 2 times without being acknowledged"
+        );
+        assert_eq!(dead[0].attempts, 2);
+        // SQS records no time of its own moves: the time it was appended (milliseconds).
+        let at = dead[0].failed_at;
+        assert!(
+            appended_at - Duration::from_millis(1) <= at && at <= time::OffsetDateTime::now_utc(),
+            "failed_at {at}, appended at {appended_at}"
+        );
+
+        let moved = queue
+            .redrive(DeadLetterSelection::Ids(vec![dead[0].id]))
+            .await
+            .expect("redrive");
+        assert_eq!(moved, 1);
+        let back = queue.receive(1, SLACK).await.expect("receive");
+        assert_eq!(payloads(&back), ["slow"]);
+        assert_eq!(back[0].attempts, 1);
+        // Back in its conversation's group: a later entry of it waits behind it.
+        queue
+            .append_keyed(keyed(&[(conversation, "next")]))
+            .await
+            .expect("append");
+        let none = queue
+            .receive(10, Duration::from_millis(500))
+            .await
+            .expect("receive");
+        assert_eq!(payloads(&none), Vec::<String>::new());
+        queue.ack(&ids(&back)).await.expect("ack");
+        let next = receive_acking(&*queue, 1).await;
+        assert_eq!(payloads(&next), ["next"]);
+        assert_eq!(queue.depth().await.expect("depth"), QueueDepth::default());
     })
     .await;
 }
