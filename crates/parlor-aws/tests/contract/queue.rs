@@ -456,3 +456,34 @@ async fn opening_a_missing_queue_fails_for_good() {
     };
     assert_eq!(error.kind, BackendErrorKind::Poisoned, "{error}");
 }
+
+/// SQS out of reach (nothing listens there) is `Unavailable`, within seconds, never a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_out_of_reach_is_unavailable() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    let client = AwsOptions {
+        endpoint: Some(url),
+        ..Default::default()
+    }
+    .sqs()
+    .await;
+    let options = SqsQueueOptions {
+        name: format!("t{}-unreachable", uuid::Uuid::now_v7().simple()),
+        visibility_timeout: Duration::from_secs(1),
+        attempts_max: 3,
+        create: true,
+    };
+    let started = Instant::now();
+    let error = match SqsQueue::open(client, options).await {
+        Ok(_) => panic!("opened a queue on a closed port"),
+        Err(error) => error,
+    };
+    assert_eq!(error.kind, BackendErrorKind::Unavailable, "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "after {:?}",
+        started.elapsed()
+    );
+}
