@@ -65,7 +65,10 @@ pub struct QueueDepth {
 /// a JetStream ack from a syncing server). Delivery is at least once: an entry
 /// not acknowledged within the visibility timeout, or before a crash, is delivered again,
 /// so consumers must be idempotent. Entries are handed out in append order, except that a
-/// redelivered entry comes back later than the entries after it.
+/// redelivered entry comes back later than the entries after it; or, on a backend that
+/// orders per key (SQS FIFO message groups, see `append_keyed`), that a key's later entries
+/// wait while one of its entries is in flight or waiting to be retried, and then come after
+/// it.
 #[async_trait]
 pub trait Queue: Send + Sync {
     /// Appends entries, in order; durable when this returns `Ok`. `StorageFull` when the

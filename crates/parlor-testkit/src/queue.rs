@@ -181,6 +181,12 @@ pub async fn receive_returns_entries_in_append_order(factory: &dyn QueueFactory)
 
     let first = queue.receive(2, SLACK).await.expect("receive");
     assert_eq!(payloads(&first), ["a", "b"]);
+    // Acknowledged before the next receive: a backend that orders per key holds the rest
+    // of a key back while some of it is in flight.
+    queue
+        .ack(&first.iter().map(|d| d.id).collect::<Vec<_>>())
+        .await
+        .expect("ack");
     // Fewer than `max` are there: they come at once, not at the end of the wait.
     let started = Instant::now();
     let rest = queue.receive(10, SLACK).await.expect("receive");
@@ -195,7 +201,7 @@ pub async fn receive_returns_entries_in_append_order(factory: &dyn QueueFactory)
     let ids: BTreeSet<_> = all.iter().map(|d| d.id).collect();
     assert_eq!(ids.len(), 5, "delivery ids are distinct");
     queue
-        .ack(&all.iter().map(|d| d.id).collect::<Vec<_>>())
+        .ack(&rest.iter().map(|d| d.id).collect::<Vec<_>>())
         .await
         .expect("ack");
 }

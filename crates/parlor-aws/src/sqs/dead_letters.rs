@@ -74,6 +74,36 @@ impl SqsQueue {
         else {
             return Ok(()); // already settled
         };
+        self.send_to_dead_letters(body, group, reason, attempts)
+            .await?;
+        self.delete_messages(&self.url, &[&receipt]).await?;
+        self.held.lock().expect("held lock").remove(&id);
+        Ok(())
+    }
+
+    /// Dead-letters an entry that was received by someone else (a Lambda's event source
+    /// mapping): sends it to the DLQ in its `group` (the record's `MessageGroupId`) with
+    /// why. The caller then has it deleted from the queue (by not reporting it failed).
+    pub async fn dead_letter_message(
+        &self,
+        group: &str,
+        payload: &[u8],
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), BackendError> {
+        let group = if group.is_empty() { PLAIN_GROUP } else { group };
+        self.send_to_dead_letters(base64::encode(payload), group.to_owned(), reason, attempts)
+            .await
+    }
+
+    /// SendMessage to the DLQ in `group`, with why as message attributes.
+    async fn send_to_dead_letters(
+        &self,
+        body: String,
+        group: String,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<(), BackendError> {
         let failed_at = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .map_err(|error| BackendError::rejected(format!("format a time: {error}")))?;
@@ -102,8 +132,6 @@ impl SqsQueue {
                 .map_err(|error| sqs_error("dead-letter an entry", error))
         })
         .await?;
-        self.delete_messages(&self.url, &[&receipt]).await?;
-        self.held.lock().expect("held lock").remove(&id);
         Ok(())
     }
 

@@ -39,6 +39,12 @@ use receive::Held;
 
 /// The message group of every entry of a plain `append`: one group, one order.
 const PLAIN_GROUP: &str = "parlor";
+
+/// An entry's bytes from an SQS message body (base64, as this queue writes it): for records
+/// received by someone else, such as a Lambda's event source mapping.
+pub fn decode_body(body: &str) -> Option<Vec<u8>> {
+    base64::decode(body)
+}
 /// SQS's longest visibility timeout (12 hours).
 const VISIBILITY_MAX_SECS: u64 = 12 * 60 * 60;
 

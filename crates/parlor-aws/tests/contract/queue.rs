@@ -98,40 +98,7 @@ impl QueueFactory for SqsQueues {
     }
 }
 
-// Every check of the contract but `receive_returns_entries_in_append_order`, below.
-parlor_testkit::queue_contract!(@checks factory;
-    acked_entries_are_never_delivered_again,
-    an_unacked_entry_comes_back_after_the_visibility_timeout,
-    retry_later_delivers_again_no_sooner_than_the_delay,
-    dead_letter_moves_the_entry_with_its_reason_and_attempts,
-    an_entry_that_keeps_timing_out_is_dead_lettered_on_its_own,
-    dead_letters_lists_the_oldest_first_up_to_the_limit,
-    redrive_by_ids_moves_only_those_back,
-    redrive_all_moves_every_dead_letter_back,
-    purge_deletes_dead_letters_for_good,
-    depth_counts_pending_in_flight_and_dead,
-    entries_survive_closing_and_reopening,
-    two_consumers_never_hold_the_same_entry,
-    receive_on_an_empty_queue_waits_then_returns_nothing,
-    receive_wakes_up_for_an_entry_appended_while_it_waits,
-);
-
-/// Fails on SQS FIFO (and on ministack, which does the same): it receives 2 of 5 entries
-/// of one group and, without acknowledging them, expects the other 3 at once. SQS hands
-/// out nothing more of a message group while any of its entries is in flight, so the
-/// second receive waits until the first two come back after their visibility timeout and
-/// gets all five again, in order: `["a", "b", "c", "d", "e"]`. Plain `append` is one
-/// group; `a_second_receive_gets_nothing_of_a_group_in_flight` pins what SQS does instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "SQS FIFO hands out nothing of a message group while an entry of it is in flight"]
-async fn receive_returns_entries_in_append_order() {
-    let factory = factory().await;
-    parlor_testkit::queue::guarded(
-        &factory,
-        parlor_testkit::queue::receive_returns_entries_in_append_order(&factory),
-    )
-    .await;
-}
+parlor_testkit::queue_contract!(factory);
 
 // ── What only SQS FIFO does ──────────────────────────────────────────────────────────────
 
