@@ -409,3 +409,116 @@ pub(super) fn folded_name(username: &str) -> (String, String) {
     let first = folded.chars().next().map(String::from).unwrap_or_default();
     (first, folded)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_items_read_back_as_written() {
+        let (ann, bob) = (UserId::new(), UserId::new());
+        let conversation_id = ConversationId::new();
+        let message = EventDoc {
+            conversation_id,
+            seq: 3,
+            id: MessageId::new(),
+            sender: ann,
+            client_msg_id: "m-1".into(),
+            created_at_ns: -1_234_567_890_123_456_789,
+            content: Content::Message(MessageState {
+                body: "hi @bob ".into(),
+                reply_to_seq: Some(1),
+                mentions: vec![bob, ann],
+                edited_at_ns: Some(i64::MAX),
+                deleted: false,
+                reactions: vec![("👍".into(), bob), ("🎉".into(), ann), ("👍".into(), ann)],
+                edit_seqs: vec![4, 9],
+            }),
+        };
+        let edit = EventDoc {
+            seq: 4,
+            content: Content::Other(EventData::Edit {
+                target_seq: 3,
+                body: "hi @bob".into(),
+                mentions: vec![bob],
+            }),
+            ..message.clone()
+        };
+        for doc in [message, edit] {
+            let item = doc.to_item();
+            assert_eq!(EventDoc::from_item("events", &item).unwrap(), doc);
+        }
+    }
+
+    #[test]
+    fn an_edit_keeps_its_body_beside_its_data() {
+        let edit = EventDoc {
+            conversation_id: ConversationId::new(),
+            seq: 2,
+            id: MessageId::new(),
+            sender: UserId::new(),
+            client_msg_id: "e".into(),
+            created_at_ns: 0,
+            content: Content::Other(EventData::Edit {
+                target_seq: 1,
+                body: "secret".into(),
+                mentions: Vec::new(),
+            }),
+        };
+        let item = edit.to_item();
+        assert_eq!(item.get("body"), Some(&s("secret")));
+        let Some(AttributeValue::S(data)) = item.get("data") else {
+            panic!("no data: {item:?}")
+        };
+        assert!(!data.contains("secret"), "a delete erases one attribute");
+    }
+
+    #[test]
+    fn conversation_and_member_items_read_back_as_written() {
+        let conversation = ConversationDoc {
+            id: ConversationId::new(),
+            kind: ConversationKind::Group,
+            title: Some("Team".into()),
+            last_seq: 7,
+            members_seq: 5,
+            last_message_seq: 6,
+            last_activity_ns: 2,
+            created_at_ns: 1,
+            member_count: 3,
+            admin_count: 1,
+        };
+        let read = ConversationDoc::from_item("conversations", &conversation.to_item());
+        assert_eq!(read.unwrap(), conversation);
+        let member = MemberDoc {
+            conversation_id: conversation.id,
+            user: User {
+                id: UserId::new(),
+                username: "Ann".into(),
+            },
+            role: Role::Admin,
+            joined_at_ns: 1,
+            joined_seq: 0,
+            last_read_seq: 4,
+            last_delivered_seq: 6,
+            muted: true,
+        };
+        let read = MemberDoc::from_item("members", &member.to_item());
+        assert_eq!(read.unwrap(), member);
+    }
+
+    #[test]
+    fn an_item_of_another_shape_is_poisoned() {
+        let broken = item([("id", n(1))]);
+        let error = ConversationDoc::from_item("conversations", &broken).unwrap_err();
+        assert_eq!(error.kind, parlor_core::error::BackendErrorKind::Poisoned);
+        assert!(error.message.contains("conversations"), "{error}");
+    }
+
+    #[test]
+    fn names_fold_to_their_partition() {
+        assert_eq!(folded_name("Ann_1"), ("a".into(), "ann_1".into()));
+        assert_eq!(folded_name(""), (String::new(), String::new()));
+        let user = UserId::new();
+        assert_eq!(request_key(user, "m-1"), format!("{user}/m-1"));
+    }
+}

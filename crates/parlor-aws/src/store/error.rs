@@ -81,3 +81,38 @@ pub(super) fn context(what: &str, error: BackendError) -> BackendError {
         ..error
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_errors_are_classified_by_what_a_retry_can_mend() {
+        use BackendErrorKind::{Poisoned, Rejected, Unavailable};
+        let cases = [
+            ("ProvisionedThroughputExceededException", "", Unavailable),
+            ("ThrottlingException", "", Unavailable),
+            ("InternalServerError", "", Unavailable),
+            ("TransactionConflictException", "", Unavailable),
+            (
+                "ResourceNotFoundException",
+                "Requested resource not found",
+                Poisoned,
+            ),
+            (
+                "ValidationException",
+                "The provided key element does not match the schema",
+                Poisoned,
+            ),
+            (
+                "ValidationException",
+                "Item size has exceeded the maximum allowed size",
+                Rejected,
+            ),
+            ("SomethingNew", "", Unavailable),
+        ];
+        for (code, message, kind) in cases {
+            assert_eq!(service_kind(code, message), kind, "{code}: {message}");
+        }
+    }
+}

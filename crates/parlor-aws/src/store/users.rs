@@ -2,6 +2,7 @@
 //! lowercased name, is put in the same transaction as the user), credentials by name,
 //! prefix search, lookups by id and last seen.
 
+use futures::{StreamExt, TryStreamExt};
 use parlor_core::error::BackendError;
 use parlor_core::ids::UserId;
 use parlor_core::protocol::User;
@@ -118,7 +119,12 @@ pub(super) async fn user_named(
     }
 }
 
-/// By lowercased name (the sort key), where `_` sorts before letters.
+/// Partitions an empty prefix queries at once (each costs a round trip, most are empty).
+const PARTITIONS_AT_ONCE: usize = 8;
+
+/// By lowercased name (the sort key), where `_` sorts before letters. A prefix reads its
+/// first character's partition; the empty prefix reads the partitions in order, several
+/// at once, until `limit` are found.
 pub(super) async fn users_by_prefix(
     store: &DynamoStore,
     prefix: &str,
@@ -131,50 +137,64 @@ pub(super) async fn users_by_prefix(
     } else {
         vec![first]
     };
+    let mut pages = futures::stream::iter(partitions)
+        .map(|partition| names_in(store, partition, &folded, limit))
+        .buffered(PARTITIONS_AT_ONCE);
     let mut found = Vec::new();
-    for partition in partitions {
-        let wanted = limit - found.len();
-        // A key condition cannot compare with an empty string: the whole partition then.
-        let (key_condition, mut values) = if folded.is_empty() {
-            ("#first = :first", Vec::new())
-        } else {
-            (
-                "#first = :first AND begins_with(#name, :prefix)",
-                vec![(":prefix", s(folded.clone()))],
-            )
-        };
-        values.push((":first", s(partition)));
-        let names: &[(&str, &str)] = if folded.is_empty() {
-            &[("#first", "first")]
-        } else {
-            &[("#first", "first"), ("#name", "name")]
-        };
-        let query = Query {
-            table: &store.tables.usernames,
-            index: None,
-            key_condition,
-            filter: None,
-            projection: None,
-            names,
-            values,
-            forward: true,
-            page_items: Some(i32::try_from(wanted).unwrap_or(i32::MAX)),
-        };
-        let items = query
-            .run(&store.client, |items| items.len() >= wanted)
-            .await?;
-        for name in items.iter().take(wanted) {
-            let r = Reader::new(&store.tables.usernames, name);
-            found.push(User {
-                id: r.id("user_id")?,
-                username: r.s("username")?.to_owned(),
-            });
-        }
+    while let Some(page) = pages.try_next().await? {
+        found.extend(page);
         if found.len() >= limit {
+            found.truncate(limit);
             break;
         }
     }
     Ok(found)
+}
+
+/// Up to `limit` users of one partition of `usernames` whose folded name starts with
+/// `folded`, by name.
+async fn names_in(
+    store: &DynamoStore,
+    partition: String,
+    folded: &str,
+    limit: usize,
+) -> Result<Vec<User>, BackendError> {
+    // A key condition cannot compare with an empty string: the whole partition then.
+    let (key_condition, names, mut values): (_, &[(&str, &str)], _) = if folded.is_empty() {
+        ("#first = :first", &[("#first", "first")], Vec::new())
+    } else {
+        (
+            "#first = :first AND begins_with(#name, :prefix)",
+            &[("#first", "first"), ("#name", "name")],
+            vec![(":prefix", s(folded))],
+        )
+    };
+    values.push((":first", s(partition)));
+    let query = Query {
+        table: &store.tables.usernames,
+        index: None,
+        key_condition,
+        filter: None,
+        projection: None,
+        names,
+        values,
+        forward: true,
+        page_items: Some(i32::try_from(limit).unwrap_or(i32::MAX)),
+    };
+    let items = query
+        .run(&store.client, |items| items.len() >= limit)
+        .await?;
+    items
+        .iter()
+        .take(limit)
+        .map(|name| {
+            let r = Reader::new(&store.tables.usernames, name);
+            Ok(User {
+                id: r.id("user_id")?,
+                username: r.s("username")?.to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// The user items among `ids` (distinct), strongly consistent.
