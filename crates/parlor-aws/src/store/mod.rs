@@ -1,6 +1,6 @@
 //! [`DynamoStore`]: the AWS deployment's [`Store`], on DynamoDB.
 //!
-//! Eight tables named from one prefix ([`tables`]): `users`, `usernames` (uniqueness
+//! Eight tables named from one prefix (`tables`): `users`, `usernames` (uniqueness
 //! ignoring case, prefix search), `sessions` (with TTL), `conversations`, `direct_pairs`,
 //! `members` (with the `by_user` index), `events` (a conversation's log, a message item
 //! holding the message's current state) and `requests` (one item per (sender,
@@ -28,13 +28,13 @@
 //! user's conversations) is eventually consistent, so what it lists is read again from the
 //! table. Times are unix nanoseconds (UTC), exact.
 //!
-//! Files by concern: [`tables`] (names, create, delete), [`calls`] (the DynamoDB calls
-//! every concern makes), [`codec`] (items and documents), [`error`] (SDK errors →
-//! `BackendError`), [`users`], [`sessions`], [`conversations`] (creation, views,
-//! membership, contacts), [`markers`] (read and delivered markers, mute), [`append`] (a
-//! batch, per conversation, in transactions), [`state`] (what an append reads of one
-//! conversation, and its changes as transaction items), [`facts`] (the rules' facts, and
-//! `refusal`), [`history`] (messages and events, read back).
+//! Files by concern: `tables` (names, create, delete), `calls` (the DynamoDB calls
+//! every concern makes), `codec` (items and documents), `error` (SDK errors →
+//! `BackendError`), `users`, `sessions`, `conversations` (creation, views,
+//! membership, contacts), `markers` (read and delivered markers, mute), `append` (a
+//! batch, per conversation, in transactions), `state` (what an append reads of one
+//! conversation, and its changes as transaction items), `facts` (the rules' facts, and
+//! `refusal`), `history` (messages and events, read back).
 
 mod append;
 mod calls;
@@ -278,7 +278,7 @@ impl Store for DynamoStore {
     /// more than 100 items), in order; the conversations run concurrently. A transaction
     /// cancelled by another append is read again and retried; should one fail otherwise,
     /// the error is returned and the transactions before it stay committed: a retried batch
-    /// is then answered with duplicates for them. See [`append`].
+    /// is then answered with duplicates for them.
     async fn append_events(&self, batch: &[NewEvent]) -> Result<Vec<Appended>, BackendError> {
         if batch.is_empty() {
             return Ok(Vec::new());
