@@ -31,7 +31,9 @@ use parlor_core::validate::mention_names;
 
 use super::DynamoStore;
 use super::calls::{TRANSACT_ITEMS_MAX, Transacted};
-use super::codec::{Content, EventDoc, MemberDoc, MessageState, request_key};
+use super::codec::{
+    Content, EventDoc, ITEM_BYTES_MAX, MemberDoc, MessageState, item_bytes, request_key,
+};
 use super::facts::{departing, facts, needs, successor};
 use super::history::{event_of, preview, stored_now};
 use super::state::State;
@@ -262,6 +264,9 @@ fn apply(
         Ok(created_at_ns) => created_at_ns,
         Err(out_of_range) => return now(Appended::Rejected(out_of_range.to_string())),
     };
+    if let Some(reason) = outgrows_its_item(state, new) {
+        return now(Appended::Rejected(reason));
+    }
     let seq = conversation.last_seq + 1;
     let members_seq = if new.change.changes_members() {
         seq
@@ -294,6 +299,26 @@ fn apply(
     let stored = Stored { event, members_seq };
     chunk_stored.insert(key, stored.clone());
     now(Appended::New(stored))
+}
+
+/// Why `new` can never be stored, if it would grow the message it changes past what an
+/// item holds (400 KB): a reaction on a message that holds thousands, or an edit of one
+/// edited tens of thousands of times. Bodies are bounded by validation, far below.
+fn outgrows_its_item(state: &State, new: &NewEvent) -> Option<String> {
+    // What the change adds to the message item, at most.
+    let (target, growth) = match &new.change {
+        Change::ReactionAdded { target_seq, emoji } => (*target_seq, emoji.len() + 64),
+        Change::Edit { target_seq, body } => (*target_seq, body.len() + 32),
+        _ => return None,
+    };
+    let doc = state.event(target)?;
+    let bytes = item_bytes(&doc.to_item()) + growth;
+    (bytes > ITEM_BYTES_MAX).then(|| {
+        format!(
+            "message {target} holds as much as one DynamoDB item can ({bytes} bytes with this {})",
+            new.change.kind()
+        )
+    })
 }
 
 /// Applies an allowed change, stored at `seq`, to the conversation's members and messages;

@@ -397,6 +397,28 @@ impl EventDoc {
     }
 }
 
+/// The most an item may hold, a little below DynamoDB's 400 KB, for [`item_bytes`]'s
+/// estimate to stay on the safe side.
+pub(super) const ITEM_BYTES_MAX: usize = 390 * 1024;
+
+/// An item's size as DynamoDB counts it, rounded up: each attribute's name and value
+/// (numbers at their digits, lists and maps with a few bytes per element).
+pub(super) fn item_bytes(item: &Item) -> usize {
+    item.iter()
+        .map(|(name, value)| name.len() + value_bytes(value))
+        .sum()
+}
+
+fn value_bytes(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(text) | AttributeValue::N(text) => text.len() + 1,
+        AttributeValue::B(blob) => blob.as_ref().len(),
+        AttributeValue::L(values) => 3 + values.iter().map(|v| 1 + value_bytes(v)).sum::<usize>(),
+        AttributeValue::M(map) => 3 + item_bytes(map) + map.len(),
+        _ => 8,
+    }
+}
+
 /// The key of a `requests` item: one per (sender, client_msg_id), whatever the
 /// conversation. A client_msg_id holds no `/` (validation), and a UUID none either.
 pub(super) fn request_key(sender: UserId, client_msg_id: &str) -> String {
