@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use futures::future::{try_join, try_join_all, try_join3};
+use futures::future::{try_join, try_join3};
 use futures::{StreamExt, TryStreamExt};
 use parlor_core::error::BackendError;
 use parlor_core::events::Role;
@@ -26,7 +26,7 @@ use super::history::{event_docs, message_of, previews};
 use super::tables::MEMBERS_BY_USER;
 use super::users;
 
-/// Views built at once for a user's list.
+/// Conversations read at once for a user's list (views, contacts).
 const VIEWS_CONCURRENCY: usize = 8;
 /// Member items written per BatchWriteItem call.
 const BATCH_WRITE_ITEMS_MAX: usize = 25;
@@ -518,7 +518,11 @@ pub(super) async fn contacts(
         .filter(|(_, conversation)| conversation.member_count <= members_max as u64)
         .map(|(_, conversation)| conversation.id)
         .collect();
-    let member_lists = try_join_all(small.iter().map(|id| member_docs(store, *id))).await?;
+    let member_lists: Vec<Vec<MemberDoc>> = futures::stream::iter(small)
+        .map(|id| member_docs(store, id))
+        .buffer_unordered(VIEWS_CONCURRENCY)
+        .try_collect()
+        .await?;
     let mut contacts: HashSet<UserId> = HashSet::new();
     for list in member_lists {
         contacts.extend(list.into_iter().map(|member| member.user.id));
