@@ -259,8 +259,8 @@ impl Store for DynamoStore {
         run("contacts", conversations::contacts(self, user, members_max)).await
     }
 
-    /// A strongly consistent GetItem of a key that never exists: one round trip, half a
-    /// read unit.
+    /// A strongly consistent GetItem of a key that never exists: one round trip, one read
+    /// unit.
     async fn ping(&self) -> Result<(), BackendError> {
         run("ping", async {
             calls::get(
