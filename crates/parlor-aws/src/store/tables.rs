@@ -1,7 +1,8 @@
 //! The store's eight tables, named from one prefix, and creating them (tests, the local
 //! emulator) or deleting them (tests' cleanup). Production's tables come from the
 //! CloudFormation template, which must match [`create_tables`] exactly (see the Store
-//! section of the AWS design: keys, the `by_user` index, TTL on sessions).
+//! section of the AWS design: keys, the `by_user` index with its keys only, TTL on
+//! sessions).
 
 use std::time::Duration;
 
@@ -126,7 +127,9 @@ pub(super) async fn create_tables(client: &Client, tables: &Tables) -> Result<()
             );
         }
         if *name == tables.members {
-            // The key of `members` reversed: the index adds no attribute definition.
+            // The key of `members` reversed: the index adds no attribute definition. Keys
+            // only: a user's conversations are read again from the table anyway, and an
+            // update of markers (the most frequent write) then never writes the index.
             let index = GlobalSecondaryIndex::builder()
                 .index_name(MEMBERS_BY_USER)
                 .set_key_schema(Some(key_schema(&[
@@ -135,7 +138,7 @@ pub(super) async fn create_tables(client: &Client, tables: &Tables) -> Result<()
                 ])?))
                 .projection(
                     Projection::builder()
-                        .projection_type(ProjectionType::All)
+                        .projection_type(ProjectionType::KeysOnly)
                         .build(),
                 )
                 .build()
