@@ -33,7 +33,7 @@ TABLES = {
     "direct_pairs": ([("pair", "S", "HASH")], {}, None, True),
     "members": (
         [("conversation_id", "S", "HASH"), ("user_id", "S", "RANGE")],
-        {"by_user": ([("user_id", "S", "HASH"), ("conversation_id", "S", "RANGE")], "ALL")},
+        {"by_user": ([("user_id", "S", "HASH"), ("conversation_id", "S", "RANGE")], "KEYS_ONLY")},
         None,
         True,
     ),

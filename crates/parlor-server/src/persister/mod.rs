@@ -159,6 +159,10 @@ async fn store(
     metrics::histogram!(m::PERSIST_BATCH_MESSAGES).record(batch.len() as f64);
 
     let mut full = SpaceWait::new("store events");
+    // A store whose batch spans several transactions (DynamoDB: one per conversation) may
+    // have stored part of a batch that failed: after a failure, a duplicate is announced to
+    // everyone, as a redelivered one is.
+    let mut failed_before = false;
     let results = loop {
         let error = match deps.store.append_events(&batch).await {
             Ok(results) => {
@@ -167,6 +171,7 @@ async fn store(
             }
             Err(error) => error,
         };
+        failed_before = true;
         // An outage (the store answers nothing at all) is nobody's fault: the batch waits
         // here for the store and spends no attempt. Handing it back to the queue instead
         // would let newer entries be stored before it once the store is back, and a long
@@ -193,7 +198,12 @@ async fn store(
     let mut done = Vec::with_capacity(results.len());
     let entries = batch_ids.iter().zip(&batch_attempts).zip(&batch);
     for (result, ((id, attempts), new)) in results.into_iter().zip(entries) {
-        match notification(result, new, *attempts, now) {
+        let attempts = if failed_before {
+            (*attempts).max(2)
+        } else {
+            *attempts
+        };
+        match notification(result, new, attempts, now) {
             Ok(notification) => {
                 notifications.push((new.conversation_id, notification.encode()));
                 done.push(*id);
