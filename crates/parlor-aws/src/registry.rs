@@ -61,6 +61,8 @@ const ORPHAN_AFTER: Duration = Duration::from_secs(30);
 const REMOVALS_CONCURRENT_MAX: usize = 32;
 /// Keys per BatchGetItem (DynamoDB's limit).
 const BATCH_GET_MAX: usize = 100;
+/// BatchGetItems of one lookup in flight at once (a 10,000-member group is 100 of them).
+const BATCH_GETS_CONCURRENT_MAX: usize = 8;
 /// Heartbeats that write this node's connections again after it was declared dead: two,
 /// because a claimant still clearing may remove them once more after the first.
 const REWRITES_AFTER_REVIVAL: u8 = 2;
@@ -323,54 +325,68 @@ impl Shared {
                 unique.push(*user);
             }
         }
+        let batches: Vec<Vec<(UserId, Vec<String>)>> =
+            stream::iter(unique.chunks(BATCH_GET_MAX).map(<[UserId]>::to_vec))
+                .map(|chunk| async move { self.presence_batch(&chunk).await })
+                .buffer_unordered(BATCH_GETS_CONCURRENT_MAX)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+        Ok(batches.into_iter().flatten().collect())
+    }
+
+    /// One BatchGetItem of up to 100 presence items, with its unprocessed keys retried.
+    async fn presence_batch(
+        &self,
+        users: &[UserId],
+    ) -> Result<Vec<(UserId, Vec<String>)>, BackendError> {
+        let keys: Vec<HashMap<String, AttributeValue>> = users
+            .iter()
+            .map(|user| {
+                HashMap::from([
+                    (USER_ID.to_owned(), s(user.to_string())),
+                    (SK.to_owned(), s(PRESENCE_SK)),
+                ])
+            })
+            .collect();
+        let mut request = Some(
+            KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .expect("keys and attributes"),
+        );
         let mut found = Vec::new();
-        for chunk in unique.chunks(BATCH_GET_MAX) {
-            let keys: Vec<HashMap<String, AttributeValue>> = chunk
-                .iter()
-                .map(|user| {
-                    HashMap::from([
-                        (USER_ID.to_owned(), s(user.to_string())),
-                        (SK.to_owned(), s(PRESENCE_SK)),
-                    ])
-                })
-                .collect();
-            let mut request = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .expect("keys and attributes"),
-            );
-            let mut backoff = Duration::from_millis(10);
-            while let Some(keys) = request.take() {
-                let answer = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.tables.connections, keys)
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("cannot read presence", e))?;
-                for item in answer
-                    .responses()
-                    .and_then(|r| r.get(&self.tables.connections))
-                    .into_iter()
-                    .flatten()
-                {
-                    let user = tables::string(item, USER_ID).and_then(|u| u.parse().ok());
-                    if let Some(user) = user {
-                        found.push((user, string_set(Some(item))));
-                    }
+        let mut backoff = Duration::from_millis(10);
+        while let Some(keys) = request.take() {
+            let answer = self
+                .client
+                .batch_get_item()
+                .request_items(&self.tables.connections, keys)
+                .send()
+                .await
+                .map_err(|e| unavailable("cannot read presence", e))?;
+            for item in answer
+                .responses()
+                .and_then(|r| r.get(&self.tables.connections))
+                .into_iter()
+                .flatten()
+            {
+                let user = tables::string(item, USER_ID).and_then(|u| u.parse().ok());
+                if let Some(user) = user {
+                    found.push((user, string_set(Some(item))));
                 }
-                // Throttled keys come back unprocessed: ask again, a little later.
-                request = answer
-                    .unprocessed_keys()
-                    .and_then(|u| u.get(&self.tables.connections))
-                    .filter(|k| !k.keys().is_empty())
-                    .cloned();
-                if request.is_some() {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+            }
+            // Throttled keys come back unprocessed: ask again, a little later.
+            request = answer
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.tables.connections))
+                .filter(|k| !k.keys().is_empty())
+                .cloned();
+            if request.is_some() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
         Ok(found)

@@ -168,6 +168,10 @@ impl Shared {
             .create_queue()
             .queue_name(self.queue_name(node))
             .attributes(QueueAttributeName::FifoQueue, "true")
+            // High-throughput FIFO: the limits apply per message group (per sender), not
+            // to the whole queue.
+            .attributes(QueueAttributeName::DeduplicationScope, "messageGroup")
+            .attributes(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId")
             .attributes(
                 QueueAttributeName::MessageRetentionPeriod,
                 RETENTION_SECONDS,

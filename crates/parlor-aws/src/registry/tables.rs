@@ -11,6 +11,7 @@ use aws_sdk_dynamodb::error::ProvideErrorMetadata;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
     KeyType, Projection, ProjectionType, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus,
 };
 use parlor_core::{BackendError, NodeId};
 
@@ -185,8 +186,32 @@ async fn enable_ttl(client: &Client, table: &str) -> Result<(), BackendError> {
         .await
     {
         Ok(_) => Ok(()),
-        // "TimeToLive is already enabled": another process did it first.
-        Err(error) if error.code() == Some("ValidationException") => Ok(()),
+        // "TimeToLive is already enabled" (another process did it first) is a validation
+        // error too: what the table says decides.
+        Err(error) if error.code() == Some("ValidationException") => {
+            let described = client
+                .describe_time_to_live()
+                .table_name(table)
+                .send()
+                .await
+                .map_err(|e| unavailable(&format!("cannot read the TTL of table {table}"), e))?;
+            let ttl = described.time_to_live_description();
+            let enabled = ttl.is_some_and(|ttl| {
+                ttl.attribute_name() == Some(TTL)
+                    && matches!(
+                        ttl.time_to_live_status(),
+                        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+                    )
+            });
+            if enabled {
+                Ok(())
+            } else {
+                Err(unavailable(
+                    &format!("cannot enable the TTL of table {table}"),
+                    error,
+                ))
+            }
+        }
         Err(error) => Err(unavailable(
             &format!("cannot enable the TTL of table {table}"),
             error,
