@@ -22,8 +22,9 @@
 //!   node finishes the work after `ORPHAN_AFTER` (the removals are idempotent and announce
 //!   only what they remove).
 //!
-//! TTL is lazy (up to days late on AWS; DynamoDB Local accepts the setting and never
-//! deletes), so nothing relies on it: it only sweeps what no one reads.
+//! TTL is lazy (up to two days late on AWS; DynamoDB Local accepts the setting, and the
+//! tests check only that it is set), so nothing relies on it: it only sweeps what no one
+//! reads.
 
 mod leases;
 pub(crate) mod tables;

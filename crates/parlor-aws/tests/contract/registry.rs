@@ -412,3 +412,91 @@ async fn connection_and_node_items_carry_a_ttl() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_node_declared_dead_while_alive_comes_back_with_its_users() {
+    with_nodes(|live, paused| async move {
+        heartbeat(&live, Duration::from_secs(60)).await;
+        let lease = Duration::from_secs(2);
+        heartbeat(&paused, lease).await;
+        let mut inbox = paused.relay.inbox(paused.id).await.expect("inbox");
+        // With an inbox of its own, the live node's relay deletes dead nodes' queues.
+        let _live_inbox = live.relay.inbox(live.id).await.expect("inbox");
+        let mut changes = changes(&live, &paused).await;
+        let alice = UserId::new();
+        paused
+            .registry
+            .register(connection(alice, &paused))
+            .await
+            .expect("register");
+        assert_eq!(
+            collect(&mut changes, Duration::from_millis(300)).await,
+            vec![(alice, true)]
+        );
+        // Paused past its lease: reaped, its user offline.
+        let deadline = Instant::now() + lease + Duration::from_secs(5);
+        loop {
+            heartbeat(&live, Duration::from_secs(60)).await;
+            let got = collect(&mut changes, Duration::from_millis(500)).await;
+            if !got.is_empty() {
+                assert_eq!(got, vec![(alice, false)]);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no offline change after the lease"
+            );
+        }
+        let sqs = options().sqs().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while queue_exists(&paused.relay, &sqs, paused.id).await {
+            assert!(
+                Instant::now() < deadline,
+                "the reaped node's queue is still there"
+            );
+            heartbeat(&live, Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Its next heartbeat writes its connections again: online, located, reachable (its
+        // queue made again).
+        heartbeat(&paused, Duration::from_secs(60)).await;
+        assert_eq!(
+            collect(&mut changes, Duration::from_millis(300)).await,
+            vec![(alice, true)]
+        );
+        // The others learn of the revival with their next read of the leases.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while live.registry.locate(&[alice]).await.expect("locate")
+            != vec![(paused.id, vec![alice])]
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the revived node's user is not located"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let command = NodeCommand::Deliver {
+            users: vec![alice],
+            frame: r#"{"back":true}"#.into(),
+            order: None,
+        };
+        // Its queue may have been deleted as a dead node's and made again: send until one
+        // gets through.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            live.relay
+                .send(paused.id, command.clone())
+                .await
+                .expect("send");
+            match tokio::time::timeout(Duration::from_secs(1), inbox.next()).await {
+                Ok(Some(NodeCommand::Deliver { frame, .. })) => {
+                    assert_eq!(&*frame, r#"{"back":true}"#);
+                    break;
+                }
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => assert!(Instant::now() < deadline, "the revived node gets nothing"),
+            }
+        }
+    })
+    .await;
+}
