@@ -258,7 +258,40 @@ impl Shared {
         // Our own element may be there already when the SDK retried a write that had
         // succeeded: it does not count as another connection.
         let others: Vec<&String> = before.iter().filter(|e| **e != me).collect();
-        Ok(!self.any_live(&others).await?)
+        let online = !self.any_live(&others).await?;
+        self.drop_stale(connection.user, &others).await;
+        Ok(online)
+    }
+
+    /// Removes elements of reaped nodes that their reaper missed (written in a node's last
+    /// moment, or whose connection item had expired), so a set never fills with the dead.
+    /// Announces nothing: the caller's own change decided presence with them counted out.
+    async fn drop_stale(&self, user: UserId, elements: &[&String]) {
+        let stale: Vec<String> = {
+            let leases = self.leases();
+            elements
+                .iter()
+                .filter(|e| node_of(e).is_some_and(|node| leases.reaped(node)))
+                .map(|e| (*e).clone())
+                .collect()
+        };
+        if stale.is_empty() {
+            return;
+        }
+        let removed = self
+            .client
+            .update_item()
+            .table_name(&self.tables.connections)
+            .key(USER_ID, s(user.to_string()))
+            .key(SK, s(PRESENCE_SK))
+            .update_expression("DELETE #conns :stale")
+            .expression_attribute_names("#conns", CONNS)
+            .expression_attribute_values(":stale", AttributeValue::Ss(stale))
+            .send()
+            .await;
+        if let Err(error) = removed {
+            tracing::debug!(error = %unavailable("", error), "registry: cannot drop stale connections");
+        }
     }
 
     /// Removes the items of the connection whose element is `me`; returns whether it took
@@ -278,14 +311,19 @@ impl Shared {
             .await
             .map_err(|e| unavailable("cannot unregister a connection", e))?;
         let before = string_set(before.attributes());
-        self.client
+        // The set decides presence; the connection's own item only serves the reaper, and
+        // one left behind expires (or is removed if this node dies).
+        if let Err(error) = self
+            .client
             .delete_item()
             .table_name(&self.tables.connections)
             .key(USER_ID, s(user.to_string()))
             .key(SK, s(me))
             .send()
             .await
-            .map_err(|e| unavailable("cannot unregister a connection", e))?;
+        {
+            tracing::warn!(error = %unavailable("", error), "registry: cannot delete a connection's item");
+        }
         if !before.iter().any(|e| e == me) {
             // Removed by someone else (the reaper, or an earlier attempt): they announced.
             return Ok(false);
@@ -311,7 +349,9 @@ impl Shared {
             }
             return Ok(true);
         }
-        Ok(!self.any_live(&others).await?)
+        let offline = !self.any_live(&others).await?;
+        self.drop_stale(user, &others).await;
+        Ok(offline)
     }
 
     /// The presence sets of `users` (deduplicated), read consistently.

@@ -16,7 +16,9 @@ const MISSING_KEPT: Duration = Duration::from_secs(3600);
 enum State {
     /// Live until `until_ms` (unix ms), unless reaped meanwhile.
     Until(u64),
-    /// Reaped, or no item at all.
+    /// Reaped: its item is a tombstone.
+    Reaped,
+    /// No item at all (gone, or not written yet).
     Dead,
 }
 
@@ -30,17 +32,22 @@ impl Leases {
     pub(super) fn live(&self, node: NodeId, now_ms: u64) -> Option<bool> {
         self.nodes.get(&node).map(|(state, _)| match state {
             State::Until(until_ms) => *until_ms > now_ms,
-            State::Dead => false,
+            State::Reaped | State::Dead => false,
         })
+    }
+
+    /// Whether the node is known to be reaped (its connections are cleared or being
+    /// cleared, so an element of it left in a set is stale).
+    pub(super) fn reaped(&self, node: NodeId) -> bool {
+        matches!(self.nodes.get(&node), Some((State::Reaped, _)))
     }
 
     /// Records one node's item as read (or its absence).
     pub(super) fn learn(&mut self, node: NodeId, record: Option<&NodeRecord>) {
         let state = match record {
-            Some(record) if record.dead_at_ms.is_none() => {
-                State::Until(record.lease_until_ms.unwrap_or(0))
-            }
-            _ => State::Dead,
+            Some(record) if record.dead_at_ms.is_some() => State::Reaped,
+            Some(record) => State::Until(record.lease_until_ms.unwrap_or(0)),
+            None => State::Dead,
         };
         self.nodes.insert(node, (state, Instant::now()));
     }
@@ -55,7 +62,7 @@ impl Leases {
     /// it was learned about after the scan began (its item may be newer than the scan).
     pub(super) fn replace(&mut self, records: &[NodeRecord], started: Instant) {
         for (state, seen) in self.nodes.values_mut() {
-            if *seen < started && *state != State::Dead {
+            if *seen < started && !matches!(state, State::Dead) {
                 *state = State::Dead;
                 *seen = started;
             }
@@ -101,7 +108,11 @@ mod tests {
         assert_eq!(leases.live(a, 1_000), Some(true));
         assert_eq!(leases.live(a, 2_000), Some(false));
         assert_eq!(leases.live(b, 0), Some(false));
+        assert!(leases.reaped(b) && !leases.reaped(a));
         assert_eq!(leases.live(c, 0), None);
+        leases.learn(c, None);
+        assert_eq!(leases.live(c, 0), Some(false));
+        assert!(!leases.reaped(c));
     }
 
     #[test]

@@ -500,3 +500,59 @@ async fn a_node_declared_dead_while_alive_comes_back_with_its_users() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_element_the_reaper_missed_is_dropped_at_the_next_write() {
+    with_nodes(|live, dying| async move {
+        heartbeat(&live, Duration::from_secs(60)).await;
+        heartbeat(&dying, Duration::from_secs(2)).await;
+        let mut changes = changes(&live, &dying).await;
+        // An element without its connection item, as a write in a node's last moment (or
+        // an expired connection item) leaves: the reaper cannot find it.
+        let alice = UserId::new();
+        let stale = format!("{}/{}", dying.id, ConnectionId::new());
+        let dynamodb = options().dynamodb().await;
+        let connections = format!("{}connections", live.prefix);
+        let presence_key = |update: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder| {
+            update
+                .table_name(&connections)
+                .key("user_id", AttributeValue::S(alice.to_string()))
+                .key("sk", AttributeValue::S("presence".into()))
+        };
+        presence_key(dynamodb.update_item())
+            .update_expression("ADD conns :e")
+            .expression_attribute_values(":e", AttributeValue::Ss(vec![stale.clone()]))
+            .send()
+            .await
+            .expect("add a stale element");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !node_item(&live, dying.id).await.contains_key("dead_at") {
+            assert!(Instant::now() < deadline, "the dying node was not reaped");
+            heartbeat(&live, Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(live.registry.online(&[alice]).await.expect("online"), vec![]);
+
+        let on_live = connection(alice, &live);
+        live.registry.register(on_live).await.expect("register");
+        assert_eq!(
+            collect(&mut changes, Duration::from_millis(300)).await,
+            vec![(alice, true)],
+            "the stale element does not count"
+        );
+        let item = dynamodb
+            .get_item()
+            .table_name(&connections)
+            .key("user_id", AttributeValue::S(alice.to_string()))
+            .key("sk", AttributeValue::S("presence".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get item");
+        assert_eq!(
+            item.item().and_then(|item| item.get("conns")),
+            Some(&AttributeValue::Ss(vec![format!("{}/{}", live.id, on_live.id)]))
+        );
+    })
+    .await;
+}
