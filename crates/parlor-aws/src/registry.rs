@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue};
 use futures::StreamExt;
 use futures::stream::{self, BoxStream};
@@ -290,7 +290,7 @@ impl Shared {
             .send()
             .await;
         if let Err(error) = removed {
-            tracing::debug!(error = %unavailable("", error), "registry: cannot drop stale connections");
+            tracing::debug!(error = %DisplayErrorContext(&error), "registry: cannot drop stale connections");
         }
     }
 
@@ -322,7 +322,7 @@ impl Shared {
             .send()
             .await
         {
-            tracing::warn!(error = %unavailable("", error), "registry: cannot delete a connection's item");
+            tracing::warn!(error = %DisplayErrorContext(&error), "registry: cannot delete a connection's item");
         }
         if !before.iter().any(|e| e == me) {
             // Removed by someone else (the reaper, or an earlier attempt): they announced.
@@ -345,7 +345,7 @@ impl Shared {
             if let Err(error) = deleted
                 && error.code() != Some("ConditionalCheckFailedException")
             {
-                tracing::debug!(error = %tables::unavailable("", error), "registry: cannot drop an empty presence item");
+                tracing::debug!(error = %DisplayErrorContext(&error), "registry: cannot drop an empty presence item");
             }
             return Ok(true);
         }
@@ -538,7 +538,7 @@ impl Shared {
                 tracing::debug!(node = %record.node, "registry: claim not won");
             }
             Err(error) => {
-                tracing::warn!(error = %unavailable("", error), node = %record.node, "registry: cannot claim a passed lease");
+                tracing::warn!(error = %DisplayErrorContext(&error), node = %record.node, "registry: cannot claim a passed lease");
             }
         }
     }
@@ -591,7 +591,7 @@ impl Shared {
         if let Err(error) = cleared
             && error.code() != Some("ConditionalCheckFailedException")
         {
-            tracing::warn!(error = %unavailable("", error), %node, "registry: cannot mark a dead node cleared");
+            tracing::warn!(error = %DisplayErrorContext(&error), %node, "registry: cannot mark a dead node cleared");
         }
     }
 

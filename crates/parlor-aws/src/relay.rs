@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::error::ProvideErrorMetadata;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, QueueAttributeName};
 use futures::stream::{self, BoxStream};
 use parlor_core::ports::{NodeCommand, Relay};
@@ -321,7 +321,7 @@ impl Shared {
         {
             // Not deleted, they come back after the visibility timeout: delivered twice,
             // which a reordering inbox and idempotent frames tolerate.
-            tracing::warn!(error = %sqs_unavailable("", error), "relay: cannot delete received commands");
+            tracing::warn!(error = %DisplayErrorContext(&error), "relay: cannot delete received commands");
         }
     }
 
@@ -434,7 +434,7 @@ impl Inbox {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %sqs_unavailable("", error), "relay: cannot receive commands");
+                    tracing::warn!(error = %DisplayErrorContext(&error), "relay: cannot receive commands");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
