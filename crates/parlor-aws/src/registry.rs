@@ -7,10 +7,12 @@
 //!   TTL, so that the table never fills with the dead.
 //! - Presence is decided by the one write that crosses the boundary: `register` adds its
 //!   element with `ADD` and reads the set as it was before (`UPDATED_OLD`); if no other
-//!   element was on a live node, this node announces the user online. `unregister` (or the
-//!   reaper) removes its element with `DELETE`; the one write that saw the element and no
-//!   other live one announces offline. DynamoDB serializes writes to one item, so two racing
-//!   first connections (or last disconnects) are announced once.
+//!   element counted, this node announces the user online. `unregister` (or the reaper)
+//!   removes its element with `DELETE`; the one write that saw the element and no other
+//!   that counts announces offline. DynamoDB serializes writes to one item, so two racing
+//!   first connections (or last disconnects) are announced once. An element counts until
+//!   whoever removes it has decided (`leases` says which), so a lapsed node's users are
+//!   announced by its reaper, not twice.
 //! - Each node's lease is an item of the nodes table, renewed by `heartbeat`. Every process
 //!   reads the whole table once a second (it holds one item per gateway) into `Leases`;
 //!   lease ends are compared with the local clock, so nodes' clocks must agree to well under
@@ -43,7 +45,7 @@ use parlor_core::ports::{ConnectionInfo, Presence, PresenceChange, Registry};
 use parlor_core::{BackendError, ConnectionId, NodeId, UserId};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
 
 use leases::Leases;
 use tables::{
@@ -185,26 +187,13 @@ impl Shared {
         Ok(records)
     }
 
-    /// Which of `nodes` are live now; a node not seen yet is read (consistently) first.
-    async fn live(
-        &self,
-        nodes: impl IntoIterator<Item = NodeId>,
-    ) -> Result<HashSet<NodeId>, BackendError> {
-        let now = now_ms();
-        let mut live = HashSet::new();
-        let mut unknown = Vec::new();
-        {
+    /// Reads (consistently) the items of those of `nodes` this process does not know yet.
+    async fn learn(&self, nodes: &[NodeId]) -> Result<(), BackendError> {
+        let unknown: Vec<NodeId> = {
             let leases = self.leases();
-            for node in nodes.into_iter().collect::<HashSet<_>>() {
-                match leases.live(node, now) {
-                    Some(true) => {
-                        live.insert(node);
-                    }
-                    Some(false) => {}
-                    None => unknown.push(node),
-                }
-            }
-        }
+            let unique: HashSet<NodeId> = nodes.iter().copied().collect();
+            unique.into_iter().filter(|n| !leases.knows(*n)).collect()
+        };
         let read = futures::future::join_all(
             unknown
                 .iter()
@@ -213,19 +202,17 @@ impl Shared {
         .await;
         let mut leases = self.leases();
         for (node, record) in unknown.into_iter().zip(read) {
-            let record = record?;
-            leases.learn(node, record.as_ref());
-            if leases.live(node, now) == Some(true) {
-                live.insert(node);
-            }
+            leases.learn(node, record?.as_ref());
         }
-        Ok(live)
+        Ok(())
     }
 
-    /// Whether any of `elements` is on a live node.
-    async fn any_live(&self, elements: &[&String]) -> Result<bool, BackendError> {
+    /// Whether any of `elements` counts for presence changes (see `leases`).
+    async fn any_counts(&self, elements: &[&String]) -> Result<bool, BackendError> {
         let nodes: Vec<NodeId> = elements.iter().filter_map(|e| node_of(e)).collect();
-        Ok(!self.live(nodes).await?.is_empty())
+        self.learn(&nodes).await?;
+        let leases = self.leases();
+        Ok(nodes.iter().any(|node| leases.counts(*node)))
     }
 
     /// Writes `connection`'s items; returns whether it brought its user online.
@@ -258,7 +245,7 @@ impl Shared {
         // Our own element may be there already when the SDK retried a write that had
         // succeeded: it does not count as another connection.
         let others: Vec<&String> = before.iter().filter(|e| **e != me).collect();
-        let online = !self.any_live(&others).await?;
+        let online = !self.any_counts(&others).await?;
         self.drop_stale(connection.user, &others).await;
         Ok(online)
     }
@@ -271,7 +258,7 @@ impl Shared {
             let leases = self.leases();
             elements
                 .iter()
-                .filter(|e| node_of(e).is_some_and(|node| leases.reaped(node)))
+                .filter(|e| node_of(e).is_some_and(|node| leases.stale(node)))
                 .map(|e| (*e).clone())
                 .collect()
         };
@@ -349,7 +336,7 @@ impl Shared {
             }
             return Ok(true);
         }
-        let offline = !self.any_live(&others).await?;
+        let offline = !self.any_counts(&others).await?;
         self.drop_stale(user, &others).await;
         Ok(offline)
     }
@@ -440,14 +427,16 @@ impl Shared {
             .iter()
             .flat_map(|(_, set)| set.iter().filter_map(|e| node_of(e)))
             .collect();
-        let live = self.live(nodes).await?;
+        self.learn(&nodes).await?;
+        let now = now_ms();
+        let leases = self.leases();
         Ok(sets
             .into_iter()
             .filter_map(|(user, set)| {
                 let mut nodes: Vec<NodeId> = set
                     .iter()
                     .filter_map(|e| node_of(e))
-                    .filter(|node| live.contains(node))
+                    .filter(|node| leases.live(*node, now))
                     .collect();
                 nodes.sort_unstable();
                 nodes.dedup();
@@ -460,8 +449,26 @@ impl Shared {
     async fn expire_leases(self: Arc<Self>) {
         let mut interval = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Clearing a big node takes a while: it runs beside the lease reads, once per node
+        // at a time, and stops with this task (a JoinSet aborts what it holds when dropped).
+        let mut clearing: JoinSet<NodeId> = JoinSet::new();
+        let mut in_flight: HashSet<NodeId> = HashSet::new();
         loop {
             interval.tick().await;
+            while let Some(done) = clearing.try_join_next() {
+                if let Ok(node) = done {
+                    in_flight.remove(&node);
+                }
+            }
+            let mut clear = |node: NodeId| {
+                if in_flight.insert(node) {
+                    let shared = Arc::clone(&self);
+                    clearing.spawn(async move {
+                        shared.clear(node).await;
+                        node
+                    });
+                }
+            };
             let records = match self.refresh_leases().await {
                 Ok(records) => records,
                 Err(error) => {
@@ -485,20 +492,23 @@ impl Shared {
                     continue;
                 }
                 if record.dead_at_ms.is_none() && !record.live(now) {
-                    self.claim(&record).await;
+                    if self.claim(&record).await {
+                        clear(record.node);
+                    }
                 } else if let Some(dead_at) = record.dead_at_ms
                     && !record.cleared
                     && (record.reaper == Some(self.node)
                         || dead_at + ORPHAN_AFTER.as_millis() as u64 <= now)
                 {
-                    self.clear(record.node).await;
+                    clear(record.node);
                 }
             }
         }
     }
 
-    /// Tries to turn a passed lease into a tombstone; the winner clears the node.
-    async fn claim(&self, record: &NodeRecord) {
+    /// Tries to turn a passed lease into a tombstone; `true` if this node won (and must
+    /// clear the dead node).
+    async fn claim(&self, record: &NodeRecord) -> bool {
         let now = now_ms();
         let mut update = self
             .client
@@ -525,20 +535,16 @@ impl Shared {
         match update.send().await {
             Ok(_) => {
                 tracing::info!(node = %record.node, "registry: node lease expired; clearing its connections");
-                self.leases().learn(
-                    record.node,
-                    Some(&NodeRecord {
-                        dead_at_ms: Some(now),
-                        ..record.clone()
-                    }),
-                );
-                self.clear(record.node).await;
+                self.leases().reaped(record.node, false);
+                true
             }
             Err(error) if error.code() == Some("ConditionalCheckFailedException") => {
                 tracing::debug!(node = %record.node, "registry: claim not won");
+                false
             }
             Err(error) => {
                 tracing::warn!(error = %DisplayErrorContext(&error), node = %record.node, "registry: cannot claim a passed lease");
+                false
             }
         }
     }
@@ -588,6 +594,9 @@ impl Shared {
             .expression_attribute_values(":true", AttributeValue::Bool(true))
             .send()
             .await;
+        if cleared.is_ok() {
+            self.leases().reaped(node, true);
+        }
         if let Err(error) = cleared
             && error.code() != Some("ConditionalCheckFailedException")
         {

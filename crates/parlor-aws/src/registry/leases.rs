@@ -1,5 +1,12 @@
 //! What one process knows of the nodes' leases: pure state, no IO. Filled by a scan of the
 //! nodes table once a second and by consistent reads of nodes it has not seen yet.
+//!
+//! Two questions are asked of it. *Live?* decides `locate` and `online`: a node whose
+//! lease has passed is gone at once. *Does its element count?* decides presence changes:
+//! an element counts until the node that removes it has decided about it, so a node whose
+//! lease has passed, or that is reaped but not cleared yet, still counts (its reaper will
+//! remove the element and announce, or not, then). Otherwise a user connecting elsewhere in
+//! that window would be announced online twice, with no offline between.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,18 +15,18 @@ use parlor_core::NodeId;
 
 use super::tables::NodeRecord;
 
-/// How long a node found missing is remembered as dead before it is read again: a stale
-/// element of a node long gone costs one read per this period, not one per lookup.
+/// How long a node found missing is remembered before it is read again: a stale element of
+/// a node long gone costs one read per this period, not one per lookup.
 const MISSING_KEPT: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Live until `until_ms` (unix ms), unless reaped meanwhile.
+    /// Leased until `until_ms` (unix ms), unless reaped meanwhile.
     Until(u64),
-    /// Reaped: its item is a tombstone.
-    Reaped,
-    /// No item at all (gone, or not written yet).
-    Dead,
+    /// Reaped: its item is a tombstone; `cleared` once its connections are removed.
+    Reaped { cleared: bool },
+    /// No item at all: gone long ago (its tombstone expired), or never written.
+    Missing,
 }
 
 #[derive(Default)]
@@ -28,26 +35,41 @@ pub(super) struct Leases {
 }
 
 impl Leases {
-    /// `Some(live)` if the node is known, `None` if it must be read.
-    pub(super) fn live(&self, node: NodeId, now_ms: u64) -> Option<bool> {
-        self.nodes.get(&node).map(|(state, _)| match state {
-            State::Until(until_ms) => *until_ms > now_ms,
-            State::Reaped | State::Dead => false,
-        })
+    /// Whether the node is known (else it must be read first).
+    pub(super) fn knows(&self, node: NodeId) -> bool {
+        self.nodes.contains_key(&node)
     }
 
-    /// Whether the node is known to be reaped (its connections are cleared or being
-    /// cleared, so an element of it left in a set is stale).
-    pub(super) fn reaped(&self, node: NodeId) -> bool {
-        matches!(self.nodes.get(&node), Some((State::Reaped, _)))
+    /// Whether the node is live at `now_ms`; an unknown node is not.
+    pub(super) fn live(&self, node: NodeId, now_ms: u64) -> bool {
+        matches!(self.nodes.get(&node), Some((State::Until(until_ms), _)) if *until_ms > now_ms)
+    }
+
+    /// Whether an element of the node counts for presence changes (see the module doc).
+    pub(super) fn counts(&self, node: NodeId) -> bool {
+        matches!(
+            self.nodes.get(&node),
+            Some((State::Until(_) | State::Reaped { cleared: false }, _))
+        )
+    }
+
+    /// Whether an element of the node is stale: its reaper is done, so whatever is left
+    /// of it was missed and nobody will remove it.
+    pub(super) fn stale(&self, node: NodeId) -> bool {
+        matches!(
+            self.nodes.get(&node),
+            Some((State::Reaped { cleared: true }, _))
+        )
     }
 
     /// Records one node's item as read (or its absence).
     pub(super) fn learn(&mut self, node: NodeId, record: Option<&NodeRecord>) {
         let state = match record {
-            Some(record) if record.dead_at_ms.is_some() => State::Reaped,
+            Some(record) if record.dead_at_ms.is_some() => State::Reaped {
+                cleared: record.cleared,
+            },
             Some(record) => State::Until(record.lease_until_ms.unwrap_or(0)),
-            None => State::Dead,
+            None => State::Missing,
         };
         self.nodes.insert(node, (state, Instant::now()));
     }
@@ -58,12 +80,18 @@ impl Leases {
             .insert(node, (State::Until(until_ms), Instant::now()));
     }
 
-    /// Takes a whole scan that began at `started`: a node missing from it is dead, unless
-    /// it was learned about after the scan began (its item may be newer than the scan).
+    /// Records this process's claim of a dead node, and later its clearing.
+    pub(super) fn reaped(&mut self, node: NodeId, cleared: bool) {
+        self.nodes
+            .insert(node, (State::Reaped { cleared }, Instant::now()));
+    }
+
+    /// Takes a whole scan that began at `started`: a node missing from it is missing,
+    /// unless it was learned about after the scan began (its item may be newer).
     pub(super) fn replace(&mut self, records: &[NodeRecord], started: Instant) {
         for (state, seen) in self.nodes.values_mut() {
-            if *seen < started && !matches!(state, State::Dead) {
-                *state = State::Dead;
+            if *seen < started && *state != State::Missing {
+                *state = State::Missing;
                 *seen = started;
             }
         }
@@ -77,7 +105,7 @@ impl Leases {
             }
         }
         self.nodes
-            .retain(|_, (state, seen)| *state != State::Dead || seen.elapsed() < MISSING_KEPT);
+            .retain(|_, (state, seen)| *state != State::Missing || seen.elapsed() < MISSING_KEPT);
     }
 }
 
@@ -97,22 +125,27 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_lives_until_it_passes_or_the_node_is_reaped() {
-        let (a, b, c) = (NodeId::new(), NodeId::new(), NodeId::new());
+    fn a_lapsed_or_uncleared_node_is_not_live_but_still_counts() {
+        let (leased, reaped, cleared, missing) =
+            (NodeId::new(), NodeId::new(), NodeId::new(), NodeId::new());
         let mut leases = Leases::default();
-        assert_eq!(leases.live(a, 0), None);
+        let mut done = record(cleared, None, Some(500));
+        done.cleared = true;
         leases.replace(
-            &[record(a, Some(2_000), None), record(b, None, Some(1_000))],
+            &[
+                record(leased, Some(2_000), None),
+                record(reaped, None, Some(1_000)),
+                done,
+            ],
             Instant::now(),
         );
-        assert_eq!(leases.live(a, 1_000), Some(true));
-        assert_eq!(leases.live(a, 2_000), Some(false));
-        assert_eq!(leases.live(b, 0), Some(false));
-        assert!(leases.reaped(b) && !leases.reaped(a));
-        assert_eq!(leases.live(c, 0), None);
-        leases.learn(c, None);
-        assert_eq!(leases.live(c, 0), Some(false));
-        assert!(!leases.reaped(c));
+        leases.learn(missing, None);
+        assert!(leases.live(leased, 1_000) && leases.counts(leased));
+        assert!(!leases.live(leased, 2_000) && leases.counts(leased));
+        assert!(!leases.live(reaped, 0) && leases.counts(reaped) && !leases.stale(reaped));
+        assert!(!leases.live(cleared, 0) && !leases.counts(cleared) && leases.stale(cleared));
+        assert!(!leases.live(missing, 0) && !leases.counts(missing) && !leases.stale(missing));
+        assert!(!leases.knows(NodeId::new()));
     }
 
     #[test]
@@ -124,7 +157,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         leases.renewed(new, u64::MAX);
         leases.replace(&[], started);
-        assert_eq!(leases.live(old, 0), Some(false));
-        assert_eq!(leases.live(new, 0), Some(true));
+        assert!(!leases.live(old, 0) && leases.knows(old));
+        assert!(leases.live(new, 0));
     }
 }

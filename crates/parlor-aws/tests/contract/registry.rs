@@ -556,3 +556,57 @@ async fn an_element_the_reaper_missed_is_dropped_at_the_next_write() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn connecting_elsewhere_while_a_lease_has_lapsed_is_no_second_online() {
+    with_nodes(|other, lapsing| async move {
+        // `other` does not heartbeat yet, so nobody reaps `lapsing` until it does.
+        heartbeat(&lapsing, Duration::from_secs(1)).await;
+        let mut changes = changes(&other, &lapsing).await;
+        let carol = UserId::new();
+        lapsing
+            .registry
+            .register(connection(carol, &lapsing))
+            .await
+            .expect("register");
+        assert_eq!(
+            collect(&mut changes, Duration::from_millis(300)).await,
+            vec![(carol, true)]
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            other.registry.online(&[carol]).await.expect("online"),
+            vec![]
+        );
+        // Carol connects elsewhere before her lapsed node is reaped: still the one online.
+        let on_other = connection(carol, &other);
+        other.registry.register(on_other).await.expect("register");
+        heartbeat(&other, Duration::from_secs(60)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node_item(&other, lapsing.id).await.get("cleared")
+            != Some(&AttributeValue::Bool(true))
+        {
+            assert!(Instant::now() < deadline, "the lapsed node was not cleared");
+            heartbeat(&other, Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            collect(&mut changes, Duration::from_millis(300)).await,
+            vec![]
+        );
+        assert_eq!(
+            other.registry.online(&[carol]).await.expect("online"),
+            vec![carol]
+        );
+        other
+            .registry
+            .unregister(on_other)
+            .await
+            .expect("unregister");
+        assert_eq!(
+            collect(&mut changes, Duration::from_millis(300)).await,
+            vec![(carol, false)]
+        );
+    })
+    .await;
+}
