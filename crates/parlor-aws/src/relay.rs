@@ -311,7 +311,9 @@ impl Shared {
                     .expect("delete entry")
             })
             .collect();
-        if let Err(error) = self
+        // Not deleted, they come back after the visibility timeout: delivered twice, which
+        // a reordering inbox and idempotent frames tolerate.
+        match self
             .sqs
             .delete_message_batch()
             .queue_url(url)
@@ -319,9 +321,14 @@ impl Shared {
             .send()
             .await
         {
-            // Not deleted, they come back after the visibility timeout: delivered twice,
-            // which a reordering inbox and idempotent frames tolerate.
-            tracing::warn!(error = %DisplayErrorContext(&error), "relay: cannot delete received commands");
+            Ok(deleted) if deleted.failed().is_empty() => {}
+            Ok(deleted) => tracing::warn!(
+                failed = deleted.failed().len(),
+                "relay: cannot delete some received commands"
+            ),
+            Err(error) => {
+                tracing::warn!(error = %DisplayErrorContext(&error), "relay: cannot delete received commands")
+            }
         }
     }
 
@@ -413,7 +420,7 @@ impl Inbox {
                     let shared = &self.shared;
                     match tables::read_node(&shared.dynamodb, &shared.tables.nodes, self.node).await
                     {
-                        Ok(Some(record)) if record.dead_at_ms.is_none() => {}
+                        Ok(record) if record.as_ref().is_none_or(|r| r.dead_at_ms.is_none()) => {}
                         Ok(_) => {
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
