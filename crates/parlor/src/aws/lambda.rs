@@ -38,7 +38,12 @@ pub async fn run_from_environment() -> anyhow::Result<()> {
 /// Serves invocations until the runtime stops the process.
 pub async fn run(settings: AwsSettings, attempts_max: u32) -> anyhow::Result<()> {
     let queues = Arc::new(AwsQueues::connect(&settings, attempts_max).await?);
-    tracing::info!(prefix = %settings.prefix, "the Lambda persister is ready");
+    tracing::info!(
+        prefix = %settings.prefix,
+        endpoint = ?settings.endpoint,
+        dynamodb_endpoint = ?settings.dynamodb_endpoint,
+        "the Lambda persister is ready"
+    );
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let queues = Arc::clone(&queues);
         async move { Ok::<_, lambda_runtime::Error>(handle(&queues, event.payload).await) }
