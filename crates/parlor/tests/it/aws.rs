@@ -275,3 +275,113 @@ async fn a_persister_killed_mid_burst_loses_nothing_and_stores_nothing_twice() {
     assert_eq!(accepted.len(), 600);
     assert_stored_exactly_once(&http, &bob, &conversation, &accepted).await;
 }
+
+/// `parlor dlq … --aws` with this deployment's settings.
+fn dlq(deployment: &AwsDeployment, args: &[&str]) -> String {
+    let output = Command::new(crate::harness::BIN)
+        .arg("dlq")
+        .args(args)
+        .arg("--aws")
+        .envs(
+            deployment
+                .environment
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .env("PARLOR_LOG", "warn")
+        .output()
+        .expect("run parlor dlq");
+    assert!(
+        output.status.success(),
+        "dlq {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// The Lambda dead-letters an entry it cannot read, with why, and stores the rest of its
+/// batch; an operator sees it with `parlor dlq list --aws`, and a letter redriven with
+/// `parlor dlq redrive --aws` is stored by the Lambda after the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lambda_dead_letters_what_it_cannot_read_and_a_redriven_letter_is_stored() {
+    use parlor_core::ports::Queue;
+
+    let deployment = AwsDeployment::start(Persister::Lambda).await;
+    let http = deployment.http();
+    let (alice_id, alice) = http.register("alice").await;
+    let (bob_id, bob) = http.register("bob").await;
+    let conversation = http.direct(&alice, &bob_id).await;
+    let value = |name: &str| {
+        deployment
+            .environment
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let options = parlor_aws::AwsOptions {
+        endpoint: value("PARLOR_AWS_ENDPOINT"),
+        ..Default::default()
+    };
+    let inbound = parlor_aws::sqs::SqsQueue::open(
+        options.sqs().await,
+        parlor_aws::sqs::SqsQueueOptions {
+            name: format!("{}inbound", value("PARLOR_AWS_PREFIX").unwrap()),
+            visibility_timeout: Duration::from_secs(3),
+            attempts_max: 3,
+            create: false,
+        },
+    )
+    .await
+    .expect("open the inbound queue");
+    // Unreadable, in the conversation's group: dead-lettered, and Alice's message after it
+    // in the same group still stored.
+    let conversation_id: parlor_core::ConversationId = conversation.parse().unwrap();
+    inbound
+        .append_keyed(vec![(conversation_id, b"\x02not an entry".to_vec())])
+        .await
+        .expect("append");
+    let mut ws = Ws::connect(&deployment.address, &alice).await;
+    ws.send_message(&conversation, "after", "after the bad one")
+        .await;
+    let history = http.wait_for_history(&bob, &conversation, 1).await;
+    assert_eq!(history[0]["client_msg_id"], json!("after"));
+
+    let listed = dlq(&deployment, &["list", "--queue", "inbound"]);
+    let letters: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{listed}");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("undecodable inbound entry"),
+        "{listed}"
+    );
+    assert_eq!(dlq(&deployment, &["purge", "--all"]).trim(), "purged: 1");
+
+    // A message that failed for good once (dead-lettered here by hand, as the queue does after
+    // its receive count), redriven: the Lambda stores it after the others.
+    let entry = parlor_core::queue::InboundEntry {
+        conversation_id,
+        sender_id: alice_id.parse().unwrap(),
+        client_msg_id: "redriven".into(),
+        accepted_at: time::OffsetDateTime::now_utc(),
+        change: parlor_core::events::Change::Message {
+            body: "back from the dead".into(),
+            reply_to_seq: None,
+        },
+    };
+    inbound
+        .dead_letter_message(&conversation, &entry.encode(), "scripted", 3)
+        .await
+        .expect("dead-letter");
+    assert_eq!(
+        dlq(&deployment, &["redrive", "--all"]).trim(),
+        "redriven: 1"
+    );
+    let history = http.wait_for_history(&bob, &conversation, 2).await;
+    assert_eq!(history[1]["client_msg_id"], json!("redriven"));
+    assert_eq!(history[1]["seq"], json!(2));
+}
