@@ -385,3 +385,130 @@ async fn the_lambda_dead_letters_what_it_cannot_read_and_a_redriven_letter_is_st
     assert_eq!(history[1]["client_msg_id"], json!("redriven"));
     assert_eq!(history[1]["seq"], json!(2));
 }
+
+/// The processes of this deployment's Lambda function: ministack runs each function's
+/// `bootstrap` as a process of its own, with the function's environment.
+fn lambda_processes(prefix: &str) -> Vec<u32> {
+    let wanted = format!("PARLOR_AWS_PREFIX={prefix}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let is_bootstrap = cmdline
+            .split(|&b| b == 0)
+            .next()
+            .is_some_and(|program| program.ends_with(b"bootstrap"));
+        if is_bootstrap
+            && environ
+                .split(|&b| b == 0)
+                .any(|var| var == wanted.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `kill -9` of the Lambda function's process in the middle of a burst: the batch it held
+/// comes back after the queue's visibility timeout, to a new process, and every accepted
+/// message is stored once, in send order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lambda_killed_mid_burst_loses_nothing_and_stores_nothing_twice() {
+    let deployment = AwsDeployment::start(Persister::Lambda).await;
+    let http = deployment.http();
+    let (_, alice) = http.register("alice").await;
+    let (bob_id, bob) = http.register("bob").await;
+    let conversation = http.direct(&alice, &bob_id).await;
+    let prefix = deployment
+        .environment
+        .iter()
+        .find(|(k, _)| k == "PARLOR_AWS_PREFIX")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = {
+        let killed = std::sync::Arc::clone(&killed);
+        burst_through_chaos(
+            &deployment.address,
+            &alice,
+            &conversation,
+            2,
+            200,
+            60,
+            move || {
+                // The first invocation starts the process: give it a moment if it has not.
+                let mut pids = lambda_processes(&prefix);
+                for _ in 0..50 {
+                    if !pids.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    pids = lambda_processes(&prefix);
+                }
+                for pid in pids {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    killed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            },
+        )
+        .await
+    };
+    assert!(
+        killed.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "no Lambda process to kill: the function never ran"
+    );
+    assert_eq!(accepted.len(), 400);
+    assert_stored_exactly_once(&http, &bob, &conversation, &accepted).await;
+}
+
+/// SIGTERM drains a gateway: its sockets close with a close frame (clients reconnect to the
+/// other one), it exits cleanly, and its relay queue is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_gateway_closes_its_sockets_and_deletes_its_relay_queue() {
+    let mut deployment = AwsDeployment::start(Persister::Processes).await;
+    let http = deployment.http();
+    let (_, alice) = http.register("alice").await;
+    let mut ws = Ws::connect(&deployment.gateways[0].address, &alice).await;
+    let prefix = deployment
+        .environment
+        .iter()
+        .find(|(k, _)| k == "PARLOR_AWS_PREFIX")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let sqs = parlor_aws::AwsOptions {
+        endpoint: Some(emulator("PARLOR_TEST_SQS_URL")),
+        ..Default::default()
+    }
+    .sqs()
+    .await;
+    let node_queues = || async {
+        sqs.list_queues()
+            .queue_name_prefix(format!("{prefix}node-"))
+            .send()
+            .await
+            .expect("list queues")
+            .queue_urls()
+            .len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node_queues().await < 2 {
+        assert!(Instant::now() < deadline, "one relay queue per gateway");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let status = deployment.gateways[0].terminate();
+    assert!(status.success(), "{status}");
+    assert!(ws.closed_within(Duration::from_secs(10)).await);
+    assert_eq!(
+        node_queues().await,
+        1,
+        "the stopped gateway's queue is gone"
+    );
+}
