@@ -426,8 +426,7 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
 
 /// /healthz, /readyz (failing once shutdown begins) and /metrics: what a process without the
 /// gateway serves on `--listen`.
-fn ops_router(metrics: PrometheusHandle, shutdown: parlor_server::Shutdown) -> axum::Router {
-    let ready = shutdown;
+fn ops_router(metrics: PrometheusHandle, ready: parlor_server::Shutdown) -> axum::Router {
     axum::Router::new()
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .route(
