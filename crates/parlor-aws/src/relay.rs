@@ -3,9 +3,12 @@
 //!
 //! `inbox(node)` creates the node's queue (if missing), registers its URL in the registry's
 //! nodes table (`queue_url`), long-polls it and deletes what it handed out. `send` finds a
-//! node's URL there (cached) and sends. Each sending handle is one message group, so the
-//! commands of one sender reach a node in the order they were sent (like core NATS's
-//! per-publisher order); senders do not block one another.
+//! node's URL there (cached) and sends. A conversation's frames (`Deliver` with an order) are
+//! one message group: the gateways' notifiers take turns on a conversation (the notification
+//! queue's group hands its next entry out only once the last one was relayed), so its frames
+//! reach a node in `seq` order whichever notifier sent them. Every other command goes in its
+//! sending handle's group, so one sender's commands reach a node in the order they were sent
+//! (like core NATS's per-publisher order); groups do not block one another.
 //!
 //! Delivery is best effort, as on the other deployments: a command to a node whose queue is
 //! gone is dropped (the node is dead; its users reconnect elsewhere and catch up from the
@@ -469,7 +472,12 @@ impl Relay for SqsRelay {
             .send_message()
             .queue_url(&url)
             .message_body(body)
-            .message_group_id(&shared.group)
+            .message_group_id(match &command {
+                NodeCommand::Deliver {
+                    order: Some(order), ..
+                } => order.conversation.to_string(),
+                _ => shared.group.clone(),
+            })
             // Fresh per command: two equal commands are two commands.
             .message_deduplication_id(uuid::Uuid::now_v7().simple().to_string())
             .send()
