@@ -6,6 +6,20 @@ use parlor_core::NodeId;
 use parlor_server::{notifier, persister, presence};
 
 use super::{Aws, AwsSettings};
+
+/// The most entries a persister or notifier takes from SQS at once (ten receive calls). A
+/// batch must be done within the visibility timeout: past it, SQS hands the same
+/// conversation's entries to another consumer while the first still works on them, and a
+/// conversation's frames could reach its members twice and out of order. Larger batches buy
+/// little here anyway: a FIFO group hands out nothing more while part of it is in flight.
+const SQS_BATCH_MAX: usize = 100;
+
+/// `config` with batches that fit the visibility timeout.
+fn for_sqs(mut config: ServeConfig) -> ServeConfig {
+    config.persister.batch_max = config.persister.batch_max.min(SQS_BATCH_MAX);
+    config.notifier.batch_max = config.notifier.batch_max.min(SQS_BATCH_MAX);
+    config
+}
 use crate::config::ServeConfig;
 use crate::supervise::Supervisor;
 use crate::{announce, bind, gateway_role, ops_router};
@@ -15,6 +29,7 @@ use crate::{announce, bind, gateway_role, ops_router};
 /// service behind an ALB. SIGTERM drains: sockets close with a close frame, so clients
 /// reconnect to another task, and this node's relay queue is deleted.
 pub async fn gateway(config: ServeConfig, settings: AwsSettings) -> anyhow::Result<()> {
+    let config = for_sqs(config);
     let node = config.gateway.node;
     let backends = Aws::connect(&settings, node, config.persister.attempts_max).await?;
     let deps = backends.deps();
@@ -45,6 +60,7 @@ pub async fn gateway(config: ServeConfig, settings: AwsSettings) -> anyhow::Resu
 /// inbound FIFO queue together (each conversation is one message group, so its order holds
 /// whoever stores it). `--listen` serves health and metrics only.
 pub async fn persister(config: ServeConfig, settings: AwsSettings) -> anyhow::Result<()> {
+    let config = for_sqs(config);
     let backends = Aws::connect(&settings, NodeId::new(), config.persister.attempts_max).await?;
     let deps = backends.deps();
     let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
