@@ -5,6 +5,7 @@
 //! Every client is built from one [`AwsOptions`]: the region, and an endpoint that points the
 //! SDK at a local emulator (DynamoDB Local, ministack) in tests and on a developer's machine.
 
+mod base64;
 pub mod config;
 pub mod registry;
 pub mod relay;

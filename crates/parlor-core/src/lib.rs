@@ -11,6 +11,7 @@ pub mod ids;
 pub mod ports;
 pub mod protocol;
 pub mod queue;
+pub mod relay_codec;
 pub mod rules;
 pub mod storage;
 pub mod validate;

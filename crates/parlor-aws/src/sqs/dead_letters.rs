@@ -21,7 +21,8 @@ use time::format_description::well_known::Rfc3339;
 use super::error::{CALL_TIMEOUT, sqs_error, timed};
 use super::receive::Poll;
 use super::send::{BATCH_MAX, Outgoing};
-use super::{PLAIN_GROUP, SqsQueue, base64};
+use super::{PLAIN_GROUP, SqsQueue};
+use crate::base64;
 
 const REASON: &str = "Parlor-Reason";
 const ATTEMPTS: &str = "Parlor-Attempts";

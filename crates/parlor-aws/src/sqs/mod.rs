@@ -11,15 +11,15 @@
 //! Cut by concern: `setup` (creating or looking up the queues), `send` (batches of ten,
 //! retries of refused entries), `receive` (long polls, the deliveries this handle holds,
 //! ack, retry, dead-letter), `dead_letters` (the operator's side: list, redrive, purge),
-//! `error` (SDK failures as error kinds), `base64` (bodies are text).
+//! `error` (SDK failures as error kinds); bodies are base64 (`crate::base64`): text.
 
-mod base64;
 mod dead_letters;
 mod error;
 mod receive;
 mod send;
 mod setup;
 
+use crate::base64;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;

@@ -1,5 +1,6 @@
 //! Standard base64 with padding (RFC 4648 §4): SQS bodies are text and Parlor's entries are
-//! bytes. Written out here rather than pulled in: forty lines, and the crate's only use.
+//! bytes, and so are the relay's commands. Written out here rather than pulled in: forty
+//! lines.
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
