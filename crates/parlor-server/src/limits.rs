@@ -53,6 +53,8 @@ pub struct Limits {
     pub delivered: Limiter<UserId>,
     /// New conversations: each is a store write and, for a group, a row per member.
     pub conversations: Limiter<UserId>,
+    /// Searches: each ranks every match of its words, so they cost more than other reads.
+    pub searches: Limiter<UserId>,
     pub requests: Limiter<IpAddr>,
     pub auth: Limiter<IpAddr>,
 }
@@ -80,6 +82,10 @@ impl Limits {
                 NonZeroU32::new(2).expect("non-zero"),
                 NonZeroU32::new(20).expect("non-zero"),
             ),
+            searches: Limiter::new(
+                NonZeroU32::new(5).expect("non-zero"),
+                NonZeroU32::new(20).expect("non-zero"),
+            ),
             requests: Limiter::new(
                 config.requests_per_second_per_ip,
                 config.requests_burst_per_ip,
@@ -94,6 +100,7 @@ impl Limits {
         self.reads.forget_idle();
         self.delivered.forget_idle();
         self.conversations.forget_idle();
+        self.searches.forget_idle();
         self.requests.forget_idle();
         self.auth.forget_idle();
     }
