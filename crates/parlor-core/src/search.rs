@@ -8,7 +8,8 @@
 //!
 //! Matching is the same on every store: the query's words are matched ignoring case and
 //! accents, with English stemming (`deploys` finds `deployed`); every word must match; the
-//! last one also matches as a prefix, so results follow what is typed. The stores format
+//! last one also matches as a prefix unless a space follows it, so results follow what is
+//! typed. The stores format
 //! [`SearchQuery::words`] into their own query syntax, so nothing typed is ever parsed as an
 //! operator.
 
@@ -59,6 +60,7 @@ impl SearchOrder {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SearchQuery {
     words: Vec<String>,
+    last_is_prefix: bool,
     pub conversation: Option<ConversationId>,
     pub sender: Option<UserId>,
     /// Messages sent at or after this time.
@@ -92,8 +94,11 @@ impl SearchQuery {
         if words.is_empty() {
             return Err(QueryError::NoWords);
         }
+        // Typing "deploy" finds "deployment"; "deploy " (the word finished) does not.
+        let last_is_prefix = text.chars().last().is_some_and(char::is_alphanumeric);
         Ok(SearchQuery {
             words,
+            last_is_prefix,
             conversation: None,
             sender: None,
             after: None,
@@ -104,9 +109,15 @@ impl SearchQuery {
         })
     }
 
-    /// The words to match, lowercased, at least one; the last one matches as a prefix too.
+    /// The words to match, lowercased, at least one.
     pub fn words(&self) -> &[String] {
         &self.words
+    }
+
+    /// Whether the last word also matches as a prefix: when the text ends in it, not in a
+    /// space or other separator.
+    pub fn last_is_prefix(&self) -> bool {
+        self.last_is_prefix
     }
 
     /// `limit` clamped to `1..=PAGE_MAX`, as stores apply it.
@@ -327,6 +338,13 @@ mod tests {
             SearchQuery::new(&words_many).unwrap().words().len(),
             QUERY_WORDS_MAX
         );
+    }
+
+    #[test]
+    fn the_last_word_is_a_prefix_until_it_is_finished() {
+        assert!(SearchQuery::new("deploy fri").unwrap().last_is_prefix());
+        assert!(!SearchQuery::new("deploy fri ").unwrap().last_is_prefix());
+        assert!(!SearchQuery::new("deploy fri?").unwrap().last_is_prefix());
     }
 
     #[test]

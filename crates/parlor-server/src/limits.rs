@@ -53,7 +53,6 @@ pub struct Limits {
     pub delivered: Limiter<UserId>,
     /// New conversations: each is a store write and, for a group, a row per member.
     pub conversations: Limiter<UserId>,
-    /// Searches: each ranks every match of its words, so they cost more than other reads.
     pub searches: Limiter<UserId>,
     pub requests: Limiter<IpAddr>,
     pub auth: Limiter<IpAddr>,
@@ -83,8 +82,8 @@ impl Limits {
                 NonZeroU32::new(20).expect("non-zero"),
             ),
             searches: Limiter::new(
-                NonZeroU32::new(5).expect("non-zero"),
-                NonZeroU32::new(20).expect("non-zero"),
+                config.searches_per_second_per_user,
+                config.searches_burst_per_user,
             ),
             requests: Limiter::new(
                 config.requests_per_second_per_ip,

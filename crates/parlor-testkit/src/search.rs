@@ -196,6 +196,9 @@ pub async fn every_word_must_match_and_the_last_also_as_a_prefix(fixture: impl S
     assert_eq!(found_for(&*search, ann, "release no").await, [(chat, both)]);
     assert_eq!(found_for(&*search, ann, "mee").await, [(chat, notes)]);
     assert!(found_for(&*search, ann, "rel notes").await.is_empty());
+    // A finished word (a space after it) is a whole word.
+    assert!(found_for(&*search, ann, "rel ").await.is_empty());
+    assert_eq!(found_for(&*search, ann, "meeting ").await, [(chat, notes)]);
 }
 
 pub async fn finds_only_what_the_user_can_read_now(fixture: impl SearchFixture) {

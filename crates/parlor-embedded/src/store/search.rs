@@ -29,7 +29,7 @@ impl Search for SqliteStore {
 }
 
 /// Every word quoted (words are letters and digits only, so nothing in them is syntax);
-/// the last one as a prefix.
+/// the last one as a prefix if the query says so.
 fn match_expression(query: &SearchQuery) -> String {
     let mut expression = query
         .words()
@@ -37,7 +37,9 @@ fn match_expression(query: &SearchQuery) -> String {
         .map(|word| format!("\"{word}\""))
         .collect::<Vec<_>>()
         .join(" ");
-    expression.push('*');
+    if query.last_is_prefix() {
+        expression.push('*');
+    }
     expression
 }
 

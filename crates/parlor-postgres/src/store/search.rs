@@ -26,10 +26,12 @@ impl Search for PgStore {
 }
 
 /// Every word joined by `&` (words are letters and digits only, so nothing in them is
-/// syntax); the last one as a prefix.
+/// syntax); the last one as a prefix if the query says so.
 fn tsquery(query: &SearchQuery) -> String {
     let mut text = query.words().join(" & ");
-    text.push_str(":*");
+    if query.last_is_prefix() {
+        text.push_str(":*");
+    }
     text
 }
 

@@ -260,7 +260,11 @@ async fn pages_follow_the_cursor_and_an_edit_is_found_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_are_rate_limited_per_user() {
     let dir = TempDir::new().unwrap();
-    let server = Server::start(dir.path(), &[], &[]);
+    let limits = [
+        ("PARLOR_SEARCHES_PER_SECOND_PER_USER", "5"),
+        ("PARLOR_SEARCHES_BURST_PER_USER", "20"),
+    ];
+    let server = Server::start(dir.path(), &[], &limits);
     let http = server.http();
     let (_, ann) = http.register("ann").await;
     let mut limited = None;
