@@ -155,11 +155,14 @@ fn check(width: u32, height: u32, bytes: u64, limits: &ImageLimits) -> Result<()
     Err(ImageError::TooLarge(refusal))
 }
 
-/// The decoders' own limit refusals are [`ImageError::TooLarge`] too; IO errors stay IO.
+/// The decoders' own limit refusals are [`ImageError::TooLarge`] too. A file that ends early
+/// is damaged, not unreadable: decoders report it as an IO error.
 pub(crate) fn from_decoder(e: image::ImageError) -> ImageError {
     match e {
         image::ImageError::Limits(limit) => ImageError::TooLarge(limit.to_string()),
-        image::ImageError::IoError(io) => ImageError::Io(io),
+        image::ImageError::IoError(io) if io.kind() != io::ErrorKind::UnexpectedEof => {
+            ImageError::Io(io)
+        }
         other => ImageError::Invalid(other),
     }
 }
