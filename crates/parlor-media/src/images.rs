@@ -68,7 +68,9 @@ pub enum ImageError {
 
 /// Reads the header of the image at `path` (its format from its bytes, not its name) and
 /// checks it against `limits`, without decoding pixels. An image that passes can be
-/// thumbnailed under the same limits, unless its data is damaged.
+/// thumbnailed under the same limits, unless its data is damaged; one that does not is still
+/// a file, just not one to show inline. The JPEG decoder reads the whole file into memory
+/// before its header (the file is at most an upload), the others only the header.
 ///
 /// Blocking (file IO); see [`crate::ImageWorker`] for the async form.
 pub fn probe_image(path: &Path, limits: &ImageLimits) -> Result<ImageInfo, ImageError> {

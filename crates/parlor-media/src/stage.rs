@@ -23,7 +23,6 @@ const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// The file is removed when this is dropped (or [`discard`](Self::discard)ed) unless it was
 /// [`keep`](Self::keep)t; a blob store that renamed it away leaves nothing to remove, which is
 /// fine.
-#[derive(Debug)]
 pub struct Staged {
     path: TempPath,
     len_bytes: u64,
@@ -37,7 +36,7 @@ impl Staged {
         &self.path
     }
 
-    /// The body's length, at least 1 and at most the limit given to [`stage`].
+    /// The body's length, at least 1 and at most `body_bytes_max` given to [`stage`].
     pub fn len_bytes(&self) -> u64 {
         self.len_bytes
     }
@@ -67,12 +66,23 @@ impl Staged {
     }
 }
 
+// By hand: a derived Debug would print the 4 KiB head into every log line.
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("path", &self.path())
+            .field("len_bytes", &self.len_bytes)
+            .field("sha256_hex", &self.sha256_hex)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a body was not staged. Nothing is left in the staging directory in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     /// The body passed the limit; reading stopped there.
-    #[error("body is longer than {limit_bytes} bytes")]
-    TooLarge { limit_bytes: u64 },
+    #[error("body is longer than {body_bytes_max} bytes")]
+    TooLarge { body_bytes_max: u64 },
     /// The body had no bytes.
     #[error("body is empty")]
     Empty,
@@ -90,14 +100,14 @@ pub enum StageError {
 /// Writes `body` to a new temporary file in `dir`, computing its SHA-256 and length, and
 /// fsyncs the file before returning.
 ///
-/// Refuses a body longer than `limit_bytes` as soon as a chunk passes it (nothing past the
+/// Refuses a body longer than `body_bytes_max` as soon as a chunk passes it (nothing past the
 /// limit is written) and an empty body; in every failure, and when the returned future is
 /// dropped before it completes, the partial file is removed. Memory use is one chunk, the
 /// write buffer and [`HEAD_BYTES`], whatever the body's size.
 ///
 /// The directory entry is not synced: the staged file only matters until it is handed to a
 /// blob store, which makes its own copy or rename durable.
-pub async fn stage<S, E>(body: S, dir: &Path, limit_bytes: u64) -> Result<Staged, StageError>
+pub async fn stage<S, E>(body: S, dir: &Path, body_bytes_max: u64) -> Result<Staged, StageError>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: Into<Box<dyn Error + Send + Sync>>,
@@ -113,8 +123,8 @@ where
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| StageError::Body(e.into()))?;
         len_bytes = len_bytes.saturating_add(chunk.len() as u64);
-        if len_bytes > limit_bytes {
-            return Err(StageError::TooLarge { limit_bytes });
+        if len_bytes > body_bytes_max {
+            return Err(StageError::TooLarge { body_bytes_max });
         }
         hasher.update(&chunk);
         let wanted = (HEAD_BYTES - head.len()).min(chunk.len());

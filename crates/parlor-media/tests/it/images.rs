@@ -265,7 +265,11 @@ fn the_zero_bomb_generator_makes_a_png_that_decodes() {
 fn a_png_declaring_100000_px_a_side_is_refused_from_its_header() {
     let dir = tempfile::tempdir().unwrap();
     let bomb = zeros_png(100_000, 100_000, 10);
-    assert!(bomb.len() < 10_000, "the bomb is small: {} bytes", bomb.len());
+    assert!(
+        bomb.len() < 10_000,
+        "the bomb is small: {} bytes",
+        bomb.len()
+    );
     let path = write(dir.path(), "bomb.png", &bomb);
     for result in [
         probe_image(&path, &limits()).map(|_| ()),

@@ -88,7 +88,12 @@ async fn a_body_past_the_limit_is_refused_and_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let result = stage(chunks(vec![vec![1; 600], vec![1; 401]]), dir.path(), 1000).await;
     assert!(
-        matches!(result, Err(StageError::TooLarge { limit_bytes: 1000 })),
+        matches!(
+            result,
+            Err(StageError::TooLarge {
+                body_bytes_max: 1000
+            })
+        ),
         "{result:?}"
     );
     assert_eq!(files_in(dir.path()), Vec::<String>::new());
