@@ -289,11 +289,45 @@ fn a_complete_zero_bomb_within_the_side_limit_is_refused_for_its_pixels() {
     let bomb = zeros_png(15_000, 15_000, 15_000);
     assert!(bomb.len() < 2_000_000, "{} bytes", bomb.len());
     let path = write(dir.path(), "bomb.png", &bomb);
+    let peak_before = peak_memory_bytes();
     let err = thumbnail(&path, THUMBNAIL_SIDE_PX, &limits()).unwrap_err();
     let ImageError::TooLarge(why) = &err else {
         panic!("expected TooLarge, got {err:?}");
     };
     assert!(why.contains("225000000 pixels"), "{why}");
+    // Decoding would have taken 225 MB; refusing takes next to nothing. (Other tests in the
+    // same process allocate far less than the margin.)
+    if let (Some(before), Some(after)) = (peak_before, peak_memory_bytes()) {
+        assert!(
+            after - before < 100 << 20,
+            "peak memory grew by {} bytes",
+            after - before
+        );
+    }
+}
+
+/// The process's peak resident memory (`VmHWM`), where /proc says it.
+fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[test]
+fn sixteen_bit_images_are_thumbnailed_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let rgb16 = DynamicImage::ImageRgb16(opaque(500, 250).to_rgb16());
+    let path = save(dir.path(), "rgb16.png", &rgb16, ImageFormat::Png);
+    let thumb = thumbnail(&path, THUMBNAIL_SIDE_PX, &limits()).unwrap();
+    assert_eq!(thumb.content_type, ContentType::Jpeg);
+    assert_eq!((thumb.width_px, thumb.height_px), (320, 160));
+
+    let rgba16 = DynamicImage::ImageRgba16(half_transparent(500, 250).to_rgba16());
+    let path = save(dir.path(), "rgba16.png", &rgba16, ImageFormat::Png);
+    let thumb = thumbnail(&path, THUMBNAIL_SIDE_PX, &limits()).unwrap();
+    assert_eq!(thumb.content_type, ContentType::Png);
+    assert_eq!(decoded(&thumb.bytes).color(), image::ColorType::Rgba8);
 }
 
 #[test]
