@@ -76,7 +76,7 @@ fn a_small_image_is_not_enlarged() {
 }
 
 #[test]
-fn an_opaque_image_gives_a_jpeg_and_a_transparent_one_a_png() {
+fn an_opaque_image_gives_a_jpeg_and_a_transparent_one_a_webp() {
     let dir = tempfile::tempdir().unwrap();
 
     let path = save(
@@ -96,7 +96,8 @@ fn an_opaque_image_gives_a_jpeg_and_a_transparent_one_a_png() {
         ImageFormat::Png,
     );
     let thumb = thumbnail(&path, THUMBNAIL_SIDE_PX, &limits()).unwrap();
-    assert_eq!(thumb.content_type, ContentType::Png);
+    assert_eq!(thumb.content_type, ContentType::Webp);
+    assert_eq!(parlor_media::sniff(&thumb.bytes), ContentType::Webp);
     let small = decoded(&thumb.bytes).to_rgba8();
     assert_eq!(
         small.get_pixel(0, 0).0[3],
@@ -105,7 +106,7 @@ fn an_opaque_image_gives_a_jpeg_and_a_transparent_one_a_png() {
     );
     assert_eq!(small.get_pixel(319, 0).0[3], 255);
 
-    // An alpha channel that every pixel leaves opaque is no reason for a PNG.
+    // An alpha channel that every pixel leaves opaque is no reason for a WebP.
     let unused_alpha = DynamicImage::ImageRgba8(opaque(640, 480).to_rgba8());
     let path = save(
         dir.path(),
@@ -326,7 +327,7 @@ fn sixteen_bit_images_are_thumbnailed_too() {
     let rgba16 = DynamicImage::ImageRgba16(half_transparent(500, 250).to_rgba16());
     let path = save(dir.path(), "rgba16.png", &rgba16, ImageFormat::Png);
     let thumb = thumbnail(&path, THUMBNAIL_SIDE_PX, &limits()).unwrap();
-    assert_eq!(thumb.content_type, ContentType::Png);
+    assert_eq!(thumb.content_type, ContentType::Webp);
     assert_eq!(decoded(&thumb.bytes).color(), image::ColorType::Rgba8);
 }
 
