@@ -70,7 +70,7 @@ pub enum ImageError {
 /// checks it against `limits`, without decoding pixels. An image that passes can be
 /// thumbnailed under the same limits, unless its data is damaged; one that does not is still
 /// a file, just not one to show inline. The JPEG decoder reads the whole file into memory
-/// before its header (the file is at most an upload), the others only the header.
+/// to parse its header (the file is at most an upload), the others only the header.
 ///
 /// Blocking (file IO); see [`crate::ImageWorker`] for the async form.
 pub fn probe_image(path: &Path, limits: &ImageLimits) -> Result<ImageInfo, ImageError> {
@@ -103,11 +103,10 @@ pub(crate) fn open(path: &Path, limits: &ImageLimits) -> Result<Opened, ImageErr
     };
 
     let mut reader = ImageReader::with_format(file, format);
-    // The decoders check these too (PNG's before it reads past the header); ours below give
-    // the clearer message and add the pixel count.
+    // Only the allocation budget goes to the decoders: making one reads its header and
+    // allocates nothing the size of the image, so `check` below still comes before any
+    // large allocation, and says more than their "Image size exceeds limit".
     let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_image_width = Some(limits.side_px_max);
-    decoder_limits.max_image_height = Some(limits.side_px_max);
     decoder_limits.max_alloc = Some(limits.decoded_bytes_max);
     reader.limits(decoder_limits);
     let mut decoder: Box<dyn ImageDecoder> = Box::new(reader.into_decoder().map_err(from_decoder)?);
