@@ -42,7 +42,9 @@ pub enum ContentType {
     Ogg,
     Flac,
     Wav,
-    /// Valid UTF-8 without NUL: `text/plain; charset=utf-8`.
+    /// Valid UTF-8 without NUL in the head: `text/plain; charset=utf-8`. Judged on the head
+    /// alone, so a file that turns binary later is still called text (it is a download either
+    /// way).
     Text,
     /// Anything else, including the ISO image brands (HEIC, AVIF) we do not show.
     OctetStream,
