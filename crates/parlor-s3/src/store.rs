@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::path::Path as LocalPath;
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3;
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
@@ -24,26 +24,54 @@ use crate::{bucket, upload};
 #[derive(Clone, Debug)]
 pub struct S3BlobStore {
     pub(crate) client: AmazonS3,
+    bucket: String,
     prefix: Path,
     pub(crate) part_bytes: usize,
     pub(crate) parts_in_flight: usize,
 }
 
 impl S3BlobStore {
-    /// A store on the bucket `options` describe. No request is made unless
-    /// `create_bucket` is set, which creates the bucket if this account does not have it.
+    /// A store on the bucket `options` describe, ready to serve: creates the bucket first
+    /// if `create_bucket` is set (and this account does not have it), then checks that the
+    /// bucket answers (one listing that returns nothing), so that a wrong bucket, endpoint or
+    /// credentials fail the start rather than the first upload. `Unavailable` if it does not
+    /// answer; `Rejected` for options that can never work.
     pub async fn open(options: &S3Options) -> Result<S3BlobStore, BackendError> {
-        let prefix = options.prefix()?;
-        let client = options.client()?;
+        let store = S3BlobStore::new(options)?;
         if options.create_bucket {
-            bucket::create_bucket(&client, options).await?;
+            bucket::create_bucket(&store.client, options).await?;
         }
+        store.check().await?;
+        Ok(store)
+    }
+
+    /// A store on the bucket `options` describe, without a request: the first one finds
+    /// out whether the bucket is there.
+    pub fn new(options: &S3Options) -> Result<S3BlobStore, BackendError> {
         Ok(S3BlobStore {
-            client,
-            prefix,
+            prefix: options.prefix()?,
+            client: options.client()?,
+            bucket: options.bucket.clone(),
             part_bytes: options.part_bytes,
             parts_in_flight: options.parts_in_flight,
         })
+    }
+
+    /// Lists the keys after the last possible blob key under the prefix: none, but the bucket
+    /// has to exist and let these credentials in.
+    async fn check(&self) -> Result<(), BackendError> {
+        // Keys are hex: "g" sorts after every one of them.
+        let after_every_key = self.prefix.clone().join("g");
+        let mut listing = self
+            .client
+            .list_with_offset(Some(&self.prefix), &after_every_key);
+        match listing.next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(error)) => Err(backend_error(
+                &format!("list bucket {} (is it there?)", self.bucket),
+                error,
+            )),
+        }
     }
 
     /// The object that holds the blob `key`.
@@ -99,6 +127,9 @@ impl BlobStore for S3BlobStore {
                         .map_err(move |error| backend_error("read a blob", error)),
                 ),
             })),
+            Err(error @ object_store::Error::NotFound { .. }) if is_missing_bucket(&error) => {
+                Err(backend_error(&format!("get {path}"), error))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(error) => {
                 // A range past the end is a 416 that object_store reports like any failure:
@@ -128,9 +159,18 @@ impl BlobStore for S3BlobStore {
     async fn delete(&self, key: &BlobKey) -> Result<(), BackendError> {
         let path = self.object_path(key);
         match self.client.delete(&path).await {
+            Err(error @ object_store::Error::NotFound { .. }) if is_missing_bucket(&error) => {
+                Err(backend_error(&format!("delete {path}"), error))
+            }
             // S3 answers 204 whether or not the object was there.
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(error) => Err(backend_error(&format!("delete {path}"), error)),
         }
     }
+}
+
+/// object_store reports a missing bucket as a missing object; S3's error body says which
+/// (a `HEAD` has no body, so `len` cannot tell: `open` checks the bucket instead).
+fn is_missing_bucket(error: &object_store::Error) -> bool {
+    error.to_string().contains("NoSuchBucket")
 }

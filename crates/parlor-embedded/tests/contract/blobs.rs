@@ -189,3 +189,32 @@ async fn open_removes_the_copies_a_crash_left_half_written() {
     assert!(tmp_entries(&blobs.blobs()).is_empty());
     assert_eq!(get_all(&reopened, &kept.key).await, b"kept");
 }
+
+#[tokio::test]
+async fn a_read_that_began_survives_the_delete_of_its_blob() {
+    let blobs = fixture().await;
+    let bytes = pattern(1024 * 1024, 5);
+    let staged = stage(blobs.staging_dir(), &bytes);
+    blobs
+        .store
+        .put_file(&staged.key, &staged.path, staged.len)
+        .await
+        .expect("put_file");
+    let read = blobs
+        .store
+        .get(&staged.key, None)
+        .await
+        .expect("get")
+        .expect("stored");
+    blobs.store.delete(&staged.key).await.expect("delete");
+    assert!(
+        blobs
+            .store
+            .get(&staged.key, None)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    // The open file outlives its name.
+    assert!(parlor_testkit::blobs::read_all(read).await.0 == bytes);
+}

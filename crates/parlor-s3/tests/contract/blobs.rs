@@ -198,9 +198,7 @@ async fn an_endpoint_that_does_not_answer_is_unavailable() {
         connect_timeout: Duration::from_secs(1),
         ..options("unreachable")
     };
-    let store = S3BlobStore::open(&options)
-        .await
-        .expect("open makes no request");
+    let store = S3BlobStore::new(&options).expect("new makes no request");
     let staging = tempfile::tempdir().expect("tempdir");
     let staged = stage(staging.path(), b"nowhere to go");
     let key = key_of(b"nowhere to go");
@@ -221,14 +219,43 @@ async fn an_endpoint_that_does_not_answer_is_unavailable() {
         let error = error.unwrap_or_else(|| panic!("{what} succeeded"));
         assert_eq!(error.kind, BackendErrorKind::Unavailable, "{what}: {error}");
     }
-    // Creating the bucket meets the same.
-    let error = S3BlobStore::open(&S3Options {
-        create_bucket: true,
-        ..options
-    })
-    .await
-    .expect_err("no bucket created");
+    // Opening checks the bucket, and so does creating it.
+    for create_bucket in [false, true] {
+        let error = S3BlobStore::open(&S3Options {
+            create_bucket,
+            ..options.clone()
+        })
+        .await
+        .expect_err("nothing answers");
+        assert_eq!(error.kind, BackendErrorKind::Unavailable, "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_bucket_fails_open_and_is_never_taken_for_a_missing_blob() {
+    let options = S3Options {
+        bucket: format!("parlor-missing-{}", Uuid::now_v7().simple()),
+        create_bucket: false,
+        ..options("missing")
+    };
+    let error = S3BlobStore::open(&options)
+        .await
+        .expect_err("no such bucket");
     assert_eq!(error.kind, BackendErrorKind::Unavailable, "{error}");
+    assert!(error.message.contains(&options.bucket), "{error}");
+
+    let store = S3BlobStore::new(&options).expect("new makes no request");
+    let key = key_of(b"in no bucket");
+    for (what, outcome) in [
+        (
+            "get",
+            store.get(&key, None).await.map(|read| read.is_some()),
+        ),
+        ("delete", store.delete(&key).await.map(|()| true)),
+    ] {
+        let error = outcome.expect_err(what);
+        assert_eq!(error.kind, BackendErrorKind::Unavailable, "{what}: {error}");
+    }
 }
 
 #[tokio::test]
@@ -243,5 +270,5 @@ async fn a_store_on_aws_builds_its_tls_client_without_a_request() {
         },
         ..S3Options::new("eu-west-1", "parlor-never-created")
     };
-    S3BlobStore::open(&options).await.expect("open");
+    S3BlobStore::new(&options).expect("new");
 }
