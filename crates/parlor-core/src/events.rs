@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::ids::{ConversationId, Seq, UserId};
+use crate::ids::{ConversationId, FileId, Seq, UserId};
 use crate::protocol::{Message, User};
 
 /// A member's role in a group. A direct conversation's two members are both `member`.
@@ -76,11 +76,14 @@ pub struct Reaction {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
-    /// A new message, optionally replying to the message at `reply_to_seq`.
+    /// A new message, optionally replying to the message at `reply_to_seq`, with the
+    /// sender's uploads `files` attached (the body may then be empty).
     Message {
         body: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to_seq: Option<Seq>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<FileId>,
     },
     /// The author replaces the body of their message at `target_seq`.
     Edit {
@@ -176,6 +179,9 @@ pub struct Event {
 }
 
 /// What an event did, by kind; serialized beside the event's common fields, tagged `kind`.
+// Most events are messages: boxing the large variant would cost an allocation on the
+// common path to save memory on the rare ones.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventData {
@@ -275,7 +281,8 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Change::Message {
                 body: "hi".into(),
-                reply_to_seq: None
+                reply_to_seq: None,
+                files: Vec::new(),
             })
             .unwrap(),
             r#"{"kind":"message","body":"hi"}"#
@@ -324,6 +331,7 @@ mod tests {
             reactions: Vec::new(),
             edited_at: None,
             deleted: false,
+            files: Vec::new(),
         };
         let event = Event {
             seq: 8,

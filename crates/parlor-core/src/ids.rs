@@ -64,6 +64,10 @@ uuid_id!(
     MessageId
 );
 uuid_id!(
+    /// An uploaded file: its bytes, name and type, attached to at most one message.
+    FileId
+);
+uuid_id!(
     /// One live WebSocket connection (one device or tab of a user).
     ConnectionId
 );

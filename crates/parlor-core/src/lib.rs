@@ -8,6 +8,7 @@
 pub mod blobs;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod ids;
 pub mod ports;
 pub mod protocol;
@@ -19,4 +20,4 @@ pub mod storage;
 pub mod validate;
 
 pub use error::{BackendError, BackendErrorKind, ErrorCode};
-pub use ids::{ConnectionId, ConversationId, MessageId, NodeId, Seq, UserId};
+pub use ids::{ConnectionId, ConversationId, FileId, MessageId, NodeId, Seq, UserId};

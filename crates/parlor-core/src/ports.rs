@@ -12,9 +12,11 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use time::OffsetDateTime;
 
+use crate::blobs::BlobKey;
 use crate::error::{ApiError, BackendError};
 use crate::events::{Change, Event, Role};
-use crate::ids::{ConnectionId, ConversationId, NodeId, Seq, UserId};
+use crate::files::{StoredFile, UploadRecorded};
+use crate::ids::{ConnectionId, ConversationId, FileId, NodeId, Seq, UserId};
 use crate::protocol::{ConversationKind, Message, User};
 
 /// Identifies one entry handed out by [`Queue::receive`], for `ack` and friends.
@@ -284,9 +286,11 @@ pub trait Store: Send + Sync {
     /// backend is out of space: the transaction stored nothing, the same batch succeeds
     /// once space is freed.
     ///
-    /// Applying an event: a message's `@name`s are resolved to members; an edit replaces the
-    /// message's body (the edit's own row keeps the new body: the history); a delete erases
-    /// the body of the message and of its edits, its reactions and mentions; a departure of
+    /// Applying an event: a message's `@name`s are resolved to members, and its files are
+    /// attached to it (each the sender's upload, not attached before: the rules say so); an
+    /// edit replaces the message's body (the edit's own row keeps the new body: the
+    /// history); a delete erases the body of the message and of its edits, its reactions and
+    /// mentions, and removes its files (each counts one user less of its blobs); a departure of
     /// the last admin makes the longest-standing remaining member one.
     async fn append_events(&self, batch: &[NewEvent]) -> Result<Vec<Appended>, BackendError>;
     /// The error [`Store::append_events`] would answer for `event` now, if any: the
@@ -327,6 +331,39 @@ pub trait Store: Send + Sync {
         user: UserId,
         seq: Seq,
     ) -> Result<Option<Seq>, BackendError>;
+    /// Records an upload (see [`crate::files`]) before its blobs are stored: counts one
+    /// more user of each of its blobs. Nothing is recorded if the owner's files (attached or
+    /// not) would then take more than `quota_bytes` (`OverQuota`), or if one of its blobs is
+    /// claimed for deletion (`BlobBeingDeleted`: try again once the janitor forgot it).
+    /// `Rejected` if the id is taken or the owner does not exist.
+    async fn record_upload(
+        &self,
+        file: &StoredFile,
+        quota_bytes: u64,
+    ) -> Result<UploadRecorded, BackendError>;
+    /// The file, if `user` may read it: attached to a message of a conversation they are a
+    /// member of now, or their own upload not yet attached. Anyone else gets `None`, as for
+    /// a file that does not exist.
+    async fn file(&self, user: UserId, id: FileId) -> Result<Option<StoredFile>, BackendError>;
+    /// Removes up to `limit` uploads never attached and created before `created_before`
+    /// (each counts one user less of its blobs); how many were removed.
+    async fn expire_uploads(
+        &self,
+        created_before: OffsetDateTime,
+        limit: u16,
+    ) -> Result<u64, BackendError>;
+    /// Up to `limit` blobs no file uses any more, claimed for deletion: unused since before
+    /// `unused_before`, or claimed before then by a janitor that did not finish. From now
+    /// until [`Store::forget_blobs`], no new file may use them.
+    async fn claim_unused_blobs(
+        &self,
+        unused_before: OffsetDateTime,
+        limit: u16,
+    ) -> Result<Vec<BlobKey>, BackendError>;
+    /// Forgets claimed blobs once they are deleted from the blob store, so that new files
+    /// may use those keys again (and store the bytes again).
+    async fn forget_blobs(&self, keys: &[BlobKey]) -> Result<(), BackendError>;
+
     /// Mutes or unmutes the conversation for `user`; `false` if they are not a member.
     async fn set_muted(
         &self,

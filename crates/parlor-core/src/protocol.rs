@@ -6,7 +6,8 @@ use time::OffsetDateTime;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::events::{Change, Event, Reaction, ReplyPreview, Role};
-use crate::ids::{ConversationId, MessageId, Seq, UserId};
+use crate::files::FileInfo;
+use crate::ids::{ConversationId, FileId, MessageId, Seq, UserId};
 
 /// A user as others see them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +72,9 @@ pub struct Message {
     pub edited_at: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// The files it carries, in the order they were attached; none once deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileInfo>,
 }
 
 impl Message {
@@ -98,6 +102,7 @@ impl Message {
             reactions: Vec::new(),
             edited_at: None,
             deleted: false,
+            files: Vec::new(),
         }
     }
 }
@@ -140,6 +145,7 @@ pub enum ClientFrame {
         client_msg_id: String,
         body: String,
         reply_to_seq: Option<Seq>,
+        files: Vec<FileId>,
     },
     /// Any change of a conversation, `send` included: `{"type":"event","conversation_id":…,
     /// "client_msg_id":…,"kind":…}` with the kind's fields beside.
@@ -249,9 +255,13 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ApiError> {
     struct Send {
         conversation_id: String,
         client_msg_id: String,
+        /// Blank only when there are files (validation says so).
+        #[serde(default)]
         body: String,
         #[serde(default)]
         reply_to_seq: Option<Seq>,
+        #[serde(default)]
+        files: Vec<FileId>,
     }
     #[derive(Deserialize)]
     struct EventFrame {
@@ -290,12 +300,14 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame, ApiError> {
                 client_msg_id,
                 body,
                 reply_to_seq,
+                files,
             } = fields(text, "send")?;
             Ok(ClientFrame::Send {
                 conversation_id,
                 client_msg_id,
                 body,
                 reply_to_seq,
+                files,
             })
         }
         "event" => {
@@ -369,6 +381,7 @@ mod tests {
                 client_msg_id: "m1".into(),
                 body: "hi".into(),
                 reply_to_seq: None,
+                files: Vec::new(),
             })
         );
         assert_eq!(

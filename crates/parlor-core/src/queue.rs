@@ -12,7 +12,10 @@
 //!   fields), a notification is a stored message and whether only its sender gets it;
 //! - version 2: the byte `0x02`, then JSON: an entry holds any [`Change`], a notification
 //!   holds the frame its audience gets, ready to send, and what the notifier needs to
-//!   route it (conversation, seq, audience, membership version).
+//!   route it (conversation, seq, audience, membership version);
+//! - version 3: the byte `0x03`, then the JSON of version 2, where a message change may
+//!   carry `files` (a build of version 2 would read it and drop the files without a word,
+//!   so it must refuse it instead).
 //!
 //! The body stays JSON: it was a small part of the 6 % that JSON took of the server's
 //! profile (most of it is the protocol's own frames), and the version byte lets a later
@@ -40,7 +43,7 @@ pub struct InboundEntry {
 }
 
 /// The payload version this build writes.
-pub const PAYLOAD_VERSION: u8 = 2;
+pub const PAYLOAD_VERSION: u8 = 3;
 
 /// Why a payload could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +81,7 @@ fn versioned<Old: DeserializeOwned, New: DeserializeOwned>(
         None => Err(PayloadError::Empty),
         Some(b'{') => Ok(Err(serde_json::from_slice(bytes)?)),
         Some(1) => Ok(Err(serde_json::from_slice(&bytes[1..])?)),
-        Some(2) => Ok(Ok(serde_json::from_slice(&bytes[1..])?)),
+        Some(2 | 3) => Ok(Ok(serde_json::from_slice(&bytes[1..])?)),
         Some(&version) => Err(PayloadError::UnknownVersion(version)),
     }
 }
@@ -110,6 +113,7 @@ impl InboundEntry {
                 change: Change::Message {
                     body: v1.body,
                     reply_to_seq: None,
+                    files: Vec::new(),
                 },
             },
         })
@@ -228,6 +232,7 @@ mod tests {
             Change::Message {
                 body: "héllo \"world\"".into(),
                 reply_to_seq: Some(3),
+                files: Vec::new(),
             },
             Change::ReactionAdded {
                 target_seq: 2,
@@ -249,7 +254,7 @@ mod tests {
             assert_eq!(InboundEntry::decode(&entry.encode()).unwrap(), entry);
         }
         assert!(InboundEntry::decode(b"{\"garbage\":1}").is_err());
-        assert!(InboundEntry::decode(b"\x02{\"garbage\":1}").is_err());
+        assert!(InboundEntry::decode(b"\x03{\"garbage\":1}").is_err());
     }
 
     fn fixed_message() -> Message {
@@ -267,24 +272,28 @@ mod tests {
     /// The bytes this build writes. A change here is a new payload version: keep reading
     /// these bytes, add the new layout under the next version byte.
     #[test]
-    fn version_2_bytes_are_pinned() {
+    fn version_3_bytes_are_pinned() {
         let message = fixed_message();
         let entry = InboundEntry {
             conversation_id: message.conversation_id,
             sender_id: message.sender_id,
             client_msg_id: "m-1".into(),
             accepted_at: OffsetDateTime::UNIX_EPOCH,
-            change: Change::Edit {
-                target_seq: 4,
+            change: Change::Message {
                 body: "héllo".into(),
+                reply_to_seq: None,
+                files: vec![crate::ids::FileId(uuid::Uuid::from_u128(
+                    0x01a2315a_0000_7000_8000_000000000009,
+                ))],
             },
         };
-        let v2_entry = "\u{2}{\"conversation_id\":\"01a2315a-0000-7000-8000-000000000002\",\
+        let v3_entry = "\u{3}{\"conversation_id\":\"01a2315a-0000-7000-8000-000000000002\",\
             \"sender_id\":\"01a2315a-0000-7000-8000-000000000003\",\"client_msg_id\":\"m-1\",\
             \"accepted_at\":\"1970-01-01T00:00:00Z\",\
-            \"change\":{\"kind\":\"edit\",\"target_seq\":4,\"body\":\"héllo\"}}";
-        assert_eq!(String::from_utf8(entry.encode()).unwrap(), v2_entry);
-        assert_eq!(InboundEntry::decode(v2_entry.as_bytes()).unwrap(), entry);
+            \"change\":{\"kind\":\"message\",\"body\":\"héllo\",\
+            \"files\":[\"01a2315a-0000-7000-8000-000000000009\"]}}";
+        assert_eq!(String::from_utf8(entry.encode()).unwrap(), v3_entry);
+        assert_eq!(InboundEntry::decode(v3_entry.as_bytes()).unwrap(), entry);
         let notification = Notification::new(
             message.conversation_id,
             Some(7),
@@ -293,20 +302,45 @@ mod tests {
             OffsetDateTime::UNIX_EPOCH,
             &ServerFrame::Pong,
         );
-        let v2_notification = "\u{2}{\"conversation_id\":\"01a2315a-0000-7000-8000-000000000002\",\
+        let v3_notification = "\u{3}{\"conversation_id\":\"01a2315a-0000-7000-8000-000000000002\",\
             \"seq\":7,\"audience\":{\"members_and\":\"01a2315a-0000-7000-8000-000000000003\"},\
             \"members_seq\":5,\"accepted_at\":\"1970-01-01T00:00:00Z\",\
             \"frame\":{\"type\":\"pong\"}}";
         assert_eq!(
             String::from_utf8(notification.encode()).unwrap(),
-            v2_notification
+            v3_notification
         );
-        let decoded = Notification::decode(v2_notification.as_bytes()).unwrap();
+        let decoded = Notification::decode(v3_notification.as_bytes()).unwrap();
         assert_eq!(decoded.frame.get(), r#"{"type":"pong"}"#);
         assert_eq!(
             (decoded.seq, decoded.audience, decoded.members_seq),
             (Some(7), Audience::MembersAnd(message.sender_id), 5)
         );
+    }
+
+    /// What version 2 wrote, still in logs and streams after an upgrade.
+    #[test]
+    fn version_2_payloads_are_still_read() {
+        let message = fixed_message();
+        let v2_entry = "\u{2}{\"conversation_id\":\"01a2315a-0000-7000-8000-000000000002\",\
+            \"sender_id\":\"01a2315a-0000-7000-8000-000000000003\",\"client_msg_id\":\"m-1\",\
+            \"accepted_at\":\"1970-01-01T00:00:00Z\",\
+            \"change\":{\"kind\":\"edit\",\"target_seq\":4,\"body\":\"héllo\"}}";
+        let entry = InboundEntry::decode(v2_entry.as_bytes()).unwrap();
+        assert_eq!(
+            entry.change,
+            Change::Edit {
+                target_seq: 4,
+                body: "héllo".into()
+            }
+        );
+        assert_eq!(entry.sender_id, message.sender_id);
+        let v2_notification = "\u{2}{\"conversation_id\":\"01a2315a-0000-7000-8000-000000000002\",\
+            \"seq\":7,\"audience\":{\"members_and\":\"01a2315a-0000-7000-8000-000000000003\"},\
+            \"members_seq\":5,\"accepted_at\":\"1970-01-01T00:00:00Z\",\
+            \"frame\":{\"type\":\"pong\"}}";
+        let decoded = Notification::decode(v2_notification.as_bytes()).unwrap();
+        assert_eq!((decoded.seq, decoded.members_seq), (Some(7), 5));
     }
 
     /// What version 1 wrote (and version 0 without the first byte), still in logs and
@@ -323,7 +357,8 @@ mod tests {
                 entry.change,
                 Change::Message {
                     body: "héllo".into(),
-                    reply_to_seq: None
+                    reply_to_seq: None,
+                    files: Vec::new(),
                 }
             );
         }
@@ -353,8 +388,8 @@ mod tests {
 
     #[test]
     fn newer_and_broken_payloads_are_refused_with_a_reason() {
-        let newer = InboundEntry::decode(b"\x03anything").unwrap_err();
-        assert!(matches!(newer, PayloadError::UnknownVersion(3)), "{newer}");
+        let newer = InboundEntry::decode(b"\x04anything").unwrap_err();
+        assert!(matches!(newer, PayloadError::UnknownVersion(4)), "{newer}");
         assert!(newer.to_string().contains("newer than this build"));
         assert!(matches!(
             InboundEntry::decode(b"").unwrap_err(),

@@ -8,6 +8,7 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::events::{Change, Role};
+use crate::files::FileFacts;
 use crate::ids::UserId;
 use crate::protocol::ConversationKind;
 
@@ -35,6 +36,8 @@ pub struct Facts {
     pub admins: usize,
     /// Members of the conversation.
     pub members: usize,
+    /// For a message: each file it attaches, in order.
+    pub files: Vec<FileFacts>,
 }
 
 /// The event at a change's target seq.
@@ -90,9 +93,28 @@ pub fn check(sender: UserId, change: &Change, facts: &Facts) -> Result<(), ApiEr
         _ => Err(no_message()),
     };
     match change {
-        Change::Message { reply_to_seq, .. } => {
+        Change::Message {
+            reply_to_seq,
+            files,
+            ..
+        } => {
             if reply_to_seq.is_some() {
                 live_message()?;
+            }
+            for id in files {
+                let file = facts.files.iter().find(|file| file.id == *id);
+                match file {
+                    // Someone else's upload is as unknown as one that does not exist.
+                    Some(file) if file.owner == Some(sender) => {
+                        if file.attached {
+                            return Err(refused(
+                                ErrorCode::Conflict,
+                                "a file is attached to one message only",
+                            ));
+                        }
+                    }
+                    _ => return Err(refused(ErrorCode::NotFound, "no such file")),
+                }
             }
             Ok(())
         }
@@ -242,6 +264,7 @@ mod tests {
             subject_exists: true,
             admins: 1,
             members: 3,
+            files: Vec::new(),
         }
     }
 
@@ -405,6 +428,7 @@ mod tests {
         let reply = Change::Message {
             body: "x".into(),
             reply_to_seq: Some(1),
+            files: Vec::new(),
         };
         let mut target = message_by(me);
         target.deleted = true;

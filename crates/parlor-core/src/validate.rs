@@ -3,6 +3,8 @@
 
 use crate::error::{ApiError, ErrorCode};
 use crate::events::Change;
+use crate::files::FILES_PER_MESSAGE_MAX;
+use crate::ids::FileId;
 
 /// Username rules: 3–32 characters of `[A-Za-z0-9_.-]`; unique ignoring case.
 pub fn username(name: &str) -> Result<(), ApiError> {
@@ -104,6 +106,17 @@ pub fn group_title(title: &str) -> Result<&str, ApiError> {
 /// emoji as [`emoji`] says, titles as [`group_title`] says (the title is trimmed here).
 pub fn change(change: &mut Change, body_bytes_max: usize) -> Result<(), ApiError> {
     match change {
+        Change::Message {
+            body: text, files, ..
+        } if !files.is_empty() => {
+            attachments(files)?;
+            // A caption is optional; if there is one, it is a body like any other.
+            if text.trim().is_empty() {
+                text.clear();
+                return Ok(());
+            }
+            body(text, body_bytes_max)
+        }
         Change::Message { body: text, .. } | Change::Edit { body: text, .. } => {
             body(text, body_bytes_max)
         }
@@ -120,6 +133,26 @@ pub fn change(change: &mut Change, body_bytes_max: usize) -> Result<(), ApiError
         | Change::MemberLeft {}
         | Change::RoleChanged { .. } => Ok(()),
     }
+}
+
+/// A message's files: at most [`FILES_PER_MESSAGE_MAX`], each once.
+pub fn attachments(files: &[FileId]) -> Result<(), ApiError> {
+    if files.len() > FILES_PER_MESSAGE_MAX {
+        return Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            format!("a message carries at most {FILES_PER_MESSAGE_MAX} files"),
+        ));
+    }
+    let mut seen = files.to_vec();
+    seen.sort();
+    seen.dedup();
+    if seen.len() != files.len() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidInput,
+            "a file is attached once per message",
+        ));
+    }
+    Ok(())
 }
 
 /// Bytes of one reaction, at most: the longest emoji sequences (a family, a flag with tags)

@@ -51,6 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     change: Change::Message {
                         body: body.clone(),
                         reply_to_seq: None,
+                        files: Vec::new(),
                     },
                 }
             })

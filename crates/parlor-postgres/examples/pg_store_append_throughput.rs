@@ -127,6 +127,7 @@ async fn append_loop(
                     change: Change::Message {
                         body: body.clone(),
                         reply_to_seq: None,
+                        files: Vec::new(),
                     },
                 }
             })

@@ -8,6 +8,7 @@
 
 pub mod blobs;
 pub mod client;
+pub mod files;
 pub mod process;
 pub mod queue;
 pub mod registry;

@@ -104,6 +104,7 @@ fn message(body: &str) -> Change {
     Change::Message {
         body: body.to_owned(),
         reply_to_seq: None,
+        files: Vec::new(),
     }
 }
 

@@ -152,6 +152,7 @@ fn message(body: &str) -> Change {
     Change::Message {
         body: body.to_owned(),
         reply_to_seq: None,
+        files: Vec::new(),
     }
 }
 
@@ -159,6 +160,7 @@ fn reply(body: &str, to: Seq) -> Change {
     Change::Message {
         body: body.to_owned(),
         reply_to_seq: Some(to),
+        files: Vec::new(),
     }
 }
 

@@ -334,7 +334,9 @@ fn apply_change(
     let sender = new.sender_id;
     let conversation_id = state.conversation_id;
     let content = match &new.change {
-        Change::Message { body, reply_to_seq } => {
+        Change::Message {
+            body, reply_to_seq, ..
+        } => {
             let mentions = mentions(state, body);
             if let Some(found) = reply_to_seq
                 .and_then(|target| state.event(target))

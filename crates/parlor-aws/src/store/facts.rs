@@ -28,6 +28,7 @@ pub(super) fn no_conversation() -> Facts {
         subject_exists: false,
         admins: 0,
         members: 0,
+        files: Vec::new(),
     }
 }
 
@@ -175,6 +176,7 @@ pub(super) fn facts(state: &State, new: &NewEvent) -> Facts {
         subject_exists: subject.is_some_and(|user| matches!(state.users.get(&user), Some(Some(_)))),
         admins: conversation.admin_count as usize,
         members: conversation.member_count as usize,
+        files: Vec::new(),
     }
 }
 

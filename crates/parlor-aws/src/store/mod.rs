@@ -355,4 +355,45 @@ impl Store for DynamoStore {
         )
         .await
     }
+
+    // Files on this store: not written yet (the next commits). Until then no upload can be
+    // recorded here, so no message can attach one.
+    async fn record_upload(
+        &self,
+        _file: &parlor_core::files::StoredFile,
+        _quota_bytes: u64,
+    ) -> Result<parlor_core::files::UploadRecorded, BackendError> {
+        Err(BackendError::unavailable("files are not stored here yet"))
+    }
+
+    async fn file(
+        &self,
+        _user: UserId,
+        _id: parlor_core::ids::FileId,
+    ) -> Result<Option<parlor_core::files::StoredFile>, BackendError> {
+        Ok(None)
+    }
+
+    async fn expire_uploads(
+        &self,
+        _created_before: OffsetDateTime,
+        _limit: u16,
+    ) -> Result<u64, BackendError> {
+        Ok(0)
+    }
+
+    async fn claim_unused_blobs(
+        &self,
+        _unused_before: OffsetDateTime,
+        _limit: u16,
+    ) -> Result<Vec<parlor_core::blobs::BlobKey>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    async fn forget_blobs(
+        &self,
+        _keys: &[parlor_core::blobs::BlobKey],
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
 }

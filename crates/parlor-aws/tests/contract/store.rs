@@ -130,6 +130,7 @@ async fn a_delete_erases_more_edits_than_one_transaction_holds() {
         Change::Message {
             body: "draft".into(),
             reply_to_seq: None,
+            files: Vec::new(),
         },
     )];
     batch.extend((1..=150).map(|i| {
@@ -188,6 +189,7 @@ async fn a_change_that_would_outgrow_its_item_is_rejected_alone() {
             Change::Message {
                 body: body.to_owned(),
                 reply_to_seq: None,
+                files: Vec::new(),
             },
         )
     };

@@ -143,6 +143,7 @@ pub async fn fill_inbound(
                     change: Change::Message {
                         body: BODY.to_string(),
                         reply_to_seq: None,
+                        files: Vec::new(),
                     },
                 }
                 .encode()

@@ -177,6 +177,7 @@ pub async fn run(
             change: Change::Message {
                 body: words.body(&mut rng),
                 reply_to_seq: None,
+                files: Vec::new(),
             },
         });
         if batch.len() == FILL_BATCH || n + 1 == messages {

@@ -157,9 +157,10 @@ mod tests {
     fn dead_letter_records_are_versioned_and_version_0_is_read() {
         let removed = DeadLogRecord::Removed { id: 7 };
         let written = encode_payload(&removed);
-        assert_eq!(written, b"\x02{\"Removed\":{\"id\":7}}");
+        assert_eq!(written, b"\x03{\"Removed\":{\"id\":7}}");
         for bytes in [
             &written[..],
+            b"\x02{\"Removed\":{\"id\":7}}",
             b"\x01{\"Removed\":{\"id\":7}}",
             b"{\"Removed\":{\"id\":7}}",
         ] {

@@ -46,11 +46,12 @@ struct PlainMessageFacts {
 impl PlainMessageFacts {
     fn applies_to(new: &NewEvent) -> bool {
         matches!(
-            new.change,
+            &new.change,
             Change::Message {
                 reply_to_seq: None,
+                files,
                 ..
-            }
+            } if files.is_empty()
         )
     }
 
@@ -66,6 +67,7 @@ impl PlainMessageFacts {
                 subject_exists: false,
                 admins: 0,
                 members: 0,
+                files: Vec::new(),
             },
             last_seq,
             members_seq,
@@ -143,8 +145,8 @@ fn store_checked(
     // rejected alone and the rest of the batch goes on. A message needs none: its row is its
     // first write, and a statement that fails is undone on its own. (A savepoint copies each
     // page it first touches to a sub-journal: on every message, it cut the store's
-    // throughput to a quarter.)
-    let savepoint = !matches!(new.change, Change::Message { .. });
+    // throughput to a quarter.) A message with files is several writes, and takes one.
+    let savepoint = !matches!(&new.change, Change::Message { files, .. } if files.is_empty());
     if savepoint {
         tx.execute_batch("SAVEPOINT entry")?;
     }

@@ -57,14 +57,24 @@ fn event_data(
 ) -> Result<EventData, Failure> {
     let conversation = new.conversation_id;
     let data = match &new.change {
-        Change::Message { body, reply_to_seq } => {
+        Change::Message {
+            body,
+            reply_to_seq,
+            files,
+        } => {
             let reply_to = match reply_to_seq {
                 Some(replied) => reply_preview(tx, conversation, *replied)?,
                 None => None,
             };
+            let files = if files.is_empty() {
+                Vec::new()
+            } else {
+                super::files::attach(tx, conversation, seq, files)?
+            };
             let message = Message {
                 reply_to,
                 mentions: resolve_mentions(tx, conversation, body)?,
+                files,
                 ..Message::new(
                     MessageId::new(),
                     conversation,
@@ -327,6 +337,7 @@ fn apply(tx: &Connection, event: &Event, created_at_ns: i64) -> Result<(), Failu
             .execute(params![conversation, target, erased.data])?;
             tx.prepare_cached("DELETE FROM reactions WHERE conversation_id = ?1 AND seq = ?2")?
                 .execute(params![conversation, target])?;
+            super::files::remove_of_message(tx, event.conversation_id, *target_seq, created_at_ns)?;
         }
         EventData::ReactionAdded { target_seq, emoji } => {
             tx.prepare_cached(

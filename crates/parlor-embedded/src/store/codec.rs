@@ -151,6 +151,7 @@ pub(super) fn event_row(row: &Row<'_>) -> rusqlite::Result<Event> {
                 reactions: Vec::new(),
                 edited_at: row.get::<_, Option<Nanos>>(11)?.map(|Nanos(at)| at),
                 deleted: row.get::<_, i64>(12)? != 0,
+                files: Vec::new(),
             },
         }
     } else {

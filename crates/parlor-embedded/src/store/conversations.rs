@@ -237,6 +237,9 @@ pub(super) fn conversation_views(
         .collect();
     for view in &mut views {
         view.last_message = last_messages.remove(&view.id);
+        if let Some(message) = &mut view.last_message {
+            super::files::attach_to_message(tx, message)?;
+        }
     }
     Ok(views)
 }

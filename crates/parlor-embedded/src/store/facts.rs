@@ -88,6 +88,11 @@ pub(super) fn gather(tx: &Connection, new: &NewEvent) -> Result<Gathered, Failur
         (0, 0)
     };
 
+    let files = match &new.change {
+        Change::Message { files, .. } if !files.is_empty() => super::files::facts(tx, files)?,
+        _ => Vec::new(),
+    };
+
     Ok(Gathered {
         facts: Facts {
             kind,
@@ -97,6 +102,7 @@ pub(super) fn gather(tx: &Connection, new: &NewEvent) -> Result<Gathered, Failur
             subject_exists: subject.is_some(),
             admins: usize::try_from(admins).unwrap_or(0),
             members: usize::try_from(members).unwrap_or(0),
+            files,
         },
         last_seq,
         members_seq,

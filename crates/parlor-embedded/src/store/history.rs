@@ -65,6 +65,11 @@ pub(super) fn messages_page(
         })
         .collect();
     attach_reactions(tx, conversation, messages.iter_mut())?;
+    super::files::attach_to_messages(
+        tx,
+        conversation,
+        &mut messages.iter_mut().collect::<Vec<_>>(),
+    )?;
     Ok(messages)
 }
 
@@ -90,11 +95,19 @@ pub(super) fn events_after(
             event_row,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let messages = events.iter_mut().filter_map(|event| match &mut event.data {
-        EventData::Message { message } => Some(message),
-        _ => None,
-    });
-    attach_reactions(tx, conversation, messages)?;
+    let mut messages: Vec<&mut Message> = events
+        .iter_mut()
+        .filter_map(|event| match &mut event.data {
+            EventData::Message { message } => Some(message),
+            _ => None,
+        })
+        .collect();
+    attach_reactions(
+        tx,
+        conversation,
+        messages.iter_mut().map(|message| &mut **message),
+    )?;
+    super::files::attach_to_messages(tx, conversation, &mut messages)?;
     Ok(events)
 }
 

@@ -31,7 +31,8 @@
 //! Files by concern: [`connections`] (pragmas, the reader pool), [`schema`] (migrations),
 //! [`append`] (a batch: duplicates, refusals, one savepoint per entry), [`facts`] (what the
 //! rules need, read in SQL), [`apply`] (storing one event and applying it), [`history`]
-//! (pages of messages and events in their current state), [`conversations`]
+//! (pages of messages and events in their current state), [`files`] (uploads, attachments
+//! and the blobs they use), [`conversations`]
 //! (conversations, members, views, markers, mute), [`users`] (users and sessions),
 //! [`codec`] (values and rows in and out of SQL) and [`failure`] (error classification).
 //! This file holds the store, its read and write transactions, and the [`Store`] impl that
@@ -44,6 +45,7 @@ mod connections;
 mod conversations;
 mod facts;
 mod failure;
+mod files;
 mod history;
 mod schema;
 mod search;
@@ -56,9 +58,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use parlor_core::blobs::BlobKey;
 use parlor_core::error::{ApiError, BackendError};
 use parlor_core::events::Event;
-use parlor_core::ids::{ConversationId, Seq, UserId};
+use parlor_core::files::{StoredFile, UploadRecorded};
+use parlor_core::ids::{ConversationId, FileId, Seq, UserId};
 use parlor_core::ports::{Appended, ConversationView, NewEvent, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{Message, User};
 use parlor_core::rules;
@@ -449,5 +453,49 @@ impl Store for SqliteStore {
             conversations::set_muted(tx, conversation, user, muted)
         })
         .await
+    }
+
+    async fn record_upload(
+        &self,
+        file: &StoredFile,
+        quota_bytes: u64,
+    ) -> Result<UploadRecorded, BackendError> {
+        let file = file.clone();
+        self.write("record upload", move |tx| {
+            files::record_upload(tx, &file, quota_bytes)
+        })
+        .await
+    }
+
+    async fn file(&self, user: UserId, id: FileId) -> Result<Option<StoredFile>, BackendError> {
+        self.read("file", move |tx| files::file(tx, user, id)).await
+    }
+
+    async fn expire_uploads(
+        &self,
+        created_before: OffsetDateTime,
+        limit: u16,
+    ) -> Result<u64, BackendError> {
+        self.write("expire uploads", move |tx| {
+            files::expire_uploads(tx, created_before, limit)
+        })
+        .await
+    }
+
+    async fn claim_unused_blobs(
+        &self,
+        unused_before: OffsetDateTime,
+        limit: u16,
+    ) -> Result<Vec<BlobKey>, BackendError> {
+        self.write("claim unused blobs", move |tx| {
+            files::claim_unused_blobs(tx, unused_before, limit)
+        })
+        .await
+    }
+
+    async fn forget_blobs(&self, keys: &[BlobKey]) -> Result<(), BackendError> {
+        let keys = keys.to_vec();
+        self.write("forget blobs", move |tx| files::forget_blobs(tx, &keys))
+            .await
     }
 }

@@ -139,6 +139,42 @@ CREATE TRIGGER events_search_delete AFTER DELETE ON events WHEN old.kind = 'mess
         VALUES ('delete', old.rowid, old.body);
 END;
 "#,
+    // Files: an upload, and the message it is attached to once it is; blobs, how many files
+    // use each (content-addressed, so the same bytes are stored once), and since when none
+    // does, for the janitor that deletes them (claimed first, so no new file starts using a
+    // blob being deleted).
+    r#"
+CREATE TABLE files (
+    id              TEXT PRIMARY KEY NOT NULL,
+    owner_id        TEXT NOT NULL REFERENCES users (id),
+    name            TEXT NOT NULL,
+    content_type    TEXT NOT NULL,
+    size            INTEGER NOT NULL CHECK (size >= 0),
+    width           INTEGER,
+    height          INTEGER,
+    blob            TEXT NOT NULL,
+    thumbnail_blob  TEXT,
+    thumbnail_type  TEXT,
+    thumbnail_size  INTEGER,
+    created_at_ns   INTEGER NOT NULL,
+    conversation_id TEXT,
+    seq             INTEGER,
+    position        INTEGER,
+    CHECK ((conversation_id IS NULL) = (seq IS NULL))
+) STRICT;
+CREATE INDEX files_by_owner ON files (owner_id);
+CREATE INDEX files_by_message ON files (conversation_id, seq, position)
+    WHERE conversation_id IS NOT NULL;
+CREATE INDEX files_unattached ON files (created_at_ns) WHERE conversation_id IS NULL;
+
+CREATE TABLE blobs (
+    key             TEXT PRIMARY KEY NOT NULL CHECK (length(key) = 64),
+    refs            INTEGER NOT NULL CHECK (refs >= 0),
+    unused_since_ns INTEGER,
+    claimed_at_ns   INTEGER
+) STRICT, WITHOUT ROWID;
+CREATE INDEX blobs_unused ON blobs (unused_since_ns) WHERE refs = 0;
+"#,
 ];
 
 /// Applies the migrations `connection`'s file has not seen yet, in one transaction; a file

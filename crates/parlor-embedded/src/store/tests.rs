@@ -62,6 +62,7 @@ fn new_message(
         change: Change::Message {
             body: body.to_owned(),
             reply_to_seq: None,
+            files: Vec::new(),
         },
     }
 }

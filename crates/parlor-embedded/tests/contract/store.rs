@@ -57,3 +57,9 @@ mod search {
 
     parlor_testkit::search_contract!(SqliteFixture::new());
 }
+
+mod files {
+    use super::SqliteFixture;
+
+    parlor_testkit::files_contract!(SqliteFixture::new());
+}

@@ -348,7 +348,10 @@ async fn store_run(
     let mut stored_now: HashMap<(UserId, String), Stored> = HashMap::new();
     let mut targets_now: HashMap<(ConversationId, Seq), ReplyTarget> = HashMap::new();
     for new in run {
-        let Change::Message { body, reply_to_seq } = &new.change else {
+        let Change::Message {
+            body, reply_to_seq, ..
+        } = &new.change
+        else {
             unreachable!("a run holds messages only");
         };
         let key = (new.sender_id, new.client_msg_id.clone());
@@ -382,6 +385,7 @@ async fn store_run(
                 subject_exists: false,
                 admins: 0,
                 members: 0,
+                files: Vec::new(),
             },
         };
         if let Err(refused) = rules::check(new.sender_id, &new.change, &facts) {

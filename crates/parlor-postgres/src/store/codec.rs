@@ -212,5 +212,6 @@ fn message_fields(
         reactions: group_reactions(emoji.into_iter().zip(users.into_iter().map(UserId))),
         edited_at: row.try_get::<_, Option<Nanos>>(11)?.map(|at| at.0),
         deleted: row.try_get(12)?,
+        files: Vec::new(),
     })
 }

@@ -43,6 +43,7 @@ pub(super) fn no_conversation() -> Facts {
         subject_exists: false,
         admins: 0,
         members: 0,
+        files: Vec::new(),
     }
 }
 
@@ -173,6 +174,7 @@ pub(super) async fn gather(
         subject_exists: subject_name.is_some(),
         admins: count(row.try_get(10)?),
         members: count(row.try_get(11)?),
+        files: Vec::new(),
     };
     Ok(Gathered {
         facts,

@@ -139,11 +139,12 @@ impl Gateway {
             change,
         };
         let plain_message = matches!(
-            entry.change,
+            &entry.change,
             Change::Message {
                 reply_to_seq: None,
+                files,
                 ..
-            }
+            } if files.is_empty()
         );
         if !plain_message {
             match self

@@ -422,6 +422,7 @@ pub async fn post_message(
     let change = Change::Message {
         body: request.body,
         reply_to_seq: request.reply_to_seq,
+        files: Vec::new(),
     };
     accept_change(&gateway, caller.user.id, &id, request.client_msg_id, change).await
 }

@@ -370,8 +370,13 @@ impl Connection {
                     client_msg_id,
                     body,
                     reply_to_seq,
+                    files,
                 } => {
-                    let change = Change::Message { body, reply_to_seq };
+                    let change = Change::Message {
+                        body,
+                        reply_to_seq,
+                        files,
+                    };
                     let checked = self.check(&conversation_id, client_msg_id, change).await;
                     match checked {
                         Ok(entry) => entries.push(entry),

@@ -16,8 +16,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use parlor_core::blobs::BlobKey;
 use parlor_core::error::ApiError;
 use parlor_core::events::{Change, Event};
+use parlor_core::files::{StoredFile, UploadRecorded};
+use parlor_core::ids::FileId;
 use parlor_core::ports::{
     Appended, ConversationView, DeadLetter, DeadLetterSelection, Delivery, DeliveryId, NewEvent,
     NodeCommand, Page, Queue, QueueDepth, Relay, Session, Store, TokenHash,
@@ -198,6 +201,7 @@ pub fn entry(conversation: ConversationId, sender: UserId, id: &str, body: &str)
         change: Change::Message {
             body: body.to_string(),
             reply_to_seq: None,
+            files: Vec::new(),
         },
     }
     .encode()
@@ -595,5 +599,32 @@ impl Store for ScriptedStore {
         muted: bool,
     ) -> Result<bool, BackendError> {
         self.store.set_muted(conversation, user, muted).await
+    }
+    async fn record_upload(
+        &self,
+        file: &StoredFile,
+        quota_bytes: u64,
+    ) -> Result<UploadRecorded, BackendError> {
+        self.store.record_upload(file, quota_bytes).await
+    }
+    async fn file(&self, user: UserId, id: FileId) -> Result<Option<StoredFile>, BackendError> {
+        self.store.file(user, id).await
+    }
+    async fn expire_uploads(
+        &self,
+        created_before: OffsetDateTime,
+        limit: u16,
+    ) -> Result<u64, BackendError> {
+        self.store.expire_uploads(created_before, limit).await
+    }
+    async fn claim_unused_blobs(
+        &self,
+        unused_before: OffsetDateTime,
+        limit: u16,
+    ) -> Result<Vec<BlobKey>, BackendError> {
+        self.store.claim_unused_blobs(unused_before, limit).await
+    }
+    async fn forget_blobs(&self, keys: &[BlobKey]) -> Result<(), BackendError> {
+        self.store.forget_blobs(keys).await
     }
 }

@@ -79,6 +79,7 @@ async fn announce(h: &Harness, chat: ConversationId, sender: UserId, ids: &[&str
                 Change::Message {
                     body,
                     reply_to_seq: None,
+                    files: Vec::new(),
                 },
             )
         })

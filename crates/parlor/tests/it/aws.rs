@@ -378,6 +378,7 @@ async fn the_lambda_dead_letters_what_it_cannot_read_and_a_redriven_letter_is_st
         change: parlor_core::events::Change::Message {
             body: "back from the dead".into(),
             reply_to_seq: None,
+            files: Vec::new(),
         },
     };
     inbound

@@ -65,6 +65,7 @@ async fn dead_letter_directly(data_dir: &Path, conversation: &str, sender: &str,
                 change: Change::Message {
                     body: body.to_string(),
                     reply_to_seq: None,
+                    files: Vec::new(),
                 },
             }
             .encode()
