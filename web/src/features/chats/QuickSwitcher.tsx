@@ -105,7 +105,9 @@ export function QuickSwitcher({ chats, meId, renderPresence, onOpenChat, onCreat
       <label className="field">
         <span className="visually-hidden">Jump to a chat or person</span>
         <input
-          type="search"
+          // Not type="search": there Escape only empties the field, and here it must close.
+          type="text"
+          enterKeyHint="go"
           role="combobox"
           aria-label="Jump to a chat or person"
           aria-expanded={options.length > 0}

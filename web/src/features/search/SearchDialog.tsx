@@ -114,7 +114,8 @@ export function SearchDialog(props: SearchDialogProps) {
         <label className="field">
           <span className="visually-hidden">Search messages</span>
           <input
-            type="search"
+            type="text"
+            enterKeyHint="search"
             role="combobox"
             aria-label="Search messages"
             aria-expanded={hits.length > 0}
