@@ -56,6 +56,7 @@ export function SearchDialog(props: SearchDialogProps) {
     for (const chat of chats) for (const m of chat.members) byId.set(m.id, m.username);
     return [...byId].sort((a, b) => a[1].localeCompare(b[1]));
   }, [chats]);
+  const titleOf = (hit: SearchHit) => titles.get(hit.conversation_id) ?? 'A chat you left';
   const senderName = (id: UserId) => (id === meId ? 'You' : (names[id] ?? 'Former member'));
 
   /** A new text waits for typing to pause; a new filter, Enter and Retry ask at once. */
@@ -165,32 +166,36 @@ export function SearchDialog(props: SearchDialogProps) {
               ))}
             </select>
           </label>
-          <fieldset className="segmented">
-            <legend className="visually-hidden">Sort</legend>
-            {SORTS.map((sort) => (
-              <button
-                key={sort.value}
-                type="button"
-                aria-pressed={input.sort === sort.value}
-                onClick={() => change({ ...input, sort: sort.value }, true)}
-              >
-                {sort.label}
-              </button>
-            ))}
-          </fieldset>
         </div>
       </div>
 
-      {state.status === 'error' ? (
-        <p className="form-error search-status" role="alert">
-          Could not search: {state.error}{' '}
-          <button type="button" className="link-button" onClick={() => search.retry()}>
-            Retry
-          </button>
-        </p>
-      ) : (
-        <output className={state.status === 'unavailable' ? 'search-status is-unavailable' : 'search-status'}>{status}</output>
-      )}
+      <div className="search-summary">
+        {state.status === 'error' ? (
+          <p className="form-error search-status" role="alert">
+            Could not search: {state.error}{' '}
+            <button type="button" className="link-button" onClick={() => search.retry()}>
+              Retry
+            </button>
+          </p>
+        ) : (
+          <output className={state.status === 'unavailable' ? 'search-status is-unavailable' : 'search-status'}>{status}</output>
+        )}
+        {state.status === 'unavailable' ? null : (
+        <fieldset className="segmented">
+          <legend className="visually-hidden">Sort</legend>
+          {SORTS.map((sort) => (
+            <button
+              key={sort.value}
+              type="button"
+              aria-pressed={input.sort === sort.value}
+              onClick={() => change({ ...input, sort: sort.value }, true)}
+            >
+              {sort.label}
+            </button>
+          ))}
+        </fieldset>
+        )}
+      </div>
 
       {/* A listbox, not a <select>: the field keeps the focus and points at the active result. */}
       {/* oxlint-disable-next-line jsx-a11y/prefer-tag-over-role, jsx-a11y/no-noninteractive-element-to-interactive-role */}
@@ -206,8 +211,9 @@ export function SearchDialog(props: SearchDialogProps) {
             onClick={() => onOpen(hit)}
           >
             <span className="search-hit-head">
-              <span className="search-hit-chat">{titles.get(hit.conversation_id) ?? 'A chat you left'}</span>
-              <span className="search-hit-sender">{senderName(hit.sender_id)}</span>
+              <span className="search-hit-chat">{titleOf(hit)}</span>
+              {/* In a direct chat the title is the other person: said once. */}
+              <span className="search-hit-sender">{senderName(hit.sender_id) === titleOf(hit) ? '' : senderName(hit.sender_id)}</span>
               <time dateTime={hit.created_at} title={longWhen(hit.created_at)}>
                 {shortWhen(hit.created_at)}
               </time>
