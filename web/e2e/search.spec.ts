@@ -98,6 +98,66 @@ test('a search finds an old message and opens it in its conversation, with the h
   await ben.context.close();
 });
 
+test('a hit far back opens a window of history that pages forward, and Jump to latest returns', async ({ browser, baseURL }) => {
+  const ada = await person(browser, baseURL, uniqueName('ada'), { viewport: { width: 1280, height: 800 } });
+  const ben = await person(browser, baseURL, uniqueName('ben'));
+  const dm = await directChat(ben, ada);
+  const total = searchable ? 300 : 3;
+  // Far more than a page of events after the hit: the window does not reach the newest.
+  const bodies = Array.from({ length: total }, (_, i) => (i === 9 ? 'the wombat ate my homework' : `far ${i + 1}`));
+  await postMessages(ben, dm, bodies, 'far');
+
+  const page = ada.page;
+  await page.reload();
+  await openChat(page, ben.username);
+  await expect(messages(page).last()).toContainText(bodies.at(-1)!);
+  await page.getByRole('button', { name: 'Search messages' }).click();
+  await page.keyboard.type('wombat');
+  if (!searchable) return expectUnavailable(page);
+  await expect(results(page)).toHaveCount(1);
+  await page.keyboard.press('ArrowDown');
+  await page.keyboard.press('Enter');
+
+  const hit = messageWith(page, 'the wombat');
+  await expect(hit).toBeInViewport();
+  await expect(hit).toHaveClass(/is-highlighted/);
+  await expect(numbered(page, 'far', 9)).toBeVisible();
+  await expect(numbered(page, 'far', 11)).toBeVisible();
+  const jumpToLatest = page.getByRole('button', { name: 'Jump to latest' });
+  await expect(jumpToLatest).toBeVisible();
+  await expect(numbered(page, 'far', total)).toHaveCount(0);
+  await screenshot(page, 'search-jumped-far');
+
+  // A live message meanwhile is not shown in the window (it waits for its turn), and Jump
+  // to latest brings the newest page with it.
+  await postMessages(ben, dm, ['live while reading old history'], 'far-live');
+  await expect(page.getByRole('list', { name: 'Chats' })).toContainText('live while reading old history');
+  await expect(messageWith(page, 'live while reading old history')).toHaveCount(0);
+  await jumpToLatest.click();
+  await expect(messageWith(page, 'live while reading old history')).toBeInViewport();
+  await expect(jumpToLatest).toBeHidden();
+
+  // Again, then paging forward by scrolling down: every message once, in order, up to the newest.
+  await page.keyboard.press('Control+Shift+F');
+  await page.keyboard.press('Enter');
+  await expect(searchDialog(page)).toBeHidden();
+  await expect(hit).toBeInViewport();
+  const scroller = page.locator('.messages-scroll');
+  await expect(async () => {
+    await scroller.evaluate((el) => {
+      el.scrollTop = el.scrollHeight;
+    });
+    await expect(jumpToLatest).toBeHidden({ timeout: 1_000 });
+  }).toPass();
+  await expect(messageWith(page, 'live while reading old history')).toBeAttached();
+  const seen = (await messages(page).allTextContents()).map((t) => /far (\d+)/.exec(t)?.[1]).filter((n) => n !== undefined).map(Number);
+  expect(seen).toEqual([...new Set(seen)].sort((a, b) => a - b));
+  expect(seen.at(-1)).toBe(total);
+
+  await ada.context.close();
+  await ben.context.close();
+});
+
 test('search filters by chat and sender, pages with Load more, and says when nothing matches', async ({ browser, baseURL }) => {
   const ada = await person(browser, baseURL, uniqueName('ada'));
   const ben = await person(browser, baseURL, uniqueName('ben'));

@@ -96,6 +96,10 @@ export function MessageList(props: MessageListProps) {
       if (divider) {
         scrollToTop(el, divider);
         place.current.atBottom = el.scrollHeight - el.scrollTop - el.clientHeight <= STICKY_PX;
+      } else if (hasNewer) {
+        // Opened at a message far back (a search result): the jump scrolls to it. At the
+        // bottom, this window's end, the next newer page would be asked for at once.
+        place.current.atBottom = false;
       } else {
         el.scrollTop = el.scrollHeight;
         place.current.atBottom = true;

@@ -199,6 +199,9 @@ export class Timelines {
    */
   private async loadAround(id: ConversationId, seq: number): Promise<boolean> {
     const record = this.startLoading(id);
+    // Away from the newest until the forward page says otherwise: meanwhile the view must not
+    // follow the bottom as it does for the newest messages.
+    record.detached = true;
     const generation = record.generation;
     try {
       const before = await this.core.transport.fetchMessages(id, { before_seq: seq + 1, limit: SYNC_LIMITS.aroundMessages });
