@@ -241,6 +241,7 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
             onLoadNewer={() => void engine.loadNewer(activeChat.id)}
             onJumpToLatest={() => engine.jumpToLatest(activeChat.id)}
             jump={jump?.conversationId === activeChat.id ? jump : null}
+            onJumpStarted={() => setJump(null)}
             headerActions={
               <button
                 type="button"

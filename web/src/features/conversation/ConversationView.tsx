@@ -42,6 +42,8 @@ interface ConversationViewProps {
    * highlighted. A new `token` asks again for the same seq.
    */
   jump: { seq: number; token: number } | null;
+  /** The jump asked for started: the caller forgets it, so that reopening the chat later does not jump again. */
+  onJumpStarted: () => void;
   /** More buttons in the header, before "Chat info" (search in this chat). */
   headerActions?: ReactNode;
   onRetry: (clientMsgId: string) => void;
@@ -124,7 +126,9 @@ export function ConversationView(props: ConversationViewProps) {
   const jumpSeq = props.jump?.seq ?? null;
   const jumpToken = props.jump?.token ?? null;
   useEffect(() => {
-    if (jumpSeq !== null && jumpToken !== null) actions.onJumpTo(jumpSeq);
+    if (jumpSeq === null || jumpToken === null) return;
+    actions.onJumpTo(jumpSeq);
+    latest.current.onJumpStarted();
   }, [jumpSeq, jumpToken, actions]);
 
   const editLast = () => {
