@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
-use scenarios::{catchup, connections, fanout, latency, restart, throughput};
+use scenarios::{catchup, connections, fanout, latency, restart, search, throughput};
 use server::Server;
 
 #[derive(Parser)]
@@ -97,6 +97,18 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         entries: usize,
     },
+    /// Search over N stored messages in many groups: latency of each kind of query.
+    Search {
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[arg(long, default_value_t = 200)]
+        groups: usize,
+        /// Queries of each kind.
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+    },
     #[command(hide = true)]
     Hold {
         #[arg(long)]
@@ -168,6 +180,26 @@ async fn main() -> anyhow::Result<()> {
             catchup::run(&server, messages, &target.out).await?;
             Ok(())
         }
+        Scenario::Search {
+            messages,
+            users,
+            groups,
+            queries,
+        } => {
+            if target.addr.is_some() {
+                bail!("search fills a store of its own: it needs --server, not --addr");
+            }
+            search::run(
+                &target.server,
+                messages,
+                users,
+                groups,
+                queries,
+                &target.out,
+            )
+            .await?;
+            Ok(())
+        }
         Scenario::Restart { entries } => {
             if target.addr.is_some() {
                 bail!("restart kills and restarts the server: it needs --server, not --addr");
@@ -211,6 +243,7 @@ async fn all(target: &Target) -> anyhow::Result<()> {
         catchup::run(&server, 100_000, out).await?;
     }
     restart::run(&target.server, 1_000_000, out).await?;
+    search::run(&target.server, 1_000_000, 100, 200, 300, out).await?;
     Ok(())
 }
 

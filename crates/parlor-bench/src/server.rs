@@ -25,6 +25,10 @@ const BENCH_FLAGS: &[&str] = &[
     "100000",
     "--auth-burst-per-ip",
     "100000",
+    "--searches-per-second-per-user",
+    "10000000",
+    "--searches-burst-per-user",
+    "10000000",
     // Idle connections in the connections scenario do not ping.
     "--idle-timeout-secs",
     "3600",

@@ -42,6 +42,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The server is out of disk space; nothing was accepted. Retry later.
     StorageFull,
+    /// This deployment does not offer the feature (search on a store without a full-text
+    /// index); asking again will not help.
+    NotAvailable,
 }
 
 impl ErrorCode {
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::StorageFull => "storage_full",
+            ErrorCode::NotAvailable => "not_available",
         }
     }
 }

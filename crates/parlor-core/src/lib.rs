@@ -13,6 +13,7 @@ pub mod protocol;
 pub mod queue;
 pub mod relay_codec;
 pub mod rules;
+pub mod search;
 pub mod storage;
 pub mod validate;
 

@@ -39,6 +39,13 @@ pub fn nanos(at: OffsetDateTime) -> Result<i64, TimeOutOfRange> {
     i64::try_from(at.unix_timestamp_nanos()).map_err(|_| TimeOutOfRange(at))
 }
 
+/// A time as a bound on `*_ns` columns: times past what nanoseconds in an `i64` hold
+/// (before 1677, after 2262) are clamped, which bounds the same rows.
+pub fn nanos_bound(at: OffsetDateTime) -> i64 {
+    let nanos = at.unix_timestamp_nanos();
+    i64::try_from(nanos).unwrap_or(if nanos < 0 { i64::MIN } else { i64::MAX })
+}
+
 /// A seq to bind: seqs past `i64::MAX` cannot exist, so larger bounds mean "all of them".
 pub fn seq_param(seq: Seq) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)

@@ -108,6 +108,9 @@ pub struct LimitsConfig {
     /// Register and log in: each costs an Argon2id hash, so they get their own, lower limit.
     pub auth_per_second_per_ip: NonZeroU32,
     pub auth_burst_per_ip: NonZeroU32,
+    /// Searches: each ranks every match of its words, so they cost more than other reads.
+    pub searches_per_second_per_user: NonZeroU32,
+    pub searches_burst_per_user: NonZeroU32,
     pub connections_per_user_max: usize,
     /// Argon2id hashes computed at once (each holds 19 MiB).
     pub password_hashes_concurrent_max: usize,
@@ -123,6 +126,8 @@ impl Default for LimitsConfig {
             requests_burst_per_ip: n(400),
             auth_per_second_per_ip: n(10),
             auth_burst_per_ip: n(30),
+            searches_per_second_per_user: n(5),
+            searches_burst_per_user: n(20),
             connections_per_user_max: 32,
             password_hashes_concurrent_max: 4,
         }

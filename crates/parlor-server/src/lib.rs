@@ -19,6 +19,7 @@ mod shutdown;
 use std::sync::Arc;
 
 use parlor_core::ports::{Presence, Queue, Registry, Relay, Store};
+use parlor_core::search::Search;
 
 pub use shutdown::{Shutdown, ShutdownSignal};
 
@@ -33,4 +34,7 @@ pub struct Deps {
     pub registry: Arc<dyn Registry>,
     pub presence: Arc<dyn Presence>,
     pub relay: Arc<dyn Relay>,
+    /// Full-text search over messages; `None` where the store has no index (the gateway
+    /// answers `not_available`).
+    pub search: Option<Arc<dyn Search>>,
 }

@@ -53,6 +53,7 @@ pub struct Limits {
     pub delivered: Limiter<UserId>,
     /// New conversations: each is a store write and, for a group, a row per member.
     pub conversations: Limiter<UserId>,
+    pub searches: Limiter<UserId>,
     pub requests: Limiter<IpAddr>,
     pub auth: Limiter<IpAddr>,
 }
@@ -80,6 +81,10 @@ impl Limits {
                 NonZeroU32::new(2).expect("non-zero"),
                 NonZeroU32::new(20).expect("non-zero"),
             ),
+            searches: Limiter::new(
+                config.searches_per_second_per_user,
+                config.searches_burst_per_user,
+            ),
             requests: Limiter::new(
                 config.requests_per_second_per_ip,
                 config.requests_burst_per_ip,
@@ -94,6 +99,7 @@ impl Limits {
         self.reads.forget_idle();
         self.delivered.forget_idle();
         self.conversations.forget_idle();
+        self.searches.forget_idle();
         self.requests.forget_idle();
         self.auth.forget_idle();
     }

@@ -10,4 +10,5 @@ pub mod client;
 pub mod process;
 pub mod queue;
 pub mod registry;
+pub mod search;
 pub mod store;

@@ -114,6 +114,7 @@ impl Cluster {
             registry: self.registry.clone(),
             presence: self.registry.clone(),
             relay: self.relay.clone(),
+            search: Some(self.store.clone()),
         }
     }
 

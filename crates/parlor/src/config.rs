@@ -46,6 +46,10 @@ pub struct ServeSettings {
     pub auth_per_second_per_ip: Option<NonZeroU32>,
     #[arg(long, env = "PARLOR_AUTH_BURST_PER_IP")]
     pub auth_burst_per_ip: Option<NonZeroU32>,
+    #[arg(long, env = "PARLOR_SEARCHES_PER_SECOND_PER_USER")]
+    pub searches_per_second_per_user: Option<NonZeroU32>,
+    #[arg(long, env = "PARLOR_SEARCHES_BURST_PER_USER")]
+    pub searches_burst_per_user: Option<NonZeroU32>,
     /// Deliveries of one queue entry before it goes to the dead-letter queue.
     #[arg(long, env = "PARLOR_ATTEMPTS_MAX")]
     pub attempts_max: Option<u32>,
@@ -95,6 +99,8 @@ impl ServeSettings {
             requests_burst_per_ip,
             auth_per_second_per_ip,
             auth_burst_per_ip,
+            searches_per_second_per_user,
+            searches_burst_per_user,
             attempts_max,
             retry_base_ms,
             idle_timeout_secs,
@@ -149,6 +155,12 @@ impl ServeConfig {
             auth_burst_per_ip: settings
                 .auth_burst_per_ip
                 .unwrap_or(defaults.auth_burst_per_ip),
+            searches_per_second_per_user: settings
+                .searches_per_second_per_user
+                .unwrap_or(defaults.searches_per_second_per_user),
+            searches_burst_per_user: settings
+                .searches_burst_per_user
+                .unwrap_or(defaults.searches_burst_per_user),
             ..defaults
         };
         for origin in settings.allowed_origins.unwrap_or_default() {

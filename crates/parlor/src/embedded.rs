@@ -77,6 +77,7 @@ impl Embedded {
             registry: self.registry.clone(),
             presence: self.registry.clone(),
             relay: self.relay.clone(),
+            search: Some(self.store.clone()),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod connections;
 pub mod fanout;
 pub mod latency;
 pub mod restart;
+pub mod search;
 pub mod throughput;
 
 use serde::Deserialize;

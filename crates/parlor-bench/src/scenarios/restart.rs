@@ -156,7 +156,7 @@ pub async fn fill_inbound(
     Ok(())
 }
 
-fn directory_bytes(path: &Path) -> u64 {
+pub(super) fn directory_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
     };

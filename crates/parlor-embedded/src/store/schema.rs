@@ -109,6 +109,36 @@ UPDATE members SET last_delivered_seq = last_read_seq,
 UPDATE members SET role = 'admin'
     WHERE conversation_id IN (SELECT id FROM conversations WHERE kind = 'group');
 "#,
+    // Full-text search over message bodies: an FTS5 index whose content is `events` itself
+    // (no second copy of the bodies), kept by triggers in the transaction of every write, so
+    // a message is found as soon as it is stored, an edit by its new body only, and a
+    // delete (which erases the body) not at all. Porter stemming on unicode61 words,
+    // accents folded. FTS5 links rows by `events.rowid`, which a VACUUM may renumber (the
+    // table has no INTEGER PRIMARY KEY): after a VACUUM, rebuild the index with
+    // `INSERT INTO message_search (message_search) VALUES ('rebuild')`.
+    r#"
+CREATE VIRTUAL TABLE message_search USING fts5 (
+    body,
+    content = 'events',
+    content_rowid = 'rowid',
+    tokenize = 'porter unicode61 remove_diacritics 2'
+);
+INSERT INTO message_search (rowid, body)
+    SELECT rowid, body FROM events WHERE kind = 'message' AND deleted = 0;
+CREATE TRIGGER events_search_insert AFTER INSERT ON events WHEN new.kind = 'message' BEGIN
+    INSERT INTO message_search (rowid, body) VALUES (new.rowid, new.body);
+END;
+CREATE TRIGGER events_search_update AFTER UPDATE OF body ON events
+    WHEN old.kind = 'message' BEGIN
+    INSERT INTO message_search (message_search, rowid, body)
+        VALUES ('delete', old.rowid, old.body);
+    INSERT INTO message_search (rowid, body) VALUES (new.rowid, new.body);
+END;
+CREATE TRIGGER events_search_delete AFTER DELETE ON events WHEN old.kind = 'message' BEGIN
+    INSERT INTO message_search (message_search, rowid, body)
+        VALUES ('delete', old.rowid, old.body);
+END;
+"#,
 ];
 
 /// Applies the migrations `connection`'s file has not seen yet, in one transaction; a file

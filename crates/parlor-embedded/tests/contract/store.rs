@@ -1,11 +1,14 @@
-//! The store contract against [`SqliteStore`], one temporary database file per test.
+//! The store and search contracts against [`SqliteStore`], one temporary database file per
+//! test.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use parlor_core::ports::Store;
+use parlor_core::search::Search;
 use parlor_embedded::SqliteStore;
+use parlor_testkit::search::SearchFixture;
 use parlor_testkit::store::StoreFixture;
 
 struct SqliteFixture {
@@ -42,3 +45,15 @@ impl StoreFixture for SqliteFixture {
 }
 
 parlor_testkit::store_contract!(SqliteFixture::new());
+
+impl SearchFixture for SqliteFixture {
+    fn search(&self) -> Arc<dyn Search> {
+        self.store.clone()
+    }
+}
+
+mod search {
+    use super::SqliteFixture;
+
+    parlor_testkit::search_contract!(SqliteFixture::new());
+}

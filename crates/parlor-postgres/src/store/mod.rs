@@ -45,6 +45,7 @@ mod facts;
 mod failure;
 mod history;
 mod schema;
+mod search;
 #[cfg(test)]
 mod tests;
 mod users;

@@ -16,6 +16,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_messages_without_foreign_keys.sql"),
     include_str!("../migrations/0003_events.sql"),
+    include_str!("../migrations/0004_search.sql"),
 ];
 
 /// Applies the migrations the database has not seen yet, in one transaction; a database

@@ -1,4 +1,4 @@
-//! The store contract against [`PgStore`], one fresh database per test.
+//! The store and search contracts against [`PgStore`], one fresh database per test.
 //!
 //! The server comes from `PARLOR_TEST_PG_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates
@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use parlor_core::ports::Store;
+use parlor_core::search::Search;
 use parlor_postgres::PgStore;
+use parlor_testkit::search::SearchFixture;
 use parlor_testkit::store::StoreFixture;
 use tokio_postgres::{Config, NoTls};
 use uuid::Uuid;
@@ -112,3 +114,15 @@ impl Drop for PgFixture {
 }
 
 parlor_testkit::store_contract!(PgFixture::new().await);
+
+impl SearchFixture for PgFixture {
+    fn search(&self) -> Arc<dyn Search> {
+        self.store.clone()
+    }
+}
+
+mod search {
+    use super::PgFixture;
+
+    parlor_testkit::search_contract!(PgFixture::new().await);
+}

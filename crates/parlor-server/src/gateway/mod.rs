@@ -7,7 +7,8 @@
 //!   markers, typing, logout), transport-free, with errors as `ApiError`;
 //! - `extract`: what every request is checked for (caller, CSRF, other sites, request limit)
 //!   and JSON bodies; `origin`: origins compared as origins;
-//! - `http` and `ws`: the two transports, translating to and from `actions`;
+//! - `http` and `ws`: the two transports, translating to and from `actions`; `search`, the
+//!   search endpoint (HTTP only);
 //! - `inbox` (with `reorder`): commands relayed to this node, in `seq` order, to `hub`, the
 //!   node's connections.
 
@@ -18,6 +19,7 @@ mod hub;
 mod inbox;
 mod origin;
 mod reorder;
+mod search;
 mod ws;
 
 use std::sync::Arc;
@@ -130,6 +132,7 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .route("/conversations/{id}/read", post(http::mark_read))
         .route("/conversations/{id}/delivered", post(http::mark_delivered))
         .route("/conversations/{id}/mute", put(http::set_muted))
+        .route("/search", get(search::search))
         .route("/openapi.json", get(http::openapi))
         .route("/ws", get(ws::upgrade))
         .fallback(|| async { HttpError::new(ErrorCode::NotFound, "no such endpoint") })

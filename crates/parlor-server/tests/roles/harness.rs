@@ -81,6 +81,7 @@ impl Harness {
             registry: self.registry.clone(),
             presence: self.registry.clone(),
             relay: self.relay.clone(),
+            search: None,
         }
     }
 

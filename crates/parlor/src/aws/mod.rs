@@ -165,6 +165,8 @@ impl Aws {
             registry: self.registry.clone(),
             presence: self.registry.clone(),
             relay: self.relay.clone(),
+            // DynamoDB has no full-text index: the gateway answers `not_available`.
+            search: None,
         }
     }
 }

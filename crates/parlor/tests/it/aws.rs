@@ -206,6 +206,13 @@ async fn users_on_different_gateways_chat(deployment: &AwsDeployment) {
     let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     let _ = alice_id;
+
+    // DynamoDB has no full-text index: search says so, plainly.
+    let answer = alice_http.get("/api/v1/search?q=hi", &alice).await;
+    assert_eq!(
+        (answer.status, answer.json()["error"]["code"].clone()),
+        (501, json!("not_available"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,19 @@ async fn users_on_different_gateways_chat_both_ways() {
     let senders: Vec<&Value> = history.iter().map(|m| &m["sender_id"]).collect();
     assert_eq!(senders, [&json!(alice_id), &json!(bob_id)]);
 
+    // Search on PostgreSQL: both stored messages, found through either gateway.
+    let found = http
+        .get("/api/v1/search?q=hello%20gate&sort=recent", &bob)
+        .await;
+    assert_eq!(found.status, 200, "{found:?}");
+    let seqs: Vec<Value> = found.json()["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hit| hit["seq"].clone())
+        .collect();
+    assert_eq!(seqs, [json!(2), json!(1)]);
+
     // A resend after a reconnect (to the other gateway) goes back to Alice only.
     drop(alice_ws);
     let mut alice_ws = Ws::connect(&cluster.gateways[1].address, &alice).await;

@@ -115,6 +115,30 @@ async fn every_accepted_message_survives_kill_9_exactly_once_in_order() {
         );
     }
 
+    // The search index was written in the same transactions: every stored message is found
+    // (a sample of them, by their exact words: a space after the last), and nothing is found
+    // twice.
+    for message in history.iter().step_by((history.len() / 25).max(1)) {
+        let body = format!("{} ", message["body"].as_str().unwrap()).replace(' ', "%20");
+        let path = format!("/api/v1/search?q={body}&conversation_id={conversation}&limit=50");
+        let answer = http.get(&path, &bob).await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let seqs: Vec<u64> = answer.json()["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hit| hit["seq"].as_u64().unwrap())
+            .collect();
+        assert!(
+            seqs.contains(&message["seq"].as_u64().unwrap()),
+            "{body}: {seqs:?}"
+        );
+        assert!(
+            seqs.len() == seqs.iter().collect::<HashSet<_>>().len(),
+            "found twice: {seqs:?}"
+        );
+    }
+
     // Resending every message (the client's retry after reconnecting) stores nothing twice.
     let mut ws = Ws::connect(&server.address, &alice).await;
     let resent: Vec<&String> = accepted.iter().take(50).collect();

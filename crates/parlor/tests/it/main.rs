@@ -14,4 +14,5 @@ mod durability;
 mod events;
 mod harness;
 mod protocol;
+mod search;
 mod security;
