@@ -98,7 +98,7 @@ export function SearchDialog(props: SearchDialogProps) {
     case 'ready':
       status =
         hits.length === 0
-          ? `No messages match “${state.query?.q ?? query}”${filtered(input) ? ' with these filters' : ''}.`
+          ? `No messages match “${state.query?.q.trim() ?? query}”${filtered(input) ? ' with these filters' : ''}.`
           : `${hits.length}${state.nextCursor ? '+' : ''} message${hits.length === 1 && !state.nextCursor ? '' : 's'} found`;
       break;
     case 'unavailable':

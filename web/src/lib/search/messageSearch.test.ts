@@ -37,8 +37,9 @@ async function flush(): Promise<void> {
 describe('queryOf', () => {
   const input: SearchInput = { text: '  deploy friday ', conversationId: null, senderId: null, range: 'any', sort: 'recent' };
 
-  it('trims the text and leaves unset filters out', () => {
-    expect(queryOf(input, 0)).toEqual({ q: 'deploy friday', sort: 'recent', limit: SEARCH_LIMITS.pageHits });
+  it('trims the text, keeping one space after the last word (then matched whole), and leaves unset filters out', () => {
+    expect(queryOf(input, 0)).toEqual({ q: 'deploy friday ', sort: 'recent', limit: SEARCH_LIMITS.pageHits });
+    expect(queryOf({ ...input, text: '  deploy fri' }, 0)!.q).toBe('deploy fri');
     expect(queryOf({ ...input, text: '   ' }, 0)).toBeNull();
   });
 

@@ -41,8 +41,9 @@ export interface SearchInput {
 
 /** The query for `input` at `nowMs` (the date range is relative to now); null if there is nothing to ask. */
 export function queryOf(input: SearchInput, nowMs: number): SearchQuery | null {
-  const q = input.text.trim().slice(0, LIMITS.searchQueryCharsMax);
-  if (q === '') return null;
+  // A space after the last word is kept: the server then matches it whole, not as a prefix.
+  const q = input.text.trimStart().replace(/\s+$/, ' ').slice(0, LIMITS.searchQueryCharsMax);
+  if (q.trim() === '') return null;
   const query: SearchQuery = { q, sort: input.sort, limit: SEARCH_LIMITS.pageHits };
   if (input.conversationId !== null) query.conversation_id = input.conversationId;
   if (input.senderId !== null) query.sender_id = input.senderId;
@@ -119,7 +120,7 @@ export class MessageSearch {
     this.cancel();
     if (query === null) return this.update(IDLE_SEARCH);
     const generation = this.generation;
-    const short = !immediate && query.q.length < SEARCH_LIMITS.typedCharsMin;
+    const short = !immediate && query.q.trim().length < SEARCH_LIMITS.typedCharsMin;
     // Too short to search as you type (one letter matches nearly everything): wait for Enter.
     // The hits shown stay until the answer replaces them, so that typing does not flicker.
     const hits = short ? [] : this.current.hits;
