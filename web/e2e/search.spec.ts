@@ -65,6 +65,7 @@ test('a search finds an old message and opens it in its conversation, with the h
   await screenshot(page, 'search-panel');
 
   // Arrows move through the results, the focus staying in the field; Enter opens.
+  await field.focus();
   await page.keyboard.press('ArrowDown');
   await expect(results(page).first()).toHaveAttribute('aria-selected', 'true');
   await page.keyboard.press('ArrowDown');
