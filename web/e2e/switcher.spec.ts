@@ -31,6 +31,9 @@ test('the quick switcher jumps to a chat or a person from the keyboard alone', a
   await expect(options.first()).toHaveAttribute('aria-selected', 'true');
   await expect(options.first().getByLabel('1 unread')).toBeVisible();
   await screenshot(page, 'switcher');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await screenshot(page, 'switcher-dark');
+  await page.emulateMedia({ colorScheme: 'light' });
 
   // A group by a word of its title; Enter opens the best match.
   await page.keyboard.type('trip');

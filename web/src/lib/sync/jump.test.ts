@@ -157,6 +157,24 @@ describe('jumping to a message', () => {
     expect(seqs().at(-1)).toBe(next.seq);
   });
 
+  it('stays where the reader is across a reconnect, and pages forward from there afterwards', async () => {
+    server.storeMany(DM, bob.id, 450);
+    await start();
+    await engine.jumpTo(DM, 10);
+    engine.setActive(DM);
+    await settle();
+    const before = seqs();
+    engine.setSocketStatus('closed');
+    engine.setSocketStatus('open');
+    engine.handleFrame({ type: 'hello', user_id: alice.id });
+    await settle();
+    expect(seqs()).toEqual(before);
+    expect(timeline().hasNewer).toBe(true);
+    await engine.loadNewer(DM);
+    expect(contiguous(seqs())).toBe(true);
+    expect(seqs()[0]).toBe(before[0]);
+  });
+
   it('applies edits and reactions that come after the window in seq order when paging forward', async () => {
     server.storeMany(DM, bob.id, 300);
     await start();
