@@ -5,6 +5,7 @@
 //! `parlor-nats`, `parlor-postgres`) implement its ports; `parlor-server` uses them as
 //! `Arc<dyn _>`.
 
+pub mod blobs;
 pub mod error;
 pub mod events;
 pub mod ids;

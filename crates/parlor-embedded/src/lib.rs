@@ -3,16 +3,20 @@
 //! - [`WalQueue`]: the inbound and notification queues and their dead-letter sides, on
 //!   `parlor-wal`.
 //! - [`SqliteStore`]: users, sessions, conversations, messages and read markers in SQLite.
+//! - [`DirBlobStore`]: the files shared in conversations, content-addressed, under the data
+//!   directory's `blobs/`.
 //! - [`MemoryRegistry`]: connections and presence in memory; [`LocalRelay`]: commands to the
 //!   gateway node in this process.
 //!
 //! Depends on `parlor-core` and `parlor-wal`; never on `parlor-server`.
 
+mod blobs;
 mod queue;
 mod registry;
 mod relay;
 mod store;
 
+pub use blobs::DirBlobStore;
 /// For fault-injection tests ([`WalQueue::open_with_sync_hook`]).
 #[doc(hidden)]
 pub use parlor_wal::SyncHook;

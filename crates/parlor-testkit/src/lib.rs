@@ -6,6 +6,7 @@
 //! nats-server and a PostgreSQL server of the caller's own; `client` speaks protocol v1 over
 //! real sockets.
 
+pub mod blobs;
 pub mod client;
 pub mod process;
 pub mod queue;

@@ -1,3 +1,4 @@
+mod blobs;
 mod queue;
 mod registry;
 mod store;
