@@ -2,19 +2,38 @@ import { useEffect, useMemo, useRef, useState, useSyncExternalStore } from 'reac
 
 import { Avatar } from '../components/ui/Avatar.tsx';
 import { Icon } from '../components/ui/Icon.tsx';
+import { ChatFilter } from '../features/chats/ChatFilter.tsx';
 import { ChatInfoDialog } from '../features/chats/ChatInfoDialog.tsx';
 import { ChatList } from '../features/chats/ChatList.tsx';
 import { NewChatDialog } from '../features/chats/NewChatDialog.tsx';
 import { NewGroupDialog } from '../features/chats/NewGroupDialog.tsx';
+import { QuickSwitcher } from '../features/chats/QuickSwitcher.tsx';
 import { ConversationView } from '../features/conversation/ConversationView.tsx';
 import { plainText } from '../features/conversation/markdown.ts';
 import { PresenceDot } from '../features/presence/PresenceDot.tsx';
 import { PresenceStatus } from '../features/presence/PresenceStatus.tsx';
-import type { Conversation, ConversationId, User, UserId } from '../lib/api/types.ts';
+import { SearchDialog } from '../features/search/SearchDialog.tsx';
+import { useMessageSearch } from '../features/search/useMessageSearch.ts';
+import type { Conversation, ConversationId, SearchHit, User, UserId } from '../lib/api/types.ts';
+import { hitKey, queryOf, type SearchInput } from '../lib/search/messageSearch.ts';
 import type { ChatView, EngineState, SyncEngine } from '../lib/sync/engine.ts';
 import { notificationAccess, notifyIncoming, requestNotifications, type NotificationAccess } from './notifications.ts';
 import { startSession, type Session } from './session.ts';
+import { isTextField, shortcutLabel, shortcutOf } from './shortcuts.ts';
 import { conversationHref, useHashRoute } from './useHashRoute.ts';
+
+const MAC = typeof navigator !== 'undefined' && /Mac|iPhone|iPad/.test(navigator.platform);
+const SWITCHER_KEYS = `${shortcutLabel('switcher', MAC)}`;
+const SEARCH_KEYS = `${shortcutLabel('search', MAC)} or /`;
+
+const NO_SEARCH: SearchInput = { text: '', conversationId: null, senderId: null, range: 'any', sort: 'relevance' };
+
+/** A message to show in context, asked by a search result; `token` tells two asks apart. */
+interface Jump {
+  conversationId: ConversationId;
+  seq: number;
+  token: number;
+}
 
 interface ChatAppProps {
   user: User;
@@ -53,10 +72,28 @@ interface ShellProps {
 
 function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
   const state = useSyncExternalStore(engine.subscribe, engine.getState);
-  const [dialog, setDialog] = useState<'chat' | 'group' | 'info' | null>(null);
+  const [dialog, setDialog] = useState<'chat' | 'group' | 'info' | 'search' | 'switcher' | null>(null);
   const [access, setAccess] = useState<NotificationAccess>(notificationAccess);
+  const [chatFilter, setChatFilter] = useState('');
+  const [searchInput, setSearchInput] = useState<SearchInput>(NO_SEARCH);
+  const [searchState, search] = useMessageSearch();
+  const [lastOpenedHit, setLastOpenedHit] = useState<string | null>(null);
+  const [jump, setJump] = useState<Jump | null>(null);
+  const jumpTokens = useRef(0);
 
   useEffect(() => engine.setActive(activeId), [engine, activeId]);
+
+  // Ctrl/Cmd+K: the switcher; Ctrl/Cmd+Shift+F or "/": search (see shortcuts.ts for why).
+  useEffect(() => {
+    const onKey = (event: KeyboardEvent) => {
+      const shortcut = shortcutOf(event, isTextField(event.target));
+      if (shortcut === null) return;
+      event.preventDefault();
+      setDialog((current) => (current === shortcut ? null : shortcut));
+    };
+    window.addEventListener('keydown', onKey);
+    return () => window.removeEventListener('keydown', onKey);
+  }, []);
 
   // A muted chat counts only what mentions me, as its notifications do.
   const totalUnread = state.chats.reduce((sum, chat) => sum + (chat.muted ? chat.unreadMentions : chat.unread), 0);
@@ -77,6 +114,23 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
       navigate(null);
     }
   }, [activeChat, activeId, state.chatsStatus, navigate]);
+
+  /** Opens the search, scoped as asked (undefined: as it was); a changed scope searches again. */
+  const openSearch = (conversationId?: ConversationId | null) => {
+    if (conversationId !== undefined && conversationId !== searchInput.conversationId) {
+      const next = { ...searchInput, conversationId };
+      setSearchInput(next);
+      search.setQuery(queryOf(next, Date.now()), true);
+    }
+    setDialog('search');
+  };
+  const openHit = (hit: SearchHit) => {
+    setLastOpenedHit(hitKey(hit));
+    setDialog(null);
+    jumpTokens.current += 1;
+    setJump({ conversationId: hit.conversation_id, seq: hit.seq, token: jumpTokens.current });
+    navigate(hit.conversation_id);
+  };
 
   const opened = (conversation: Conversation) => {
     setDialog(null);
@@ -105,6 +159,26 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
             <span className="me-name">{state.me.username}</span>
           </div>
           <div className="header-actions">
+            <button
+              type="button"
+              className="icon-button"
+              aria-label="Search messages"
+              title={`Search messages (${SEARCH_KEYS})`}
+              aria-keyshortcuts="Control+Shift+F Meta+Shift+F /"
+              onClick={() => openSearch(null)}
+            >
+              <Icon name="search" />
+            </button>
+            <button
+              type="button"
+              className="icon-button"
+              aria-label="Jump to a chat or person"
+              title={`Jump to a chat or person (${SWITCHER_KEYS})`}
+              aria-keyshortcuts="Control+K Meta+K"
+              onClick={() => setDialog('switcher')}
+            >
+              <Icon name="jump" />
+            </button>
             {access === 'default' ? (
               <button
                 type="button"
@@ -129,8 +203,10 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
             <Icon name="group" /> New group
           </button>
         </div>
+        <ChatFilter value={chatFilter} onChange={setChatFilter} />
         <nav className="chat-nav" aria-label="Conversations">
           <ChatList
+            filter={chatFilter}
             chats={state.chats}
             status={state.chatsStatus}
             activeId={activeId}
@@ -161,6 +237,22 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
             onDelete={(seq) => act(() => engine.deleteMessage(activeChat.id, seq))}
             onReact={(seq, emoji) => act(() => engine.toggleReaction(activeChat.id, seq, emoji))}
             onLoadUntil={(seq) => engine.loadUntil(activeChat.id, seq)}
+            onJumpTo={(seq) => engine.jumpTo(activeChat.id, seq)}
+            onLoadNewer={() => void engine.loadNewer(activeChat.id)}
+            onJumpToLatest={() => engine.jumpToLatest(activeChat.id)}
+            jump={jump?.conversationId === activeChat.id ? jump : null}
+            onJumpStarted={() => setJump(null)}
+            headerActions={
+              <button
+                type="button"
+                className="icon-button"
+                aria-label="Search in this chat"
+                title="Search in this chat"
+                onClick={() => openSearch(activeChat.id)}
+              >
+                <Icon name="search" />
+              </button>
+            }
             onOpenInfo={() => setDialog('info')}
             onTyping={() => engine.typingIn(activeChat.id)}
             onLoadOlder={() => void engine.loadOlder(activeChat.id)}
@@ -206,6 +298,34 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
           onRemove={(userId) => act(() => engine.removeMember(activeChat.id, userId))}
           onSetRole={(userId, role) => act(() => engine.setRole(activeChat.id, userId, role))}
           onLeave={() => act(() => engine.leave(activeChat.id))}
+        />
+      ) : null}
+      {dialog === 'search' ? (
+        <SearchDialog
+          input={searchInput}
+          onInput={setSearchInput}
+          state={searchState}
+          search={search}
+          chats={state.chats}
+          names={state.names}
+          meId={state.me.id}
+          lastOpened={lastOpenedHit}
+          onOpen={openHit}
+          onClose={() => setDialog(null)}
+        />
+      ) : null}
+      {dialog === 'switcher' ? (
+        <QuickSwitcher
+          chats={state.chats}
+          meId={state.me.id}
+          renderPresence={renderPresence}
+          onOpenChat={(id) => {
+            setDialog(null);
+            navigate(id);
+          }}
+          onCreated={opened}
+          onPresence={(members) => engine.notePresence(members)}
+          onClose={() => setDialog(null)}
         />
       ) : null}
       {dialog === 'group' ? (

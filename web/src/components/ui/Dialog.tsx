@@ -6,6 +6,8 @@ interface DialogProps {
   title: string;
   onClose: () => void;
   children: ReactNode;
+  /** Beside `dialog`: `is-wide` for a search, say. */
+  className?: string;
 }
 
 /**
@@ -13,7 +15,7 @@ interface DialogProps {
  * closes it, and it is announced with its title. The element marked `data-autofocus`
  * gets the focus when it opens; the element that had it before gets it back on close.
  */
-export function Dialog({ title, onClose, children }: DialogProps) {
+export function Dialog({ title, onClose, children, className }: DialogProps) {
   const ref = useRef<HTMLDialogElement>(null);
   const titleId = useId();
 
@@ -36,7 +38,7 @@ export function Dialog({ title, onClose, children }: DialogProps) {
   return (
     <dialog
       ref={ref}
-      className="dialog"
+      className={className ? `dialog ${className}` : 'dialog'}
       aria-labelledby={titleId}
       onCancel={(event) => {
         event.preventDefault();

@@ -19,6 +19,8 @@ const PATHS = {
   mute: 'M6 16V11a6 6 0 0 1 9.5-4.9M18 11v5l2 2H8M10 20a2 2 0 0 0 4 0M4 4l16 16',
   edit: 'M4 20h4L19 9l-4-4L4 16v4z',
   alert: 'M12 8v5M12 16.5v.5M12 3l10 18H2L12 3z',
+  search: 'M11 18a7 7 0 1 0 0-14 7 7 0 0 0 0 14zM20 20l-4-4',
+  jump: 'M4 7h16M4 12h10M4 17h7M17 14l3 3-3 3',
 } as const;
 
 export type IconName = keyof typeof PATHS;

@@ -1,10 +1,11 @@
-import { memo, type ReactNode } from 'react';
+import { memo, useMemo, type ReactNode } from 'react';
 
 import { Avatar } from '../../components/ui/Avatar.tsx';
 import { shortWhen } from '../../components/ui/format.ts';
 import { Icon } from '../../components/ui/Icon.tsx';
 import type { ConversationId, UserId } from '../../lib/api/types.ts';
 import type { ChatView, LoadStatus } from '../../lib/sync/engine.ts';
+import { filterChats } from './chatMatch.ts';
 
 interface ChatListProps {
   chats: readonly ChatView[];
@@ -18,22 +19,28 @@ interface ChatListProps {
   renderPresence: (userId: UserId) => ReactNode;
   /** A body as one line of plain text (markup dropped). */
   previewOf: (body: string) => string;
+  /** Only the chats whose title or members' names contain these words (see ChatFilter). */
+  filter: string;
 }
 
 /** The chat list: a list named "Chats" whose items are named with each chat's title. */
-export function ChatList({ chats, status, activeId, meId, typing, hrefOf, renderPresence, previewOf }: ChatListProps) {
-  if (status === 'loading' && chats.length === 0) {
+export function ChatList({ chats: all, status, activeId, meId, typing, hrefOf, renderPresence, previewOf, filter }: ChatListProps) {
+  const chats = useMemo(() => filterChats(all, filter, meId), [all, filter, meId]);
+  if (status === 'loading' && all.length === 0) {
     return <p className="chats-empty">Loading chats…</p>;
   }
-  if (status === 'error' && chats.length === 0) {
+  if (status === 'error' && all.length === 0) {
     return (
       <p className="chats-empty" role="alert">
         Could not load your chats. Retrying…
       </p>
     );
   }
-  if (chats.length === 0) {
+  if (all.length === 0) {
     return <p className="chats-empty">No chats yet. Start one with “New chat”.</p>;
+  }
+  if (chats.length === 0) {
+    return <p className="chats-empty">No chats match “{filter.trim()}”.</p>;
   }
   return (
     <ul className="chat-list" aria-label="Chats">

@@ -29,8 +29,23 @@ interface ConversationViewProps {
   onDelete: (seq: number) => void;
   onReact: (seq: number, emoji: string) => void;
   onLoadUntil: (seq: number) => Promise<boolean>;
+  /** Makes the message at `seq` held (paged in, or a window around it); resolves with whether it is. */
+  onJumpTo: (seq: number) => Promise<boolean>;
   onTyping: () => void;
   onLoadOlder: () => void;
+  /** Pages newer messages into a window away from the newest. */
+  onLoadNewer: () => void;
+  /** Replaces a window away from the newest with the newest messages. */
+  onJumpToLatest: () => Promise<void>;
+  /**
+   * A message to show in context, asked from outside (a search result): scrolled to and
+   * highlighted. A new `token` asks again for the same seq.
+   */
+  jump: { seq: number; token: number } | null;
+  /** The jump asked for started: the caller forgets it, so that reopening the chat later does not jump again. */
+  onJumpStarted: () => void;
+  /** More buttons in the header, before "Chat info" (search in this chat). */
+  headerActions?: ReactNode;
   onRetry: (clientMsgId: string) => void;
   onDiscard: (clientMsgId: string) => void;
   /** Opens the members, mute and settings panel. */
@@ -45,6 +60,8 @@ const EMPTY_TIMELINE: TimelineView = {
   pending: [],
   hasOlder: false,
   loadingOlder: false,
+  hasNewer: false,
+  loadingNewer: false,
 };
 
 const HIGHLIGHT_MS = 2_500;
@@ -92,7 +109,8 @@ export function ConversationView(props: ConversationViewProps) {
       onDelete: (seq) => setDeletingSeq(seq),
       onReact: (seq, emoji) => latest.current.onReact(seq, emoji),
       onJumpTo: (seq) => {
-        void latest.current.onLoadUntil(seq).then(() => {
+        void latest.current.onJumpTo(seq).then((held) => {
+          if (!held) return;
           setHighlightSeq(seq);
           if (highlightTimer.current !== null) window.clearTimeout(highlightTimer.current);
           highlightTimer.current = window.setTimeout(() => setHighlightSeq(null), HIGHLIGHT_MS);
@@ -103,6 +121,15 @@ export function ConversationView(props: ConversationViewProps) {
     }),
     [],
   );
+
+  // A jump asked from outside runs once per token (when this mounts with it, too).
+  const jumpSeq = props.jump?.seq ?? null;
+  const jumpToken = props.jump?.token ?? null;
+  useEffect(() => {
+    if (jumpSeq === null || jumpToken === null) return;
+    actions.onJumpTo(jumpSeq);
+    latest.current.onJumpStarted();
+  }, [jumpSeq, jumpToken, actions]);
 
   const editLast = () => {
     for (let i = timeline.messages.length - 1; i >= 0; i--) {
@@ -134,6 +161,7 @@ export function ConversationView(props: ConversationViewProps) {
             <span className="conversation-status">{props.status}</span>
           </span>
         </button>
+        {props.headerActions}
         <button type="button" className="icon-button" aria-label="Chat info" title="Chat info" onClick={props.onOpenInfo}>
           <Icon name="info" />
         </button>
@@ -147,6 +175,8 @@ export function ConversationView(props: ConversationViewProps) {
         unreadCount={unreadCount}
         highlightSeq={highlightSeq}
         onLoadOlder={loadOlder}
+        onLoadNewer={props.onLoadNewer}
+        onJumpToLatest={props.onJumpToLatest}
         onLoadUntil={onLoadUntil}
         actions={actions}
       />

@@ -20,6 +20,9 @@ interface MessageListProps {
   /** The message to scroll to and highlight (a reply's original). */
   highlightSeq: number | null;
   onLoadOlder: () => void;
+  /** Pages newer messages into a window away from the newest. */
+  onLoadNewer: () => void;
+  onJumpToLatest: () => Promise<void>;
   /** Pages history in until everything from `seq` on is loaded. */
   onLoadUntil: (seq: number) => Promise<boolean>;
   actions: MessageActions;
@@ -39,8 +42,8 @@ type Row = Item | { kind: 'notice'; key: string; event: ConversationEvent };
  * unread message when there are some.
  */
 export function MessageList(props: MessageListProps) {
-  const { chat, timeline, meId, names, unreadAfterSeq, highlightSeq, onLoadOlder, onLoadUntil, actions } = props;
-  const { messages, notices, pending, hasOlder, loadingOlder, status } = timeline;
+  const { chat, timeline, meId, names, unreadAfterSeq, highlightSeq, onLoadOlder, onLoadNewer, onJumpToLatest, onLoadUntil, actions } = props;
+  const { messages, notices, pending, hasOlder, loadingOlder, hasNewer, loadingNewer, status } = timeline;
   const scrollRef = useRef<HTMLDivElement>(null);
   const place = useRef({ atBottom: true, firstKey: '', lastKey: '', scrollHeight: 0, opened: false });
   const [unseenBelow, setUnseenBelow] = useState(false);
@@ -93,6 +96,10 @@ export function MessageList(props: MessageListProps) {
       if (divider) {
         scrollToTop(el, divider);
         place.current.atBottom = el.scrollHeight - el.scrollTop - el.clientHeight <= STICKY_PX;
+      } else if (hasNewer) {
+        // Opened at a message far back (a search result): the jump scrolls to it. At the
+        // bottom, this window's end, the next newer page would be asked for at once.
+        place.current.atBottom = false;
       } else {
         el.scrollTop = el.scrollHeight;
         place.current.atBottom = true;
@@ -100,6 +107,8 @@ export function MessageList(props: MessageListProps) {
     } else if (before.firstKey !== '' && firstKey !== before.firstKey && before.lastKey === lastKey) {
       // An older page went in front: keep what the reader was looking at where it was.
       el.scrollTop += el.scrollHeight - before.scrollHeight;
+    } else if (hasNewer) {
+      // A window of older history: newer pages go in below, the reader stays where they are.
     } else if (before.atBottom || (lastKey !== before.lastKey && lastIsMine)) {
       el.scrollTop = el.scrollHeight;
       place.current.atBottom = true;
@@ -109,7 +118,7 @@ export function MessageList(props: MessageListProps) {
     }
     place.current = { ...place.current, firstKey, lastKey, scrollHeight: el.scrollHeight };
     checkUnreadAbove();
-  }, [firstKey, lastKey, lastIsMine, rows.length, status, checkUnreadAbove]);
+  }, [firstKey, lastKey, lastIsMine, rows.length, status, hasNewer, checkUnreadAbove]);
 
   // A short history may not fill the view; then nothing scrolls, so load until it does.
   useLayoutEffect(() => {
@@ -138,6 +147,9 @@ export function MessageList(props: MessageListProps) {
     if (!target) return;
     target.scrollIntoView?.({ block: 'center' });
     target.focus({ preventScroll: true });
+    // The scroll event comes later; until then, what follows must not think the reader is at the bottom.
+    const el = scrollRef.current;
+    if (el) place.current.atBottom = el.scrollHeight - el.scrollTop - el.clientHeight <= STICKY_PX;
   }, [highlightSeq, messages]);
 
   const onScroll = useCallback(() => {
@@ -149,7 +161,9 @@ export function MessageList(props: MessageListProps) {
     if (atBottom) setUnseenBelow(false);
     checkUnreadAbove();
     if (el.scrollTop <= LOAD_OLDER_PX && hasOlder && !loadingOlder && status === 'ready') onLoadOlder();
-  }, [hasOlder, loadingOlder, status, onLoadOlder, checkUnreadAbove]);
+    const fromBottom = el.scrollHeight - el.scrollTop - el.clientHeight;
+    if (fromBottom <= LOAD_OLDER_PX && hasNewer && !loadingNewer && status === 'ready') onLoadNewer();
+  }, [hasOlder, loadingOlder, hasNewer, loadingNewer, status, onLoadOlder, onLoadNewer, checkUnreadAbove]);
 
   const jumpToBottom = () => {
     const el = scrollRef.current;
@@ -157,6 +171,11 @@ export function MessageList(props: MessageListProps) {
     el.scrollTop = el.scrollHeight;
     place.current.atBottom = true;
     setUnseenBelow(false);
+  };
+
+  const jumpToLatest = async () => {
+    await onJumpToLatest();
+    requestAnimationFrame(jumpToBottom);
   };
 
   const jumpToUnread = async () => {
@@ -231,8 +250,19 @@ export function MessageList(props: MessageListProps) {
             );
           })}
         </ol>
+        {hasNewer ? (
+          <div className="history-edge is-newer">
+            <button type="button" className="link-button" onClick={onLoadNewer} aria-disabled={loadingNewer}>
+              {loadingNewer ? 'Loading newer messages…' : 'Load newer messages'}
+            </button>
+          </div>
+        ) : null}
       </div>
-      {unseenBelow ? (
+      {hasNewer ? (
+        <button type="button" className="jump-button" onClick={() => void jumpToLatest()}>
+          <Icon name="down" /> Jump to latest
+        </button>
+      ) : unseenBelow ? (
         <button type="button" className="jump-button" onClick={jumpToBottom}>
           <Icon name="down" /> New messages
         </button>

@@ -26,14 +26,14 @@ function chat(kind: 'direct' | 'group', members: ConversationMember[], extra: Pa
 }
 
 function timeline(messages: Message[], notices: ConversationEvent[] = []): TimelineView {
-  return { status: 'ready', error: null, messages, notices, pending: [], hasOlder: false, loadingOlder: false };
+  return { status: 'ready', error: null, messages, notices, pending: [], hasOlder: false, loadingOlder: false, hasNewer: false, loadingNewer: false };
 }
 
 function actions(): MessageActions {
   return { onReply: vi.fn(), onEdit: vi.fn(), onDelete: vi.fn(), onReact: vi.fn(), onJumpTo: vi.fn(), onRetry: vi.fn(), onDiscard: vi.fn() };
 }
 
-function list(c: ChatView, t: TimelineView, a = actions(), unreadAfterSeq: number | null = null) {
+function list(c: ChatView, t: TimelineView, a = actions(), unreadAfterSeq: number | null = null, window = { onLoadNewer: () => {}, onJumpToLatest: () => Promise.resolve() }) {
   render(
     <MessageList
       chat={c}
@@ -44,6 +44,8 @@ function list(c: ChatView, t: TimelineView, a = actions(), unreadAfterSeq: numbe
       unreadCount={2}
       highlightSeq={null}
       onLoadOlder={() => {}}
+      onLoadNewer={window.onLoadNewer}
+      onJumpToLatest={window.onJumpToLatest}
       onLoadUntil={() => Promise.resolve(true)}
       actions={a}
     />,
@@ -52,6 +54,17 @@ function list(c: ChatView, t: TimelineView, a = actions(), unreadAfterSeq: numbe
 }
 
 describe('MessageList', () => {
+  it('offers newer messages and the way back to the latest in a window of older history', () => {
+    const onLoadNewer = vi.fn();
+    const onJumpToLatest = vi.fn(() => Promise.resolve());
+    const t = { ...timeline([msg(1, 'u-ann', 'old one')]), hasNewer: true };
+    list(chat('direct', [member(ME, 9, 9), member('u-ann', 9, 9)]), t, actions(), null, { onLoadNewer, onJumpToLatest });
+    fireEvent.click(screen.getByRole('button', { name: 'Load newer messages' }));
+    expect(onLoadNewer).toHaveBeenCalled();
+    fireEvent.click(screen.getByRole('button', { name: 'Jump to latest' }));
+    expect(onJumpToLatest).toHaveBeenCalledTimes(1);
+  });
+
   it('shows sent, delivered and seen in a direct chat from the peer’s markers', () => {
     const items = list(chat('direct', [member(ME, 3, 3), member('u-ann', 1, 2)]), timeline([msg(1, ME, 'one'), msg(2, ME, 'two'), msg(3, ME, 'three')]));
     expect(within(items[0]!).getByText('Seen')).toBeTruthy();

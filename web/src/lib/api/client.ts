@@ -10,6 +10,8 @@ import type {
   Member,
   Message,
   Page,
+  SearchPage,
+  SearchQuery,
   User,
   UserId,
 } from './types.ts';
@@ -202,4 +204,13 @@ export function setMuted(conversation: ConversationId, muted: boolean): Promise<
     method: 'PUT',
     body: { muted },
   });
+}
+
+/** Messages matching `query` in the caller's conversations; 501 `not_available` where the server has no search. */
+export function searchMessages(query: SearchQuery, signal?: AbortSignal): Promise<SearchPage> {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(query)) {
+    if (value !== undefined && value !== '') params.set(key, String(value));
+  }
+  return api<SearchPage>(`/search?${params}`, { signal });
 }

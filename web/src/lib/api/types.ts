@@ -150,6 +150,44 @@ export interface AuthResponse {
   token: string;
 }
 
+/** One run of a search hit's snippet: `hit` marks the words that matched. */
+export interface SnippetSegment {
+  text: string;
+  hit?: boolean;
+}
+
+/** A message that matched a search, as `GET /search` answers it. */
+export interface SearchHit {
+  conversation_id: ConversationId;
+  seq: number;
+  sender_id: UserId;
+  created_at: string;
+  edited_at?: string;
+  /** The matched part of the body, ellipsised, in order. */
+  snippet: SnippetSegment[];
+}
+
+export type SearchSort = 'relevance' | 'recent';
+
+/** `GET /search`'s query: every word must match, the last one also as a prefix. */
+export interface SearchQuery {
+  q: string;
+  conversation_id?: ConversationId;
+  sender_id?: UserId;
+  /** RFC 3339 bounds on `created_at`. */
+  after?: string;
+  before?: string;
+  sort?: SearchSort;
+  cursor?: string;
+  limit?: number;
+}
+
+export interface SearchPage {
+  hits: SearchHit[];
+  /** Absent or null when there is nothing more. */
+  next_cursor?: string | null;
+}
+
 /** `before_seq` pages backwards, `after_seq` forwards; neither means the newest page. */
 export interface Page {
   before_seq?: number;
@@ -173,7 +211,9 @@ export type ErrorCode =
   | 'unavailable'
   | 'internal'
   | 'unsupported_media_type'
-  | 'storage_full';
+  | 'storage_full'
+  | 'invalid_request'
+  | 'not_available';
 
 export type ClientFrame =
   | { type: 'send'; conversation_id: ConversationId; client_msg_id: string; body: string; reply_to_seq?: number }
@@ -215,6 +255,8 @@ export const LIMITS = {
   titleCharsMax: 100,
   mentionsMax: 32,
   reactionsDistinctMax: 20,
+  searchQueryCharsMax: 200,
+  searchPageMax: 50,
 } as const;
 
 export const USERNAME_PATTERN = /^[A-Za-z0-9_.-]{3,32}$/;

@@ -162,7 +162,10 @@ export class SyncEngine {
 
   /** The conversation on screen (null for none). Loads it if needed and marks it read. */
   setActive(id: ConversationId | null): void {
-    if (this.core.activeId === id) return;
+    const previous = this.core.activeId;
+    if (previous === id) return;
+    // A window away from the newest messages is not kept for later: the chat reopens at the newest.
+    if (previous !== null && this.timelines.isDetached(previous)) this.timelines.drop(previous);
     this.core.activeId = id;
     if (id !== null) {
       const record = this.timelines.records.get(id);
@@ -222,7 +225,10 @@ export class SyncEngine {
 
   /** Queues a message; it is pending until the server pushes it back with a seq. */
   send(conversationId: ConversationId, body: string, replyToSeq: number | null = null): string {
-    return this.outbox.send(conversationId, body, replyToSeq);
+    const clientMsgId = this.outbox.send(conversationId, body, replyToSeq);
+    // What I send goes at the end: a window of older history makes way for the newest messages.
+    void this.timelines.jumpToLatest(conversationId);
+    return clientMsgId;
   }
 
   /** Replaces the body of my message at `seq`; shown edited at once, stored when its event comes. */
@@ -276,6 +282,25 @@ export class SyncEngine {
       this.chats.setMuted(conversationId, !muted);
       this.notify(`Could not ${muted ? 'mute' : 'unmute'} the chat${error instanceof Error ? `: ${error.message}` : '.'}`);
     });
+  }
+
+  /**
+   * Makes the message at `seq` held to show it in context (a search hit, a reply's original):
+   * pages it in if it is near, else loads a window around it (`hasNewer` until it reaches
+   * the newest). Resolves with whether it is held.
+   */
+  jumpTo(conversationId: ConversationId, seq: number): Promise<boolean> {
+    return this.timelines.jumpTo(conversationId, seq);
+  }
+
+  /** The next newer page of a window away from the newest messages. */
+  loadNewer(conversationId: ConversationId): Promise<void> {
+    return this.timelines.loadNewer(conversationId);
+  }
+
+  /** Replaces a window away from the newest messages with the newest page. */
+  jumpToLatest(conversationId: ConversationId): Promise<void> {
+    return this.timelines.jumpToLatest(conversationId);
   }
 
   /** Pages older history in until everything from `seq` on is loaded; resolves with whether it is. */

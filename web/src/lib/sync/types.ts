@@ -44,6 +44,10 @@ export const systemClock: Clock = {
 export const SYNC_LIMITS = {
   /** Newest page loaded when a conversation is opened, and each older page. */
   pageMessages: 50,
+  /** Messages up to a message jumped to, when a window is loaded around it. */
+  aroundMessages: 25,
+  /** A message jumped to at most this many seqs above the oldest held is paged in; farther, a window is loaded. */
+  jumpPagesBackSeqsMax: 200,
   /** Forward page size when catching up (the server's maximum). */
   catchUpPageMessages: LIMITS.historyPageMax,
   /** Forward pages per catch-up before jumping to the newest page instead. */
@@ -118,6 +122,9 @@ export interface TimelineView {
   pending: readonly PendingMessage[];
   hasOlder: boolean;
   loadingOlder: boolean;
+  /** A window away from the newest messages is shown: newer ones are paged in on request. */
+  hasNewer: boolean;
+  loadingNewer: boolean;
 }
 
 /** Something the user should hear of that belongs to no screen: a refused change, say. */
