@@ -78,7 +78,10 @@ impl AwsDeployment {
             ("PARLOR_AWS_CREATE".into(), "true".into()),
             // A killed persister's entries come back after this.
             ("PARLOR_AWS_VISIBILITY_TIMEOUT_SECS".into(), "3".into()),
-        ];
+        ]
+        .into_iter()
+        .chain(crate::harness::s3_env(&format!("it-{id}")))
+        .collect();
         let env: Vec<(&str, &str)> = environment
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))

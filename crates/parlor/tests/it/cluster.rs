@@ -51,11 +51,13 @@ impl Cluster {
             "--namespace",
             namespace.as_str(),
         ];
+        let s3 = crate::harness::s3_env(&namespace);
+        let env: Vec<(&str, &str)> = s3.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let spawn = |role: &str, extra: &[&str]| {
             let mut args = vec![role, "--listen", "127.0.0.1:0"];
             args.extend_from_slice(&shared);
             args.extend_from_slice(extra);
-            Server::spawn(&args, &[])
+            Server::spawn(&args, &env)
         };
         let gateways: Vec<Server> = (0..2)
             .map(|_| spawn("gateway", &["--trusted-proxies", "127.0.0.1"]))
