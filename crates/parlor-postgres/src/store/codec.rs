@@ -287,3 +287,9 @@ pub(super) fn stored_size(size: i64) -> Result<u64, Failure> {
 pub(super) fn pixels(value: i64) -> Result<u32, Failure> {
     u32::try_from(value).map_err(|_| Failure::Unreadable(format!("an image side of {value} px")))
 }
+
+/// A size in bytes as stored; one past `i64::MAX` can never be stored.
+pub(super) fn size_param(size: u64) -> Result<i64, Failure> {
+    i64::try_from(size)
+        .map_err(|_| Failure::Rejected(format!("a size of {size} bytes is out of range")))
+}
