@@ -216,14 +216,21 @@ fn items_bound(state: &State, new: &NewEvent) -> usize {
     match &new.change {
         Change::TitleChanged { .. } => 2,
         Change::MemberRemoved { .. } | Change::MemberLeft {} => 4,
+        // One update per file it attaches (≤ 10).
+        Change::Message { files, .. } => 3 + files.len(),
         Change::Delete { target_seq } => {
-            3 + state
-                .event(*target_seq)
-                .and_then(EventDoc::message)
-                .map_or(0, |message| message.edit_seqs.len())
+            let message = state.event(*target_seq).and_then(EventDoc::message);
+            3 + message.map_or(0, |message| message.edit_seqs.len())
+                + message.map_or(0, |message| removal_items(message.files.len()))
         }
         _ => 3,
     }
+}
+
+/// The most items removing `files` files of one message takes: a delete of each, an
+/// update of each of their blobs (≤ 2 a file), one of the owner's bytes.
+fn removal_items(files: usize) -> usize {
+    if files == 0 { 0 } else { 3 * files + 1 }
 }
 
 /// The members `body` mentions (by `@name`, ignoring case), in order, once each.
@@ -273,8 +280,27 @@ fn apply(
     } else {
         conversation.members_seq
     };
+    if let Change::Message { files, .. } = &new.change
+        && let Some(twice) = files
+            .iter()
+            .enumerate()
+            .find(|(index, id)| files[..*index].contains(id))
+    {
+        return now(Appended::Rejected(format!(
+            "file {} is attached twice to one message",
+            twice.1
+        )));
+    }
     let used = state.pending_items().max(1);
-    let edits_budget = TRANSACT_ITEMS_MAX.saturating_sub(used + 3);
+    // A delete's file removals come first; the edits it erases take what is left.
+    let removals = match &new.change {
+        Change::Delete { target_seq } => state
+            .event(*target_seq)
+            .and_then(EventDoc::message)
+            .map_or(0, |message| removal_items(message.files.len())),
+        _ => 0,
+    };
+    let edits_budget = TRANSACT_ITEMS_MAX.saturating_sub(used + 3 + removals);
     let (content, previews) = apply_change(state, new, seq, created_at_ns, edits_budget);
     let doc = EventDoc {
         conversation_id: state.conversation_id,
@@ -335,9 +361,18 @@ fn apply_change(
     let conversation_id = state.conversation_id;
     let content = match &new.change {
         Change::Message {
-            body, reply_to_seq, ..
+            body,
+            reply_to_seq,
+            files,
         } => {
             let mentions = mentions(state, body);
+            // Each the sender's and unattached (the rules said so): attached here, in
+            // this transaction, its infos on the message item.
+            let files = files
+                .iter()
+                .enumerate()
+                .filter_map(|(position, id)| state.attach_file(*id, seq, position as u32))
+                .collect();
             if let Some(found) = reply_to_seq
                 .and_then(|target| state.event(target))
                 .and_then(preview)
@@ -362,6 +397,7 @@ fn apply_change(
                 deleted: false,
                 reactions: Vec::new(),
                 edit_seqs: Vec::new(),
+                files,
             })
         }
         Change::Edit { target_seq, body } => {
@@ -380,12 +416,19 @@ fn apply_change(
         }
         Change::Delete { target_seq } => {
             let mut edits = Vec::new();
+            let mut files = Vec::new();
             if let Some(message) = state.event_mut(*target_seq).and_then(EventDoc::message_mut) {
                 message.body.clear();
                 message.mentions.clear();
                 message.reactions.clear();
                 message.deleted = true;
                 edits = message.edit_seqs.clone();
+                files = std::mem::take(&mut message.files);
+            }
+            // Its files go with it, in this transaction: their items, one user less of
+            // each blob, their bytes off the owner's total.
+            for file in files {
+                state.remove_file(file.id, created_at_ns);
             }
             // The store forgets what the message said, in every version.
             for (index, edit) in edits.into_iter().enumerate() {

@@ -2,8 +2,9 @@
 //!
 //! The emulator comes from `PARLOR_TEST_DYNAMODB_URL`; each test creates its tables under a
 //! prefix of its own (`t<uuid>-`) and deletes them at the end. No emulator fails the test:
-//! run `eval "$(scripts/services up)"` first. After the contract, two checks of what
-//! DynamoDB's limits (100 items per transaction, 400 KB per item) make this store do.
+//! run `eval "$(scripts/services up)"` first. After the contract (and the files contract),
+//! two checks of what DynamoDB's limits (100 items per transaction, 400 KB per item) make
+//! this store do.
 
 use std::sync::Arc;
 
@@ -101,6 +102,11 @@ impl Drop for DynamoFixture {
 }
 
 parlor_testkit::store_contract!(DynamoFixture::new().await);
+
+mod files {
+    use super::DynamoFixture;
+    parlor_testkit::files_contract!(DynamoFixture::new().await);
+}
 
 // ---- beyond the contract: what DynamoDB's limits make this store do -------------------
 
