@@ -21,14 +21,20 @@
 //!   cancels the transaction, which is read again and judged again (`conflict`, or
 //!   `not_found`). Deleting the message deletes its file items in its own transaction,
 //!   with one update per blob (`ADD refs :minus`) and one of the owner's `files_bytes`.
-//! - A blob item, keyed by `key`: `refs` (files that use it, counted with `ADD`),
-//!   `unused_since` (set by every release: once `refs` is 0 it is the time of the last
-//!   release, when it fell to 0; an upload removes it) and `claimed_at` (the janitor's
-//!   claim; an upload is refused while it is there). The janitor finds its candidates by a
-//!   strongly consistent Scan of `blobs` filtered on those: blob items are small (about
-//!   150 bytes, so a million blobs is ~40,000 read units a scan, a few cents), the janitor
-//!   runs seldom, and no index partition is written on every upload and delete. Each
-//!   candidate is claimed by a conditional update, so two janitors never both claim one.
+//! - A blob item, keyed by `key`: `refs` (files that use it, counted with `ADD`), and
+//!   while no file may use it `idle = "1"` with `idle_since`, the keys of the sparse
+//!   `idle` index (refs projected): every release sets them (the time of the last release:
+//!   once `refs` is 0, when it fell to 0), every use removes them, so the index holds the
+//!   blobs without users and, until their next use, the few released by one of several.
+//!   The janitor queries it for `idle_since` before its bound and `refs = 0`, and claims
+//!   each candidate by a conditional update of the table (`claimed_at`, and `idle_since`
+//!   moved to the claim's time: a claim left unfinished is found again by the same query
+//!   once it is old). An upload is refused while `claimed_at` is there. No scan: the
+//!   index is read as far as the candidates go.
+//!
+//! Reads that authorise (`file`) or feed the rules (the file items an append attaches)
+//! are strongly consistent reads of the tables; the two indexes only find candidates, each
+//! checked again by the condition of the write that acts on it.
 
 use std::collections::HashMap;
 
@@ -44,10 +50,12 @@ use super::DynamoStore;
 use super::calls::{self, Query, Transacted};
 use super::codec::{Item, Reader, item, n, s};
 use super::error::{sdk, unreadable};
-use super::tables::FILES_UNATTACHED;
+use super::tables::{BLOBS_IDLE, FILES_UNATTACHED};
 
 /// The value of `unattached` on a file item not yet attached: the sparse index's one key.
 const UNATTACHED: &str = "1";
+/// The value of `idle` on a blob item that may have no users: its sparse index's one key.
+const IDLE: &str = "1";
 /// Rounds of a transaction of files cancelled only by other transactions in the way.
 const CONFLICT_ROUNDS_MAX: u32 = 16;
 
@@ -187,9 +195,8 @@ pub(super) fn blob_updates(
         .collect()
 }
 
-/// An update of one blob's count. A release sets `unused_since` (meaningful once `refs`
-/// is 0: then it is when it fell to 0); a use removes it and is refused while the blob is
-/// claimed by the janitor.
+/// An update of one blob's count. A release puts it in the `idle` index (since now); a
+/// use takes it out, and is refused while the blob is claimed by the janitor.
 fn release_or_use(
     store: &DynamoStore,
     key: &BlobKey,
@@ -200,7 +207,7 @@ fn release_or_use(
         calls::update(
             &store.tables.blobs,
             blob_item_key(key),
-            "ADD refs :delta REMOVE unused_since",
+            "ADD refs :delta REMOVE idle, idle_since",
             Some("attribute_not_exists(claimed_at)"),
             &[],
             vec![(":delta", n(delta))],
@@ -209,10 +216,14 @@ fn release_or_use(
         calls::update(
             &store.tables.blobs,
             blob_item_key(key),
-            "ADD refs :delta SET unused_since = :now",
+            "ADD refs :delta SET idle = :idle, idle_since = :now",
             None,
             &[],
-            vec![(":delta", n(delta)), (":now", n(now_ns))],
+            vec![
+                (":delta", n(delta)),
+                (":idle", s(IDLE)),
+                (":now", n(now_ns)),
+            ],
         )
     }
 }
@@ -460,55 +471,47 @@ async fn remove_upload(
 }
 
 /// What makes a blob claimable: no file uses it, unused (or claimed by a janitor that did
-/// not finish) since before `:before`.
-const CLAIMABLE: &str = "refs = :zero AND (claimed_at < :before \
-     OR (attribute_not_exists(claimed_at) AND unused_since < :before))";
+/// not finish: a claim moves `idle_since`) since before `:before`.
+const CLAIMABLE: &str = "refs = :zero AND idle_since < :before";
 
-/// A strongly consistent Scan of `blobs` for candidates, then a conditional update of
-/// each (`claimed_at`), so that a blob used again or claimed by another janitor meanwhile
-/// is left alone.
+/// Candidates from the `idle` index (eventually consistent), then a conditional update
+/// of each in the table (`claimed_at`), so that a blob used again or claimed by another
+/// janitor meanwhile is left alone.
 pub(super) async fn claim_unused_blobs(
     store: &DynamoStore,
     unused_before: OffsetDateTime,
     limit: u16,
 ) -> Result<Vec<BlobKey>, BackendError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     let before = nanos_bound(unused_before);
     let table = &store.tables.blobs;
-    let mut candidates = Vec::new();
-    let mut start = None;
-    while candidates.len() < usize::from(limit) {
-        let output = store
-            .client
-            .scan()
-            .table_name(table)
-            .consistent_read(true)
-            .filter_expression(CLAIMABLE)
-            .projection_expression("#key")
-            .expression_attribute_names("#key", "key")
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":before", n(before))
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .map_err(|error| sdk(&format!("scan {table}"), error))?;
-        for found in output.items.unwrap_or_default() {
-            candidates.push(blob_key(table, Reader::new(table, &found).s("key")?)?);
-        }
-        match output.last_evaluated_key {
-            Some(key) if !key.is_empty() => start = Some(key),
-            _ => break,
-        }
-    }
-    candidates.truncate(usize::from(limit));
+    let wanted = usize::from(limit);
+    let query = Query {
+        table,
+        index: Some(BLOBS_IDLE),
+        key_condition: "idle = :idle AND idle_since < :before",
+        filter: Some("refs = :zero"),
+        projection: None,
+        names: &[],
+        values: vec![(":idle", s(IDLE)), (":before", n(before)), (":zero", n(0))],
+        forward: true,
+        page_items: Some(i32::from(limit)),
+    };
+    let found = query
+        .run(&store.client, |items| items.len() >= wanted)
+        .await?;
     let now_ns = nanos_bound(OffsetDateTime::now_utc());
-    let mut claimed = Vec::with_capacity(candidates.len());
-    for key in candidates {
+    let mut claimed = Vec::with_capacity(wanted);
+    for found in found.iter().take(wanted) {
+        let key = blob_key(table, Reader::new(table, found).s("key")?)?;
         let result = store
             .client
             .update_item()
             .table_name(table)
             .set_key(Some(blob_item_key(&key)))
-            .update_expression("SET claimed_at = :now")
+            .update_expression("SET claimed_at = :now, idle_since = :now")
             .condition_expression(CLAIMABLE)
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":before", n(before))

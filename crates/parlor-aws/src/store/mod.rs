@@ -399,7 +399,7 @@ impl Store for DynamoStore {
         .await
     }
 
-    /// A strongly consistent Scan of `blobs`, then a conditional claim of each.
+    /// Candidates from the sparse `idle` index of `blobs`, then a conditional claim of each.
     async fn claim_unused_blobs(
         &self,
         unused_before: OffsetDateTime,

@@ -104,7 +104,7 @@ pub(super) struct State {
     pub(super) blob_releases: HashMap<BlobKey, i64>,
     /// Bytes each owner's removed files took: one `ADD files_bytes` each.
     pub(super) bytes_released: HashMap<UserId, i64>,
-    /// When the pending removals happened (the newest event's time): `unused_since`.
+    /// When the pending removals happened (the newest event's time): the blobs' `idle_since`.
     pub(super) released_at_ns: i64,
 }
 

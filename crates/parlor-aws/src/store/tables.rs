@@ -2,7 +2,8 @@
 //! emulator) or deleting them (tests' cleanup). Production's tables come from the
 //! CloudFormation template, which must match [`create_tables`] exactly (see the Store
 //! section of the AWS design: keys, the `by_user` index of members and the `unattached`
-//! index of files with their keys only, TTL on sessions).
+//! index of files with their keys only, the `idle` index of blobs with `refs`, TTL on
+//! sessions).
 
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ pub(super) const MEMBERS_BY_USER: &str = "by_user";
 /// The sparse index of `files` by `unattached` and `created_at`: the uploads not yet
 /// attached, oldest first (expiry).
 pub(super) const FILES_UNATTACHED: &str = "unattached";
+/// The sparse index of `blobs` by `idle` and `idle_since`, with `refs`: the blobs that may
+/// have no users, longest idle first (the janitor).
+pub(super) const BLOBS_IDLE: &str = "idle";
 
 /// How long creating tables may take before `open` gives up.
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -156,10 +160,19 @@ pub(super) async fn create_tables(client: &Client, tables: &Tables) -> Result<()
                 .map_err(|error| build("create table", error))?;
             request = request.global_secondary_indexes(index);
         }
-        if *name == tables.files {
-            // Sparse: only uploads not yet attached carry `unattached`. Keys only: each
-            // candidate is read again from the table before it is removed.
-            for (attribute, kind) in [("unattached", S), ("created_at", N)] {
+        // Sparse indexes, their hash key one constant while the item is in them (see
+        // `files`): the uploads not yet attached (keys only: each candidate is read again
+        // from the table before it is removed), and the blobs that may have no users
+        // (with `refs`, which the janitor's query filters on).
+        let sparse = if *name == tables.files {
+            Some((FILES_UNATTACHED, "unattached", "created_at", None))
+        } else if *name == tables.blobs {
+            Some((BLOBS_IDLE, "idle", "idle_since", Some("refs")))
+        } else {
+            None
+        };
+        if let Some((index_name, hash_key, range_key, included)) = sparse {
+            for (attribute, kind) in [(hash_key, S), (range_key, N)] {
                 request = request.attribute_definitions(
                     AttributeDefinition::builder()
                         .attribute_name(attribute)
@@ -168,17 +181,19 @@ pub(super) async fn create_tables(client: &Client, tables: &Tables) -> Result<()
                         .map_err(|error| build("create table", error))?,
                 );
             }
+            let projection = match included {
+                Some(attribute) => Projection::builder()
+                    .projection_type(ProjectionType::Include)
+                    .non_key_attributes(attribute)
+                    .build(),
+                None => Projection::builder()
+                    .projection_type(ProjectionType::KeysOnly)
+                    .build(),
+            };
             let index = GlobalSecondaryIndex::builder()
-                .index_name(FILES_UNATTACHED)
-                .set_key_schema(Some(key_schema(&[
-                    hash("unattached", S),
-                    range("created_at", N),
-                ])?))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
-                        .build(),
-                )
+                .index_name(index_name)
+                .set_key_schema(Some(key_schema(&[hash(hash_key, S), range(range_key, N)])?))
+                .projection(projection)
                 .build()
                 .map_err(|error| build("create table", error))?;
             request = request.global_secondary_indexes(index);
