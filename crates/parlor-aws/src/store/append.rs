@@ -22,6 +22,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, try_join_all};
 use parlor_core::error::BackendError;
 use parlor_core::events::{Change, EventData, Role};
+use parlor_core::files::FILES_PER_MESSAGE_MAX;
 use parlor_core::ids::{ConversationId, MessageId, Seq};
 use parlor_core::ports::{Appended, NewEvent, Stored};
 use parlor_core::protocol::User;
@@ -271,7 +272,7 @@ fn apply(
         Ok(created_at_ns) => created_at_ns,
         Err(out_of_range) => return now(Appended::Rejected(out_of_range.to_string())),
     };
-    if let Some(reason) = outgrows_its_item(state, new) {
+    if let Some(reason) = outgrows_its_item(state, new).or_else(|| unattachable(new)) {
         return now(Appended::Rejected(reason));
     }
     let seq = conversation.last_seq + 1;
@@ -280,17 +281,6 @@ fn apply(
     } else {
         conversation.members_seq
     };
-    if let Change::Message { files, .. } = &new.change
-        && let Some(twice) = files
-            .iter()
-            .enumerate()
-            .find(|(index, id)| files[..*index].contains(id))
-    {
-        return now(Appended::Rejected(format!(
-            "file {} is attached twice to one message",
-            twice.1
-        )));
-    }
     let used = state.pending_items().max(1);
     // A delete's file removals come first; the edits it erases take what is left.
     let removals = match &new.change {
@@ -345,6 +335,26 @@ fn outgrows_its_item(state: &State, new: &NewEvent) -> Option<String> {
             new.change.kind()
         )
     })
+}
+
+/// Why the files of `new` can never be attached, if they cannot: more than a message
+/// carries (validation keeps them below; the transaction's 100 items are counted on it), or
+/// one of them twice.
+fn unattachable(new: &NewEvent) -> Option<String> {
+    let Change::Message { files, .. } = &new.change else {
+        return None;
+    };
+    if files.len() > FILES_PER_MESSAGE_MAX {
+        return Some(format!(
+            "{} files in one message, more than {FILES_PER_MESSAGE_MAX}",
+            files.len()
+        ));
+    }
+    files
+        .iter()
+        .enumerate()
+        .find(|(index, id)| files[..*index].contains(id))
+        .map(|(_, id)| format!("file {id} is attached twice to one message"))
 }
 
 /// Applies an allowed change, stored at `seq`, to the conversation's members and messages;

@@ -32,6 +32,12 @@
 //!   once it is old). An upload is refused while `claimed_at` is there. No scan: the
 //!   index is read as far as the candidates go.
 //!
+//! Cost (items under 1 KB; a transactional write is 2 write units): an upload is one
+//! transaction of 3–4 items (the file, the owner's total, 1–2 blobs) and a write of the
+//! `unattached` index; attaching adds one item per file to its message's transaction (≤ 10
+//! of the 100 it may hold), deleting the message up to 31 (each file, each distinct blob,
+//! the owner's total); reading a file is 2 strongly consistent reads.
+//!
 //! Reads that authorise (`file`) or feed the rules (the file items an append attaches)
 //! are strongly consistent reads of the tables; the two indexes only find candidates, each
 //! checked again by the condition of the write that acts on it.
@@ -456,7 +462,9 @@ async fn remove_upload(
         items.extend(blob_updates(store, &deltas, now_ns)?);
         match calls::transact(&store.client, "expire upload", items).await? {
             Transacted::Committed => return Ok(true),
-            Transacted::Cancelled(reasons) if reasons[0] == "ConditionalCheckFailed" => {
+            Transacted::Cancelled(reasons)
+                if reasons.first().map(String::as_str) == Some("ConditionalCheckFailed") =>
+            {
                 return Ok(false);
             }
             Transacted::Cancelled(_) => {

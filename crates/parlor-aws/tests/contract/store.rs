@@ -402,3 +402,41 @@ async fn a_file_raced_into_two_conversations_is_attached_once() {
         }
     }
 }
+
+/// A message that names one file twice could never be stored (its transaction would touch
+/// the file item twice): it is rejected alone, and the next message of the batch attaches
+/// the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_named_twice_in_one_message_is_rejected() {
+    let fixture = DynamoFixture::new().await;
+    let store = fixture.store();
+    let ann = store.create_user("ann", "h").await.unwrap().unwrap().id;
+    let notes = store.create_group(ann, "notes", &[]).await.unwrap();
+    let file = image(ann, 10);
+    store.record_upload(&file, 1 << 30).await.unwrap();
+    let message = |id: &str, files: Vec<FileId>| {
+        change(
+            notes,
+            ann,
+            id,
+            Change::Message {
+                body: String::new(),
+                reply_to_seq: None,
+                files,
+            },
+        )
+    };
+    let answers = store
+        .append_events(&[
+            message("twice", vec![file.info.id, file.info.id]),
+            message("once", vec![file.info.id]),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answers[0], Appended::Rejected(_)),
+        "{:?}",
+        answers[0]
+    );
+    assert!(matches!(&answers[1], Appended::New(s) if s.event.seq == 1));
+}
