@@ -39,6 +39,18 @@ TABLES = {
     ),
     "events": ([("conversation_id", "S", "HASH"), ("seq", "N", "RANGE")], {}, None, True),
     "requests": ([("key", "S", "HASH")], {}, None, True),
+    "files": (
+        [("id", "S", "HASH")],
+        {"unattached": ([("unattached", "S", "HASH"), ("created_at", "N", "RANGE")], "KEYS_ONLY")},
+        None,
+        True,
+    ),
+    "blobs": (
+        [("key", "S", "HASH")],
+        {"idle": ([("idle", "S", "HASH"), ("idle_since", "N", "RANGE")], ("INCLUDE", ["refs"]))},
+        None,
+        True,
+    ),
     # The registry's (crates/parlor-aws/src/registry/tables.rs).
     "connections": (
         [("user_id", "S", "HASH"), ("sk", "S", "RANGE")],
@@ -196,6 +208,13 @@ def check_queues(c, endpoint, prefix):
     return attrs
 
 
+def projection(p):
+    """An index's projection as TABLES writes it: its type, with INCLUDE's attributes."""
+    if p["ProjectionType"] == "INCLUDE":
+        return ("INCLUDE", sorted(p.get("NonKeyAttributes", [])))
+    return p["ProjectionType"]
+
+
 def check_tables(c, endpoint, prefix, template):
     ddb = client("dynamodb", endpoint)
     resources = template["Resources"]
@@ -226,7 +245,7 @@ def check_tables(c, endpoint, prefix, template):
         got_gsis = {
             g["IndexName"]: (
                 [(k["AttributeName"], types.get(k["AttributeName"]), k["KeyType"]) for k in g["KeySchema"]],
-                g["Projection"]["ProjectionType"],
+                projection(g["Projection"]),
             )
             for g in table.get("GlobalSecondaryIndexes") or []
         }
@@ -405,7 +424,18 @@ def check_roles(c, endpoint, prefix, resources):
         "persister role: the by_user index",
         any(r.endswith(f"table/{prefix}members/index/by_user") for r in persister_resources),
     )
+    c.true(
+        "persister role: files and blobs (a message's files change in its transaction)",
+        all(any(r.endswith(f"table/{prefix}{t}") for r in persister_resources) for t in ("files", "blobs")),
+    )
     gateway_resources = [r for s in gateway for r in arns(s)]
+    c.true(
+        "gateway role: the files and blobs indexes (the janitor)",
+        all(
+            any(r.endswith(f"table/{prefix}{index}") for r in gateway_resources)
+            for index in ("files/index/unattached", "blobs/index/idle")
+        ),
+    )
     c.true(
         "gateway role: the by_node index",
         any(r.endswith(f"table/{prefix}connections/index/by_node") for r in gateway_resources),
