@@ -1,5 +1,6 @@
 //! Measures `SqliteStore::append_events` the way the persister drives it: one batch at a
-//! time, 256 messages of 100 bytes each, spread over 100 conversations, every commit fsynced.
+//! time, 256 messages of 100 bytes of words each, spread over 100 conversations, every
+//! commit fsynced.
 //!
 //! `cargo run -p parlor-embedded --example store_append_throughput [--release] [-- BATCHES]`
 //! (default 100 batches). The database lives in a temporary directory, on the disk that
@@ -36,7 +37,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let body = "x".repeat(BODY_BYTES);
+    // Words, as chat is: a full-text index pays per word, not per byte.
+    const WORDS: &[&str] = &[
+        "the", "release", "notes", "are", "ready", "for", "review", "tomorrow", "morning",
+        "deploy", "build", "budget", "meeting", "lunch", "team", "design", "call", "plan",
+    ];
+    let body_of = |n: usize| {
+        let mut body = String::with_capacity(BODY_BYTES + 16);
+        let mut k = n;
+        while body.len() < BODY_BYTES {
+            body.push_str(WORDS[k % WORDS.len()]);
+            body.push(' ');
+            k = k / 3 + 7;
+        }
+        body.truncate(BODY_BYTES);
+        body
+    };
     let mut slowest = Duration::ZERO;
     let started = Instant::now();
     for batch in 0..batches {
@@ -49,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     client_msg_id: format!("m{n}"),
                     accepted_at: OffsetDateTime::now_utc(),
                     change: Change::Message {
-                        body: body.clone(),
+                        body: body_of(n),
                         reply_to_seq: None,
                         files: Vec::new(),
                     },
