@@ -13,7 +13,7 @@ function scriptedUploader() {
     reject: (e: unknown) => void;
     aborted: boolean;
   }> = [];
-  const upload: Uploader = (file, name, onProgress) => {
+  const upload: Uploader = (_blob, name, onProgress) => {
     let resolve!: (f: FileInfo) => void;
     let reject!: (e: unknown) => void;
     const done = new Promise<FileInfo>((res, rej) => {
