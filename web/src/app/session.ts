@@ -3,11 +3,15 @@
 
 import * as api from '../lib/api/client.ts';
 import type { User } from '../lib/api/types.ts';
+import { xhrUpload } from '../lib/files/upload.ts';
+import { UploadQueues } from '../lib/files/uploads.ts';
 import { ReconnectingSocket } from '../lib/socket/socket.ts';
 import { SyncEngine, type IncomingMessage } from '../lib/sync/engine.ts';
 
 export interface Session {
   engine: SyncEngine;
+  /** The files chosen for the next message of each conversation, uploading. */
+  uploads: UploadQueues;
   stop(): void;
 }
 
@@ -40,6 +44,12 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
     },
   });
 
+  const uploads = new UploadQueues({
+    upload: xhrUpload,
+    previewUrl: (file) => URL.createObjectURL(file),
+    revokeUrl: (url) => URL.revokeObjectURL(url),
+  });
+
   let stopped = false;
   let lastSessionCheck = 0;
   const checkSession = () => {
@@ -69,7 +79,11 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
   const unsubscribeUnauthorized = api.onUnauthorized(() => {
     if (!stopped) callbacks.onEnded();
   });
-  const onOnline = () => socket?.reconnectNow();
+  // Back online: the socket reconnects, and uploads the network cut off start over.
+  const onOnline = () => {
+    socket?.reconnectNow();
+    uploads.retryInterrupted();
+  };
   const onOffline = () => socket?.disconnect();
   const onVisibility = () => engine.setVisible(document.visibilityState === 'visible');
   window.addEventListener('online', onOnline);
@@ -82,6 +96,7 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
 
   return {
     engine,
+    uploads,
     stop() {
       if (stopped) return;
       stopped = true;
@@ -91,6 +106,7 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
       unsubscribeIncoming();
       unsubscribeUnauthorized();
       socket?.stop();
+      uploads.dispose();
       engine.dispose();
     },
   };

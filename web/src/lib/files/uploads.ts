@@ -190,10 +190,15 @@ export class UploadQueue {
     return this.entries.length;
   }
 
-  /** Hands the finished uploads to a message and empties the queue; [] unless `ready`. */
+  /** The stored files, for a message to carry; [] unless `ready`. */
+  readyFiles(): FileInfo[] {
+    return this.ready ? this.entries.map((e) => e.view.file!) : [];
+  }
+
+  /** Forgets the files a message now carries (call once it was queued); [] unless `ready`. */
   take(): FileInfo[] {
-    if (!this.ready) return [];
-    const files = this.entries.map((e) => e.view.file!);
+    const files = this.readyFiles();
+    if (files.length === 0) return files;
     for (const entry of this.entries) this.drop(entry);
     this.entries = [];
     this.changed();
