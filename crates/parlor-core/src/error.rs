@@ -45,6 +45,10 @@ pub enum ErrorCode {
     /// This deployment does not offer the feature (search on a store without a full-text
     /// index); asking again will not help.
     NotAvailable,
+    /// The user's files would take more than their quota; nothing was stored.
+    QuotaExceeded,
+    /// A `Range` outside the file.
+    RangeNotSatisfiable,
 }
 
 impl ErrorCode {
@@ -68,6 +72,8 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::NotAvailable => "not_available",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use parlor_core::NodeId;
@@ -42,6 +43,28 @@ pub struct GatewayConfig {
     pub metrics_allowed: Vec<IpAddr>,
     /// How the listener treats connections: the header deadline and the connection caps.
     pub listener: ListenConfig,
+    pub files: FilesConfig,
+}
+
+/// Uploads: where they are staged while they arrive, how large one may be, and how much
+/// one user's files may take in all.
+#[derive(Clone, Debug)]
+pub struct FilesConfig {
+    /// A directory for uploads in progress: on the data directory's filesystem for the
+    /// embedded store (its blobs are then hard links, not copies).
+    pub staging_dir: PathBuf,
+    pub bytes_max: u64,
+    pub quota_bytes: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            staging_dir: std::env::temp_dir().join("parlor-uploads"),
+            bytes_max: 25 * 1024 * 1024,
+            quota_bytes: 1024 * 1024 * 1024,
+        }
+    }
 }
 
 impl GatewayConfig {
@@ -62,6 +85,7 @@ impl GatewayConfig {
             limits: LimitsConfig::default(),
             listener: ListenConfig::default(),
             metrics_allowed: Vec::new(),
+            files: FilesConfig::default(),
         }
     }
 }

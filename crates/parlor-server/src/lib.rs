@@ -7,6 +7,7 @@ pub mod config;
 pub mod consumer;
 mod deliver;
 pub mod gateway;
+pub mod janitor;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
@@ -18,6 +19,7 @@ mod shutdown;
 
 use std::sync::Arc;
 
+use parlor_core::blobs::BlobStore;
 use parlor_core::ports::{Presence, Queue, Registry, Relay, Store};
 use parlor_core::search::Search;
 
@@ -37,4 +39,6 @@ pub struct Deps {
     /// Full-text search over messages; `None` where the store has no index (the gateway
     /// answers `not_available`).
     pub search: Option<Arc<dyn Search>>,
+    /// The bytes of files shared in conversations.
+    pub blobs: Arc<dyn BlobStore>,
 }

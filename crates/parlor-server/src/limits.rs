@@ -54,6 +54,8 @@ pub struct Limits {
     /// New conversations: each is a store write and, for a group, a row per member.
     pub conversations: Limiter<UserId>,
     pub searches: Limiter<UserId>,
+    /// Uploads: each is up to a file's size of disk and, for an image, a decode.
+    pub uploads: Limiter<UserId>,
     pub requests: Limiter<IpAddr>,
     pub auth: Limiter<IpAddr>,
 }
@@ -85,6 +87,10 @@ impl Limits {
                 config.searches_per_second_per_user,
                 config.searches_burst_per_user,
             ),
+            uploads: Limiter::new(
+                NonZeroU32::new(2).expect("non-zero"),
+                NonZeroU32::new(20).expect("non-zero"),
+            ),
             requests: Limiter::new(
                 config.requests_per_second_per_ip,
                 config.requests_burst_per_ip,
@@ -100,6 +106,7 @@ impl Limits {
         self.delivered.forget_idle();
         self.conversations.forget_idle();
         self.searches.forget_idle();
+        self.uploads.forget_idle();
         self.requests.forget_idle();
         self.auth.forget_idle();
     }

@@ -13,6 +13,8 @@ pub const MESSAGES_ACCEPTED: &str = "parlor_messages_accepted_total";
 pub const MESSAGES_STORED: &str = "parlor_messages_stored_total";
 pub const MESSAGES_DUPLICATE: &str = "parlor_messages_duplicate_total";
 pub const MESSAGES_DELIVERED: &str = "parlor_messages_delivered_total";
+pub const FILES_UPLOADED: &str = "parlor_files_uploaded_total";
+pub const FILE_BYTES_UPLOADED: &str = "parlor_file_bytes_uploaded_total";
 /// Changes accepted by the gateway that the store's rules refused when it came to store them
 /// (the conversation changed in between); their senders get an error.
 pub const CHANGES_REFUSED: &str = "parlor_changes_refused_total";

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use parlor_core::NodeId;
+use parlor_core::blobs::BlobStore;
 use parlor_core::ports::Queue;
 use parlor_nats::queue::{JsQueue, JsQueueOptions};
 use parlor_nats::registry::NatsRegistry;
@@ -106,7 +107,8 @@ impl Cluster {
         })
     }
 
-    pub fn deps(&self) -> Deps {
+    /// The ports of the roles, with `blobs` for the bytes of files.
+    pub fn deps(&self, blobs: Arc<dyn BlobStore>) -> Deps {
         Deps {
             store: self.store.clone(),
             inbound: self.inbound.clone() as Arc<dyn Queue>,
@@ -115,6 +117,7 @@ impl Cluster {
             presence: self.registry.clone(),
             relay: self.relay.clone(),
             search: Some(self.store.clone()),
+            blobs,
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use parlor_server::config::{ConsumerConfig, GatewayConfig, LimitsConfig};
+use parlor_server::janitor::JanitorConfig;
 use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -46,6 +47,21 @@ pub struct ServeSettings {
     pub auth_per_second_per_ip: Option<NonZeroU32>,
     #[arg(long, env = "PARLOR_AUTH_BURST_PER_IP")]
     pub auth_burst_per_ip: Option<NonZeroU32>,
+    /// Largest file a user may upload, in bytes.
+    #[arg(long, env = "PARLOR_FILE_BYTES_MAX")]
+    pub file_bytes_max: Option<u64>,
+    /// How many bytes one user's files may take in all.
+    #[arg(long, env = "PARLOR_FILE_QUOTA_BYTES")]
+    pub file_quota_bytes: Option<u64>,
+    /// An upload not attached to a message within this many seconds is removed.
+    #[arg(long, env = "PARLOR_UPLOAD_TTL_SECS")]
+    pub upload_ttl_secs: Option<u64>,
+    /// How often the janitor removes stale uploads and deletes unused blobs, in seconds.
+    #[arg(long, env = "PARLOR_JANITOR_INTERVAL_SECS")]
+    pub janitor_interval_secs: Option<u64>,
+    /// How long a blob stays unused before the janitor deletes it, in seconds.
+    #[arg(long, env = "PARLOR_BLOB_GRACE_SECS")]
+    pub blob_grace_secs: Option<u64>,
     #[arg(long, env = "PARLOR_SEARCHES_PER_SECOND_PER_USER")]
     pub searches_per_second_per_user: Option<NonZeroU32>,
     #[arg(long, env = "PARLOR_SEARCHES_BURST_PER_USER")]
@@ -101,6 +117,11 @@ impl ServeSettings {
             auth_burst_per_ip,
             searches_per_second_per_user,
             searches_burst_per_user,
+            file_bytes_max,
+            file_quota_bytes,
+            upload_ttl_secs,
+            janitor_interval_secs,
+            blob_grace_secs,
             attempts_max,
             retry_base_ms,
             idle_timeout_secs,
@@ -127,6 +148,7 @@ pub struct ServeConfig {
     pub gateway: GatewayConfig,
     pub persister: ConsumerConfig,
     pub notifier: ConsumerConfig,
+    pub janitor: JanitorConfig,
 }
 
 impl ServeConfig {
@@ -200,6 +222,28 @@ impl ServeConfig {
             gateway.body_bytes_max = bytes;
             gateway.request_bytes_max = gateway.request_bytes_max.max(bytes * 8);
         }
+        if let Some(bytes) = settings.file_bytes_max {
+            if bytes == 0 {
+                bail!("file_bytes_max must be positive");
+            }
+            gateway.files.bytes_max = bytes;
+        }
+        if let Some(bytes) = settings.file_quota_bytes {
+            gateway.files.quota_bytes = bytes;
+        }
+        let mut janitor = JanitorConfig::default();
+        if let Some(secs) = settings.upload_ttl_secs {
+            janitor.upload_ttl = Duration::from_secs(secs);
+        }
+        if let Some(secs) = settings.janitor_interval_secs {
+            if secs == 0 {
+                bail!("janitor_interval_secs must be positive");
+            }
+            janitor.interval = Duration::from_secs(secs);
+        }
+        if let Some(secs) = settings.blob_grace_secs {
+            janitor.unused_grace = Duration::from_secs(secs);
+        }
         if let Some(secs) = settings.idle_timeout_secs {
             if secs == 0 {
                 bail!("idle_timeout_secs must be positive");
@@ -229,6 +273,7 @@ impl ServeConfig {
             gateway,
             persister: consumer.clone(),
             notifier: consumer,
+            janitor,
         })
     }
 }

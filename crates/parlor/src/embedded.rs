@@ -5,6 +5,8 @@
 //! DATA_DIR/parlor.sqlite3                the store
 //! DATA_DIR/queues/inbound/{entries,dead} write-ahead logs
 //! DATA_DIR/queues/notifications/...
+//! DATA_DIR/blobs/ab/cdef…                the bytes of files, by their SHA-256
+//! DATA_DIR/uploads/                      uploads while they arrive (emptied at start)
 //! ```
 
 use std::fs::File;
@@ -13,11 +15,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use parlor_core::ports::Queue;
-use parlor_embedded::{LocalRelay, MemoryRegistry, SqliteStore, WalQueue, WalQueueOptions};
+use parlor_embedded::{
+    DirBlobStore, LocalRelay, MemoryRegistry, SqliteStore, WalQueue, WalQueueOptions,
+};
 use parlor_server::Deps;
 
 pub struct Embedded {
     pub store: Arc<SqliteStore>,
+    pub blobs: Arc<DirBlobStore>,
     pub inbound: Arc<WalQueue>,
     pub notifications: Arc<WalQueue>,
     registry: Arc<MemoryRegistry>,
@@ -39,6 +44,10 @@ impl Embedded {
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         let lock = lock(data_dir)?;
         let store = Arc::new(open_store(data_dir)?);
+        let blobs = Arc::new(
+            DirBlobStore::open(&data_dir.join("blobs")).context("cannot open the blob store")?,
+        );
+        empty_dir(&uploads_dir(data_dir))?;
         let queues = data_dir.join("queues");
         let inbound = WalQueue::open(
             &queues.join("inbound"),
@@ -54,6 +63,7 @@ impl Embedded {
         .context("cannot open the notification queue")?;
         Ok(Embedded {
             store,
+            blobs,
             inbound,
             notifications,
             registry: Arc::new(MemoryRegistry::new()),
@@ -78,6 +88,7 @@ impl Embedded {
             presence: self.registry.clone(),
             relay: self.relay.clone(),
             search: Some(self.store.clone()),
+            blobs: self.blobs.clone(),
         }
     }
 
@@ -114,4 +125,20 @@ fn lock(data_dir: &Path) -> anyhow::Result<File> {
             Err(error).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
+}
+
+/// Where uploads are staged while they arrive: on the data directory's filesystem, so that
+/// storing one is a hard link, not a copy.
+pub fn uploads_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("uploads")
+}
+
+/// Creates `dir` empty: uploads a crash cut off are of no use to anyone.
+fn empty_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("cannot empty the upload directory {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the upload directory {}", dir.display()))
 }

@@ -4,6 +4,7 @@
 mod assets;
 #[cfg(feature = "aws")]
 mod aws;
+mod blobs;
 mod cluster;
 mod config;
 mod embedded;
@@ -19,10 +20,12 @@ use clap::{Parser, Subcommand};
 use parlor_core::NodeId;
 use parlor_core::ports::{DeadLetterSelection, Queue, Store};
 use parlor_core::queue::{InboundEntry, Notification};
+use parlor_server::janitor;
 use parlor_server::metrics::PrometheusHandle;
 use parlor_server::{Deps, gateway, notifier, persister, presence};
 use tracing_subscriber::EnvFilter;
 
+use crate::blobs::BlobSettings;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{DEFAULT_DATA_DIR, ServeConfig, ServeSettings};
 use crate::embedded::{Embedded, QueueName};
@@ -58,6 +61,8 @@ enum Command {
         cluster: ClusterSettings,
         #[command(flatten)]
         aws: AwsChoice,
+        #[command(flatten)]
+        blobs: BlobSettings,
         #[arg(long, env = "PARLOR_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -70,6 +75,8 @@ enum Command {
         cluster: ClusterSettings,
         #[command(flatten)]
         aws: AwsChoice,
+        #[command(flatten)]
+        blobs: BlobSettings,
         #[arg(long, env = "PARLOR_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -206,26 +213,28 @@ fn main() -> anyhow::Result<()> {
                 settings,
                 cluster,
                 aws,
+                blobs,
                 config,
             } => {
                 let config = resolve(settings, config)?;
                 if aws.aws {
-                    aws_gateway(config, aws).await
+                    aws_gateway(config, aws, blobs).await
                 } else {
-                    cluster_gateway(config, cluster).await
+                    cluster_gateway(config, cluster, blobs).await
                 }
             }
             Command::Persister {
                 settings,
                 cluster,
                 aws,
+                blobs,
                 config,
             } => {
                 let config = resolve(settings, config)?;
                 if aws.aws {
-                    aws_persister(config, aws).await
+                    aws_persister(config, aws, blobs).await
                 } else {
-                    cluster_persister(config, cluster).await
+                    cluster_persister(config, cluster, blobs).await
                 }
             }
             Command::Config { settings, config } => {
@@ -264,8 +273,9 @@ fn resolve(settings: ServeSettings, file: Option<PathBuf>) -> anyhow::Result<Ser
     ServeConfig::resolve(settings.over(file))
 }
 
-async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+async fn serve(mut config: ServeConfig) -> anyhow::Result<()> {
     let backends = Embedded::open(&config.data_dir)?;
+    config.gateway.files.staging_dir = embedded::uploads_dir(&config.data_dir);
     let deps = backends.deps();
     let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
     let (listener, address) = bind(&config).await?;
@@ -281,6 +291,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         notifier::run(deps.clone(), config.notifier.clone(), shutdown.clone()),
     );
     roles.infallible_role("presence", presence::run(deps.clone(), shutdown.clone()));
+    roles.infallible_role(
+        "janitor",
+        janitor::run(deps.clone(), config.janitor.clone(), shutdown.clone()),
+    );
     for queue in [&backends.inbound, &backends.notifications] {
         let commits = queue.clone().run_cursor_commits(shutdown.clone().wait());
         roles.infallible_role("queue cursor commits", commits);
@@ -356,14 +370,19 @@ async fn first_poisoned_log(queues: Vec<Arc<parlor_embedded::WalQueue>>) -> Stri
 }
 
 /// `parlor gateway`: HTTP + WebSocket and presence, on the cluster backends.
-async fn cluster_gateway(config: ServeConfig, settings: ClusterSettings) -> anyhow::Result<()> {
+async fn cluster_gateway(
+    mut config: ServeConfig,
+    settings: ClusterSettings,
+    blobs: BlobSettings,
+) -> anyhow::Result<()> {
+    config.gateway.files.staging_dir = blobs.staging_dir(config.gateway.node)?;
     let backends = Cluster::connect(
         &settings,
         config.gateway.node,
         config.persister.attempts_max,
     )
     .await?;
-    let deps = backends.deps();
+    let deps = backends.deps(blobs.open().await?);
     let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
     let (listener, address) = bind(&config).await?;
     let mut roles = Supervisor::new();
@@ -381,10 +400,14 @@ async fn cluster_gateway(config: ServeConfig, settings: ClusterSettings) -> anyh
 
 /// `parlor persister`: inbound queue → store → notifications → gateways, on the cluster
 /// backends; `--listen` serves health and metrics only.
-async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> anyhow::Result<()> {
+async fn cluster_persister(
+    config: ServeConfig,
+    settings: ClusterSettings,
+    blobs: BlobSettings,
+) -> anyhow::Result<()> {
     let backends =
         Cluster::connect(&settings, NodeId::new(), config.persister.attempts_max).await?;
-    let deps = backends.deps();
+    let deps = backends.deps(blobs.open().await?);
     let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
     let (listener, address) = bind(&config).await?;
     let mut roles = Supervisor::new();
@@ -396,6 +419,10 @@ async fn cluster_persister(config: ServeConfig, settings: ClusterSettings) -> an
     roles.role(
         "notifier",
         notifier::run(deps.clone(), config.notifier.clone(), shutdown.clone()),
+    );
+    roles.infallible_role(
+        "janitor",
+        janitor::run(deps.clone(), config.janitor.clone(), shutdown.clone()),
     );
     let ops = ops_router(metrics, shutdown.clone());
     roles.infallible_role(
@@ -455,13 +482,21 @@ fn ops_router(metrics: PrometheusHandle, ready: parlor_server::Shutdown) -> axum
 }
 
 #[cfg(feature = "aws")]
-async fn aws_gateway(config: ServeConfig, aws: AwsChoice) -> anyhow::Result<()> {
-    aws::roles::gateway(config, aws.settings).await
+async fn aws_gateway(
+    config: ServeConfig,
+    aws: AwsChoice,
+    blobs: BlobSettings,
+) -> anyhow::Result<()> {
+    aws::roles::gateway(config, aws.settings, blobs).await
 }
 
 #[cfg(feature = "aws")]
-async fn aws_persister(config: ServeConfig, aws: AwsChoice) -> anyhow::Result<()> {
-    aws::roles::persister(config, aws.settings).await
+async fn aws_persister(
+    config: ServeConfig,
+    aws: AwsChoice,
+    blobs: BlobSettings,
+) -> anyhow::Result<()> {
+    aws::roles::persister(config, aws.settings, blobs).await
 }
 
 #[cfg(feature = "aws")]
@@ -476,12 +511,12 @@ async fn aws_dlq(
 }
 
 #[cfg(not(feature = "aws"))]
-async fn aws_gateway(_: ServeConfig, _: AwsChoice) -> anyhow::Result<()> {
+async fn aws_gateway(_: ServeConfig, _: AwsChoice, _: BlobSettings) -> anyhow::Result<()> {
     bail!(WITHOUT_AWS)
 }
 
 #[cfg(not(feature = "aws"))]
-async fn aws_persister(_: ServeConfig, _: AwsChoice) -> anyhow::Result<()> {
+async fn aws_persister(_: ServeConfig, _: AwsChoice, _: BlobSettings) -> anyhow::Result<()> {
     bail!(WITHOUT_AWS)
 }
 

@@ -408,9 +408,13 @@ pub async fn messages(
 #[derive(Deserialize)]
 pub struct PostMessage {
     client_msg_id: String,
+    /// May be blank when there are files.
+    #[serde(default)]
     body: String,
     #[serde(default)]
     reply_to_seq: Option<Seq>,
+    #[serde(default)]
+    files: Vec<parlor_core::FileId>,
 }
 
 pub async fn post_message(
@@ -422,7 +426,7 @@ pub async fn post_message(
     let change = Change::Message {
         body: request.body,
         reply_to_seq: request.reply_to_seq,
-        files: Vec::new(),
+        files: request.files,
     };
     accept_change(&gateway, caller.user.id, &id, request.client_msg_id, change).await
 }
@@ -671,6 +675,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::NotAvailable => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::QuotaExceeded => StatusCode::CONFLICT,
+        ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod actions;
 mod extract;
+mod files;
 mod http;
 mod hub;
 mod inbox;
@@ -52,6 +53,8 @@ pub struct Gateway {
     config: GatewayConfig,
     limits: Limits,
     passwords: Passwords,
+    /// Decodes uploaded images, a few at a time (each may hold up to 160 MiB).
+    images: parlor_media::ImageWorker,
     hub: Hub,
     /// Open WebSockets per client address: behind a trusted proxy the listener sees only the
     /// proxy, so this is where one client's connections are capped.
@@ -73,6 +76,10 @@ pub async fn run(
     let gateway = Arc::new(Gateway {
         limits: Limits::new(&config.limits),
         passwords: Passwords::new(config.limits.password_hashes_concurrent_max),
+        images: parlor_media::ImageWorker::new(
+            parlor_media::ImageLimits::default(),
+            std::num::NonZeroUsize::new(2).expect("non-zero"),
+        ),
         hub: Hub::default(),
         websockets_per_ip: ConnectionsPerAddress::new(config.listener.connections_per_ip_max),
         deps,
@@ -133,6 +140,12 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .route("/conversations/{id}/delivered", post(http::mark_delivered))
         .route("/conversations/{id}/mute", put(http::set_muted))
         .route("/search", get(search::search))
+        .route(
+            "/files",
+            post(files::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/files/{id}", get(files::download))
+        .route("/files/{id}/thumbnail", get(files::thumbnail))
         .route("/openapi.json", get(http::openapi))
         .route("/ws", get(ws::upgrade))
         .fallback(|| async { HttpError::new(ErrorCode::NotFound, "no such endpoint") })

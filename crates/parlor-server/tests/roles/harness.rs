@@ -28,6 +28,7 @@ use parlor_core::ports::{
 use parlor_core::protocol::{Message, User};
 use parlor_core::queue::InboundEntry;
 use parlor_core::{BackendError, BackendErrorKind, ConversationId, NodeId, Seq, UserId};
+use parlor_embedded::DirBlobStore;
 use parlor_embedded::{LocalRelay, MemoryRegistry, SqliteStore, WalQueue, WalQueueOptions};
 use parlor_server::config::ConsumerConfig;
 use parlor_server::{Deps, Shutdown, ShutdownSignal};
@@ -45,6 +46,7 @@ pub struct Harness {
     pub inbound: Arc<ScriptedQueue>,
     pub notifications: Arc<ScriptedQueue>,
     pub registry: Arc<MemoryRegistry>,
+    pub blobs: Arc<DirBlobStore>,
     pub relay: Arc<ScriptedRelay>,
     /// Fired by any wrapper after it did something: what [`Harness::until`] waits for.
     events: Arc<Notify>,
@@ -69,6 +71,7 @@ impl Harness {
             ),
             registry: Arc::new(MemoryRegistry::new()),
             relay: Arc::new(ScriptedRelay::default()),
+            blobs: Arc::new(DirBlobStore::open(&dir.path().join("blobs")).expect("open blobs")),
             events,
             signal,
             shutdown,
@@ -85,6 +88,7 @@ impl Harness {
             presence: self.registry.clone(),
             relay: self.relay.clone(),
             search: None,
+            blobs: self.blobs.clone(),
         }
     }
 

@@ -15,6 +15,7 @@ use parlor_aws::relay::SqsRelay;
 use parlor_aws::sqs::{SqsQueue, SqsQueueOptions};
 use parlor_aws::store::DynamoStore;
 use parlor_core::NodeId;
+use parlor_core::blobs::BlobStore;
 use parlor_core::ports::Queue;
 use parlor_server::Deps;
 
@@ -157,7 +158,8 @@ impl Aws {
         })
     }
 
-    pub fn deps(&self) -> Deps {
+    /// The ports of the roles, with `blobs` for the bytes of files.
+    pub fn deps(&self, blobs: Arc<dyn BlobStore>) -> Deps {
         Deps {
             store: self.queues.store.clone(),
             inbound: self.queues.inbound.clone() as Arc<dyn Queue>,
@@ -167,6 +169,7 @@ impl Aws {
             relay: self.relay.clone(),
             // DynamoDB has no full-text index: the gateway answers `not_available`.
             search: None,
+            blobs,
         }
     }
 }

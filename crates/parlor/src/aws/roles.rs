@@ -3,9 +3,11 @@
 
 use anyhow::bail;
 use parlor_core::NodeId;
+use parlor_server::janitor;
 use parlor_server::{notifier, persister, presence};
 
 use super::{Aws, AwsSettings};
+use crate::blobs::BlobSettings;
 
 /// The most entries a persister or notifier takes from SQS at once (ten receive calls). A
 /// batch must be done within the visibility timeout: past it, SQS hands the same
@@ -28,17 +30,27 @@ use crate::{announce, bind, gateway_role, ops_router};
 /// FIFO queue to the node queues of the gateways that hold each recipient. Run as an ECS
 /// service behind an ALB. SIGTERM drains: sockets close with a close frame, so clients
 /// reconnect to another task, and this node's relay queue is deleted.
-pub async fn gateway(config: ServeConfig, settings: AwsSettings) -> anyhow::Result<()> {
-    let config = for_sqs(config);
+pub async fn gateway(
+    config: ServeConfig,
+    settings: AwsSettings,
+    blobs: BlobSettings,
+) -> anyhow::Result<()> {
+    let mut config = for_sqs(config);
     let node = config.gateway.node;
+    config.gateway.files.staging_dir = blobs.staging_dir(node)?;
     let backends = Aws::connect(&settings, node, config.persister.attempts_max).await?;
-    let deps = backends.deps();
+    let deps = backends.deps(blobs.open().await?);
     let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
     let (listener, address) = bind(&config).await?;
     let mut roles = Supervisor::new();
     let shutdown = roles.shutdown();
     gateway_role(&mut roles, &deps, &config, listener, metrics);
     roles.infallible_role("presence", presence::run(deps.clone(), shutdown.clone()));
+    // The gateways keep the files tidy: the Lambda persister runs only while there is work.
+    roles.infallible_role(
+        "janitor",
+        janitor::run(deps.clone(), config.janitor.clone(), shutdown.clone()),
+    );
     roles.role(
         "notifier",
         notifier::run(deps, config.notifier.clone(), shutdown),
@@ -59,10 +71,14 @@ pub async fn gateway(config: ServeConfig, settings: AwsSettings) -> anyhow::Resu
 /// The persister on ECS instead of Lambda, for steady load: any number of them consume the
 /// inbound FIFO queue together (each conversation is one message group, so its order holds
 /// whoever stores it). `--listen` serves health and metrics only.
-pub async fn persister(config: ServeConfig, settings: AwsSettings) -> anyhow::Result<()> {
+pub async fn persister(
+    config: ServeConfig,
+    settings: AwsSettings,
+    blobs: BlobSettings,
+) -> anyhow::Result<()> {
     let config = for_sqs(config);
     let backends = Aws::connect(&settings, NodeId::new(), config.persister.attempts_max).await?;
-    let deps = backends.deps();
+    let deps = backends.deps(blobs.open().await?);
     let metrics = parlor_server::metrics::install().map_err(anyhow::Error::msg)?;
     let (listener, address) = bind(&config).await?;
     let mut roles = Supervisor::new();
