@@ -97,6 +97,20 @@ function Shell({ engine, uploads, activeId, navigate, onLogout }: ShellProps) {
     return () => window.removeEventListener('keydown', onKey);
   }, []);
 
+  // Files dropped anywhere but on a conversation would make the browser open them in place
+  // of Parlor (losing what was typed and chosen): such drops do nothing instead.
+  useEffect(() => {
+    const holdFiles = (event: DragEvent) => {
+      if (Array.from(event.dataTransfer?.types ?? []).includes('Files')) event.preventDefault();
+    };
+    window.addEventListener('dragover', holdFiles);
+    window.addEventListener('drop', holdFiles);
+    return () => {
+      window.removeEventListener('dragover', holdFiles);
+      window.removeEventListener('drop', holdFiles);
+    };
+  }, []);
+
   // A muted chat counts only what mentions me, as its notifications do.
   const totalUnread = state.chats.reduce((sum, chat) => sum + (chat.muted ? chat.unreadMentions : chat.unread), 0);
   useEffect(() => {

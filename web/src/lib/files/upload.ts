@@ -45,8 +45,10 @@ export function uploadErrorOf(status: number, payload: unknown, size: number): U
   const message = typeof error?.message === 'string' ? error.message : '';
   if (status === 0) return new UploadError('network', 'Upload failed: the server could not be reached.');
   if (status === 413 || code === 'body_too_large') {
-    // The server's message names its limit when it has one to name.
-    return new UploadError('too_large', `Too large (${humanSize(size)})${message ? `: ${message}` : ' for this server.'}`);
+    // The server names its limit in bytes ("a file is at most 8388608 bytes").
+    const limit = /at most (\d+) bytes/.exec(message)?.[1];
+    const over = limit ? `over the server’s ${humanSize(Number(limit))} limit` : 'over the server’s limit';
+    return new UploadError('too_large', `Too large: ${humanSize(size)}, ${over}.`);
   }
   if (code === 'quota_exceeded') return new UploadError('quota', 'Over your storage quota: this file does not fit.');
   if (status === 401) return new UploadError('unauthorized', 'Your session ended: log in again to upload.');

@@ -145,7 +145,7 @@ describe('uploadErrorOf', () => {
   it('tells the causes apart, and which may succeed when tried again', () => {
     const cases: Array<[number, unknown, string, boolean]> = [
       [0, undefined, 'network', true],
-      [413, { error: { code: 'body_too_large', message: 'a file is at most 25 MiB' } }, 'too_large', false],
+      [413, { error: { code: 'body_too_large', message: 'a file is at most 26214400 bytes' } }, 'too_large', false],
       [409, { error: { code: 'quota_exceeded', message: '' } }, 'quota', false],
       [400, { error: { code: 'invalid_input', message: 'the file is empty' } }, 'invalid', false],
       [401, undefined, 'unauthorized', false],
@@ -158,8 +158,9 @@ describe('uploadErrorOf', () => {
       const error = uploadErrorOf(status, payload, 100);
       expect([status, error.kind, error.retryable]).toEqual([status, kind, retryable]);
     }
-    expect(uploadErrorOf(413, { error: { code: 'body_too_large', message: 'a file is at most 25 MiB' } }, 30 * 1024 * 1024).message).toBe(
-      'Too large (30 MB): a file is at most 25 MiB',
+    expect(uploadErrorOf(413, { error: { code: 'body_too_large', message: 'a file is at most 8388608 bytes' } }, 9 * 1024 * 1024).message).toBe(
+      'Too large: 9 MB, over the server’s 8 MB limit.',
     );
+    expect(uploadErrorOf(413, undefined, 2048).message).toBe('Too large: 2 KB, over the server’s limit.');
   });
 });
