@@ -100,7 +100,7 @@ test('files attached with the button arrive as images inline and a card to downl
 
   await attach(ada.page, [SUNSET, FOREST, NOTES]);
   await uploaded(ada.page, ['sunset.png', 'forest.png', 'notes.txt']);
-  await expect(chip(ada.page, 'sunset.png').locator('img')).toBeVisible(); // the local preview
+  await loaded(chip(ada.page, 'sunset.png').locator('img')); // the local preview
   await expect(chip(ada.page, 'notes.txt')).toContainText('35 bytes');
   await box(ada.page).fill('Pictures from the trip, and the list');
   await box(ada.page).press('Enter');
@@ -164,7 +164,7 @@ test('a pasted image and a dropped file are sent, and the chat list says what ca
   await directChat(ben, carl);
   await expect(chatItem(ben.page, carl.username)).toBeVisible();
   await openChat(ben.page, carl.username);
-  await expect(chatItem(ben.page, ada.username)).toContainText('🖼 Photo');
+  await expect(chatItem(ben.page, ada.username)).toContainText('🖼️ Photo');
 
   await drop(ada.page, NOTES, () => screenshot(ada.page, 'files-drop-overlay'));
   await uploaded(ada.page, ['notes.txt']);
@@ -290,6 +290,7 @@ test('files at phone width and in the dark', async ({ browser, baseURL }) => {
   // Choosing files on the phone: the chips above the box.
   await attach(page, [SUNSET, NOTES]);
   await uploaded(page, ['sunset.png', 'notes.txt']);
+  await loaded(chip(page, 'sunset.png').locator('img'));
   await screenshot(page, 'phone-composer-files-dark');
   await chip(page, 'sunset.png').getByRole('button', { name: 'Remove sunset.png' }).click();
   await chip(page, 'notes.txt').getByRole('button', { name: 'Remove notes.txt' }).click();

@@ -29,6 +29,29 @@ export function socketUrl(location: Location = window.location): string {
   return `${scheme}//${location.host}/api/v1/ws`;
 }
 
+/** The side of the chips' pictures in CSS pixels, times two for sharp screens. */
+const PREVIEW_PX = 2 * 44;
+
+/**
+ * A small picture of a local image as a data: URL: the browser decodes the file scaled down
+ * (createImageBitmap), so a large photo costs no more than its chip.
+ */
+async function imagePreview(file: File): Promise<string | null> {
+  if (typeof createImageBitmap !== 'function') return null;
+  const bitmap = await createImageBitmap(file, { resizeWidth: PREVIEW_PX * 2, resizeQuality: 'medium' }).catch(() => null);
+  if (!bitmap) return null;
+  try {
+    const canvas = document.createElement('canvas');
+    const scale = Math.min(1, PREVIEW_PX / Math.min(bitmap.width, bitmap.height));
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    canvas.getContext('2d')?.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    return canvas.toDataURL('image/png');
+  } finally {
+    bitmap.close();
+  }
+}
+
 export function startSession(user: User, callbacks: SessionCallbacks): Session {
   let socket: ReconnectingSocket | null = null;
   const engine = new SyncEngine({
@@ -46,8 +69,7 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
 
   const uploads = new UploadQueues({
     upload: xhrUpload,
-    previewUrl: (file) => URL.createObjectURL(file),
-    revokeUrl: (url) => URL.revokeObjectURL(url),
+    preview: imagePreview,
   });
 
   let stopped = false;

@@ -48,6 +48,12 @@ export function Attachments({ uploads, onRemove, onRetry }: AttachmentsProps) {
                 </span>
               ) : (
                 <span className="attachment-meta">
+                  {upload.state === 'done' ? (
+                    <span className="attachment-done" title="Uploaded">
+                      <Icon name="check" />
+                      <span className="visually-hidden">uploaded, </span>
+                    </span>
+                  ) : null}
                   {upload.state === 'uploading' ? `${humanSize(upload.loaded)} of ${humanSize(upload.size)}` : humanSize(upload.size)}
                 </span>
               )}
@@ -57,12 +63,6 @@ export function Attachments({ uploads, onRemove, onRetry }: AttachmentsProps) {
                 </progress>
               ) : null}
             </span>
-            {upload.state === 'done' ? (
-              <span className="attachment-done" title="Uploaded">
-                <Icon name="check" />
-                <span className="visually-hidden">uploaded</span>
-              </span>
-            ) : null}
             <button type="button" className="icon-button small attachment-remove" aria-label={removeLabel} title={removeLabel} onClick={() => onRemove(upload.key)}>
               <Icon name="close" />
             </button>

@@ -36,8 +36,8 @@ describe('filesSummary', () => {
   const pdf: FileInfo = { id: 'f2', name: 'report.pdf', content_type: 'application/pdf', size: 10 };
   it('names one file, counts several, calls images photos', () => {
     expect(filesSummary([])).toBe('');
-    expect(filesSummary([photo])).toBe('🖼 Photo');
-    expect(filesSummary([photo, photo])).toBe('🖼 2 photos');
+    expect(filesSummary([photo])).toBe('🖼️ Photo');
+    expect(filesSummary([photo, photo])).toBe('🖼️ 2 photos');
     expect(filesSummary([pdf])).toBe('📎 report.pdf');
     expect(filesSummary([photo, pdf])).toBe('📎 2 files');
   });

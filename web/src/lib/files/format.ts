@@ -77,7 +77,7 @@ export function isInlineImage(file: FileInfo): boolean {
 export function filesSummary(files: readonly FileInfo[]): string {
   if (files.length === 0) return '';
   const images = files.filter(isInlineImage).length;
-  if (images === files.length) return images === 1 ? '🖼 Photo' : `🖼 ${images} photos`;
+  if (images === files.length) return images === 1 ? '🖼️ Photo' : `🖼️ ${images} photos`;
   return files.length === 1 ? `📎 ${files[0]!.name}` : `📎 ${files.length} files`;
 }
 

@@ -52,7 +52,7 @@ export interface UploadView {
   size: number;
   /** The type the browser guessed from the name (the server sniffs its own). */
   type: string;
-  /** An object URL of the local file, for images; null for anything else. */
+  /** A small picture of the local file (a data: URL), for images once made; else null. */
   previewUrl: string | null;
   state: UploadState;
   /** Bytes sent so far, of `size`. */
@@ -66,9 +66,11 @@ export interface UploadView {
 
 export interface UploadQueueOptions {
   upload: Uploader;
-  /** An object URL for a local image (`URL.createObjectURL`), and its release. */
-  previewUrl?: (file: File) => string | null;
-  revokeUrl?: (url: string) => void;
+  /**
+   * A small picture of a local image, made off the file's bytes (the app's CSP allows
+   * `data:` images, not `blob:`); null when the browser cannot decode it.
+   */
+  preview?: (file: File) => Promise<string | null>;
   /** Checked before uploading: the server's default, so that a large file is not sent in vain. */
   bytesMax?: number;
   filesMax?: number;
@@ -93,8 +95,7 @@ export class UploadQueue {
 
   constructor(options: UploadQueueOptions) {
     this.options = {
-      previewUrl: () => null,
-      revokeUrl: () => {},
+      preview: () => Promise.resolve(null),
       bytesMax: LIMITS.fileBytesMax,
       filesMax: LIMITS.filesPerMessageMax,
       ...options,
@@ -124,7 +125,7 @@ export class UploadQueue {
         name: blob.name || 'file',
         size: blob.size,
         type,
-        previewUrl: PREVIEWABLE.test(type) ? this.options.previewUrl(blob) : null,
+        previewUrl: null,
         state: 'uploading',
         loaded: 0,
         error: null,
@@ -136,6 +137,7 @@ export class UploadQueue {
       const refusal = this.refusal(blob);
       if (refusal) this.fail(entry, refusal, false);
       else this.start(entry);
+      if (PREVIEWABLE.test(type) && !refusal) this.makePreview(entry);
     }
     this.changed();
     if (taken.length < files.length) {
@@ -246,6 +248,19 @@ export class UploadQueue {
     );
   }
 
+  private makePreview(entry: Entry): void {
+    this.options.preview(entry.blob).then(
+      (url) => {
+        if (url === null || this.disposed || !this.entries.includes(entry)) return;
+        entry.view = { ...entry.view, previewUrl: url };
+        this.changed();
+      },
+      () => {
+        // No preview: the chip shows the file's icon.
+      },
+    );
+  }
+
   private fail(entry: Entry, message: string, retryable: boolean): void {
     entry.view = { ...entry.view, state: 'failed', error: message, retryable };
   }
@@ -254,7 +269,6 @@ export class UploadQueue {
     const request = entry.request;
     entry.request = null;
     request?.abort();
-    if (entry.view.previewUrl) this.options.revokeUrl(entry.view.previewUrl);
   }
 
   private changed(): void {
