@@ -15,6 +15,10 @@ const KIND_ICONS: Partial<Record<string, IconName>> = { video: 'film', audio: 'm
  * name, size, progress while uploading, and per file a way to remove it (cancelling its
  * upload) or, when the network cut it off, to upload it again from the start.
  */
+function offline(): boolean {
+  return typeof navigator !== 'undefined' && navigator.onLine === false;
+}
+
 export function Attachments({ uploads, onRemove, onRetry }: AttachmentsProps) {
   if (uploads.length === 0) return null;
   return (
@@ -44,6 +48,10 @@ export function Attachments({ uploads, onRemove, onRetry }: AttachmentsProps) {
                     >
                       Retry
                     </button>
+                  ) : null}
+                  {upload.retryable ? (
+                    // The API has no resumable uploads: say that a retry sends the file again.
+                    <span className="attachment-hint"> ({offline() ? 'starts over once online' : 'starts over'})</span>
                   ) : null}
                 </span>
               ) : (

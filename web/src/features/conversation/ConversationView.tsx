@@ -4,6 +4,7 @@ import { Avatar } from '../../components/ui/Avatar.tsx';
 import { ConfirmDialog } from '../../components/ui/ConfirmDialog.tsx';
 import { Icon } from '../../components/ui/Icon.tsx';
 import type { FileInfo, UserId } from '../../lib/api/types.ts';
+import { filesSummary } from '../../lib/files/format.ts';
 import type { UploadQueue } from '../../lib/files/uploads.ts';
 import type { ChatView, TimelineView } from '../../lib/sync/engine.ts';
 import { Composer, type ComposerContext } from './Composer.tsx';
@@ -96,7 +97,10 @@ export function ConversationView(props: ConversationViewProps) {
   const replyMessage = messageAt(replyToSeq);
   const editMessage = messageAt(editingSeq);
   const context: ComposerContext = {
-    replyTo: replyMessage && !replyMessage.deleted ? { seq: replyMessage.seq, sender: nameOf(replyMessage.sender_id), excerpt: plainText(replyMessage.body) } : null,
+    replyTo:
+      replyMessage && !replyMessage.deleted
+        ? { seq: replyMessage.seq, sender: nameOf(replyMessage.sender_id), excerpt: plainText(replyMessage.body).trim() || filesSummary(replyMessage.files ?? []) }
+        : null,
     editing: editMessage && !editMessage.deleted ? { seq: editMessage.seq, body: editMessage.body } : null,
   };
 

@@ -275,7 +275,8 @@ function ReplyQuote({
   onJumpTo: (seq: number) => void;
 }) {
   const who = quote.sender_id === meId ? 'You' : (names[quote.sender_id] ?? 'Former member');
-  const text = quote.deleted ? 'This message was deleted' : plainText(quote.excerpt);
+  // Only a message of files alone has no text to quote.
+  const text = quote.deleted ? 'This message was deleted' : plainText(quote.excerpt).trim() || '📎 Files';
   return (
     <button
       type="button"
