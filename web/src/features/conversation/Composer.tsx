@@ -261,6 +261,32 @@ export function Composer(props: ComposerProps) {
         </ul>
       ) : null}
       <div className="composer-row">
+        <textarea
+          ref={textarea}
+          aria-label="Message"
+          aria-describedby={errorId}
+          aria-invalid={tooLong || undefined}
+          aria-autocomplete="list"
+          aria-controls={showOptions ? listId : undefined}
+          aria-activedescendant={showOptions ? `${listId}-${activeIndex}` : undefined}
+          rows={1}
+          placeholder={editing ? 'Edit your message' : props.placeholder}
+          value={draft}
+          onChange={(event) => {
+            setDraft(event.target.value);
+            fitHeight(event.target);
+            updateSuggestions(event.target);
+            if (error) setError(null);
+            if (event.target.value !== '' && !editing) props.onTyping();
+          }}
+          onSelect={(event) => updateSuggestions(event.currentTarget)}
+          onBlur={() => setSuggest(null)}
+          onKeyDown={onKeyDown}
+          onPaste={onPaste}
+          enterKeyHint="send"
+        />
+        {/* After the box, as in Element: Shift+Tab from the box still reaches the newest
+            message's actions, and Tab goes on to the files, then Send. */}
         <button
           type="button"
           className="icon-button attach-button"
@@ -287,30 +313,6 @@ export function Composer(props: ComposerProps) {
             setError(null);
             textarea.current?.focus();
           }}
-        />
-        <textarea
-          ref={textarea}
-          aria-label="Message"
-          aria-describedby={errorId}
-          aria-invalid={tooLong || undefined}
-          aria-autocomplete="list"
-          aria-controls={showOptions ? listId : undefined}
-          aria-activedescendant={showOptions ? `${listId}-${activeIndex}` : undefined}
-          rows={1}
-          placeholder={editing ? 'Edit your message' : props.placeholder}
-          value={draft}
-          onChange={(event) => {
-            setDraft(event.target.value);
-            fitHeight(event.target);
-            updateSuggestions(event.target);
-            if (error) setError(null);
-            if (event.target.value !== '' && !editing) props.onTyping();
-          }}
-          onSelect={(event) => updateSuggestions(event.currentTarget)}
-          onBlur={() => setSuggest(null)}
-          onKeyDown={onKeyDown}
-          onPaste={onPaste}
-          enterKeyHint="send"
         />
         <button
           type="submit"
