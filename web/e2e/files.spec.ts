@@ -112,6 +112,10 @@ test('files attached with the button arrive as images inline and a card to downl
   await loaded(message.getByRole('img', { name: 'forest.png' }));
   await expect(message.getByRole('link', { name: 'Download notes.txt, TXT, 35 bytes' })).toBeVisible();
   await screenshot(ben.page, 'files-conversation');
+  await loaded(messageWith(ada.page, 'Pictures from the trip').getByRole('img', { name: 'forest.png' }));
+  await ada.page.emulateMedia({ colorScheme: 'dark' });
+  await screenshot(ada.page, 'files-conversation-mine-dark');
+  await ada.page.emulateMedia({ colorScheme: 'light' });
 
   // The full-size viewer: the original, the arrows, Download, Escape.
   await message.getByRole('link', { name: 'sunset.png' }).click();
@@ -191,7 +195,8 @@ test('a file too large says the limit, and an upload can be cancelled halfway', 
   if (process.env.PARLOR_E2E_SERVER_FILE_BYTES_MAX) {
     const over = Number(process.env.PARLOR_E2E_SERVER_FILE_BYTES_MAX) + 1024 * 1024;
     await attach(ada.page, [{ name: 'over.bin', mimeType: 'application/octet-stream', buffer: Buffer.alloc(over, 3) }]);
-    await expect(chip(ada.page, 'over.bin')).toContainText('Too large');
+    await expect(chip(ada.page, 'over.bin')).toContainText(/Too large: .+, over the server’s .+ limit/);
+    await screenshot(ada.page, 'files-too-large');
     await expect(chip(ada.page, 'over.bin').getByRole('button', { name: /Retry/ })).toHaveCount(0);
     await chip(ada.page, 'over.bin').getByRole('button', { name: 'Remove over.bin' }).click();
   }
@@ -238,8 +243,9 @@ test('offline, an upload fails clearly and starts over when asked or when back o
   await ada.context.setOffline(true);
   await expect(ada.page.getByRole('status').filter({ hasText: 'Offline' })).toBeVisible();
   await attach(ada.page, [SUNSET]);
-  await expect(chip(ada.page, 'sunset.png')).toContainText('Upload failed — Retry');
+  await expect(chip(ada.page, 'sunset.png')).toContainText('Upload failed — Retry (starts over once online)');
   await expect(ada.page.getByRole('button', { name: 'Send' })).toBeDisabled();
+  await screenshot(ada.page, 'files-upload-failed');
   await ada.context.setOffline(false);
   await uploaded(ada.page, ['sunset.png', 'notes.txt']);
 
