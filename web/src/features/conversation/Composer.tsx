@@ -304,7 +304,6 @@ export function Composer(props: ComposerProps) {
           hidden
           tabIndex={-1}
           aria-hidden="true"
-          data-testid="file-input"
           onChange={(event) => {
             const files = Array.from(event.target.files ?? []);
             // Cleared, so that choosing the same file again is a change too.
