@@ -39,6 +39,18 @@ TABLES = {
     ),
     "events": ([("conversation_id", "S", "HASH"), ("seq", "N", "RANGE")], {}, None, True),
     "requests": ([("key", "S", "HASH")], {}, None, True),
+    "files": (
+        [("id", "S", "HASH")],
+        {"unattached": ([("unattached", "S", "HASH"), ("created_at", "N", "RANGE")], "KEYS_ONLY")},
+        None,
+        True,
+    ),
+    "blobs": (
+        [("key", "S", "HASH")],
+        {"idle": ([("idle", "S", "HASH"), ("idle_since", "N", "RANGE")], ("INCLUDE", ["refs"]))},
+        None,
+        True,
+    ),
     # The registry's (crates/parlor-aws/src/registry/tables.rs).
     "connections": (
         [("user_id", "S", "HASH"), ("sk", "S", "RANGE")],
@@ -196,6 +208,13 @@ def check_queues(c, endpoint, prefix):
     return attrs
 
 
+def projection(p):
+    """An index's projection as TABLES writes it: its type, with INCLUDE's attributes."""
+    if p["ProjectionType"] == "INCLUDE":
+        return ("INCLUDE", sorted(p.get("NonKeyAttributes", [])))
+    return p["ProjectionType"]
+
+
 def check_tables(c, endpoint, prefix, template):
     ddb = client("dynamodb", endpoint)
     resources = template["Resources"]
@@ -226,7 +245,7 @@ def check_tables(c, endpoint, prefix, template):
         got_gsis = {
             g["IndexName"]: (
                 [(k["AttributeName"], types.get(k["AttributeName"]), k["KeyType"]) for k in g["KeySchema"]],
-                g["Projection"]["ProjectionType"],
+                projection(g["Projection"]),
             )
             for g in table.get("GlobalSecondaryIndexes") or []
         }
@@ -310,6 +329,8 @@ def check_gateways(c, endpoint, prefix, resources, template, certificate):
     env = {e["name"]: e["value"] for e in container.get("environment", [])}
     c.eq("container PARLOR_AWS_PREFIX", env.get("PARLOR_AWS_PREFIX"), prefix)
     c.eq("container PARLOR_LISTEN", env.get("PARLOR_LISTEN"), "0.0.0.0:8080")
+    c.eq("container PARLOR_S3_BUCKET", env.get("PARLOR_S3_BUCKET"), resources.get("FilesBucket"))
+    c.eq("container PARLOR_S3_PREFIX", env.get("PARLOR_S3_PREFIX"), "blobs")
     c.eq("container PARLOR_ATTEMPTS_MAX", env.get("PARLOR_ATTEMPTS_MAX"), str(MAX_RECEIVE))
     c.eq("container PARLOR_COOKIE_SECURE (HTTPS)", env.get("PARLOR_COOKIE_SECURE"), "true")
     c.eq("container PARLOR_ALLOWED_ORIGINS", env.get("PARLOR_ALLOWED_ORIGINS"), ORIGIN)
@@ -405,7 +426,23 @@ def check_roles(c, endpoint, prefix, resources):
         "persister role: the by_user index",
         any(r.endswith(f"table/{prefix}members/index/by_user") for r in persister_resources),
     )
+    c.true(
+        "persister role: files and blobs (a message's files change in its transaction)",
+        all(any(r.endswith(f"table/{prefix}{t}") for r in persister_resources) for t in ("files", "blobs")),
+    )
     gateway_resources = [r for s in gateway for r in arns(s)]
+    c.true(
+        "gateway role: the files and blobs indexes (the janitor)",
+        all(
+            any(r.endswith(f"table/{prefix}{index}") for r in gateway_resources)
+            for index in ("files/index/unattached", "blobs/index/idle")
+        ),
+    )
+    objects = [s for s in gateway if any(r.endswith(":" + resources.get("FilesBucket", "?") + "/blobs/*") for r in arns(s))]
+    c.true(
+        "gateway role: the files bucket's blobs, read, written and deleted",
+        bool(objects) and {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= set(actions(objects[0])),
+    )
     c.true(
         "gateway role: the by_node index",
         any(r.endswith(f"table/{prefix}connections/index/by_node") for r in gateway_resources),
@@ -470,6 +507,7 @@ def main():
     started = time.time()
     created = False
     certificate = None
+    files_bucket = None
     try:
         # Every condition on: HTTPS (a certificate from the emulator's ACM), alarm e-mail,
         # reserved concurrency, an extra origin.
@@ -519,8 +557,10 @@ def main():
         c.eq("outputs", sorted(outputs), sorted(template["Outputs"]))
         c.eq("output TableNames", sorted(outputs.get("TableNames", "").split(",")), sorted(prefix + t for t in TABLES))
 
+        files_bucket = resources.get("FilesBucket")
         queues = check_queues(c, endpoint, prefix)
         check_tables(c, endpoint, prefix, template)
+        check_files_bucket(c, s3, files_bucket)
         check_lambda(c, endpoint, prefix, queues, resources, template)
         check_gateways(c, endpoint, prefix, resources, template, certificate)
         check_roles(c, endpoint, prefix, resources)
@@ -534,6 +574,8 @@ def main():
         sqs = client("sqs", endpoint)
         left = sqs.list_queues(QueueNamePrefix=prefix).get("QueueUrls", [])
         c.eq("queues left after deletion", left, [])
+        buckets = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
+        c.true("the files bucket is kept after deletion (users' data)", files_bucket in buckets)
         tables = tables_named(ddb, prefix)
         c.eq(
             "tables kept after deletion (the store's)",
@@ -548,6 +590,8 @@ def main():
             except Exception as error:  # best effort: report, go on cleaning
                 print(f"check_stack: cannot delete stack {stack}: {error}", file=sys.stderr)
         cleanup(ddb, s3, prefix, bucket)
+        if files_bucket:
+            cleanup_bucket(s3, files_bucket)
         if certificate:
             try:
                 acm.delete_certificate(CertificateArn=certificate)
@@ -575,6 +619,36 @@ def tables_named(ddb, prefix):
     for page in ddb.get_paginator("list_tables").paginate():
         names += [t for t in page["TableNames"] if t.startswith(prefix)]
     return names
+
+
+def check_files_bucket(c, s3, bucket):
+    c.true("files bucket created", bool(bucket))
+    if not bucket:
+        return
+    try:
+        block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+        c.true("files bucket: no public access", all(block.values()))
+    except Exception as error:
+        c.gap(f"files bucket public access block ({error.__class__.__name__})")
+    try:
+        rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        c.eq(
+            "files bucket: encrypted at rest",
+            [r["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in rules],
+            ["AES256"],
+        )
+    except Exception as error:
+        c.gap(f"files bucket encryption ({error.__class__.__name__})")
+
+
+def cleanup_bucket(s3, bucket):
+    try:
+        for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=item["Key"])
+        s3.delete_bucket(Bucket=bucket)
+    except Exception as error:
+        if "NoSuchBucket" not in str(error):
+            print(f"check_stack: cannot delete bucket {bucket}: {error}", file=sys.stderr)
 
 
 def cleanup(ddb, s3, prefix, bucket):

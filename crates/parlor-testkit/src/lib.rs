@@ -9,6 +9,7 @@
 pub mod blobs;
 pub mod client;
 pub mod files;
+pub mod images;
 pub mod process;
 pub mod queue;
 pub mod registry;

@@ -22,6 +22,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, try_join_all};
 use parlor_core::error::BackendError;
 use parlor_core::events::{Change, EventData, Role};
+use parlor_core::files::FILES_PER_MESSAGE_MAX;
 use parlor_core::ids::{ConversationId, MessageId, Seq};
 use parlor_core::ports::{Appended, NewEvent, Stored};
 use parlor_core::protocol::User;
@@ -216,14 +217,21 @@ fn items_bound(state: &State, new: &NewEvent) -> usize {
     match &new.change {
         Change::TitleChanged { .. } => 2,
         Change::MemberRemoved { .. } | Change::MemberLeft {} => 4,
+        // One update per file it attaches (≤ 10).
+        Change::Message { files, .. } => 3 + files.len(),
         Change::Delete { target_seq } => {
-            3 + state
-                .event(*target_seq)
-                .and_then(EventDoc::message)
-                .map_or(0, |message| message.edit_seqs.len())
+            let message = state.event(*target_seq).and_then(EventDoc::message);
+            3 + message.map_or(0, |message| message.edit_seqs.len())
+                + message.map_or(0, |message| removal_items(message.files.len()))
         }
         _ => 3,
     }
+}
+
+/// The most items removing `files` files of one message takes: a delete of each, an
+/// update of each of their blobs (≤ 2 a file), one of the owner's bytes.
+fn removal_items(files: usize) -> usize {
+    if files == 0 { 0 } else { 3 * files + 1 }
 }
 
 /// The members `body` mentions (by `@name`, ignoring case), in order, once each.
@@ -264,7 +272,7 @@ fn apply(
         Ok(created_at_ns) => created_at_ns,
         Err(out_of_range) => return now(Appended::Rejected(out_of_range.to_string())),
     };
-    if let Some(reason) = outgrows_its_item(state, new) {
+    if let Some(reason) = outgrows_its_item(state, new).or_else(|| unattachable(new)) {
         return now(Appended::Rejected(reason));
     }
     let seq = conversation.last_seq + 1;
@@ -274,7 +282,15 @@ fn apply(
         conversation.members_seq
     };
     let used = state.pending_items().max(1);
-    let edits_budget = TRANSACT_ITEMS_MAX.saturating_sub(used + 3);
+    // A delete's file removals come first; the edits it erases take what is left.
+    let removals = match &new.change {
+        Change::Delete { target_seq } => state
+            .event(*target_seq)
+            .and_then(EventDoc::message)
+            .map_or(0, |message| removal_items(message.files.len())),
+        _ => 0,
+    };
+    let edits_budget = TRANSACT_ITEMS_MAX.saturating_sub(used + 3 + removals);
     let (content, previews) = apply_change(state, new, seq, created_at_ns, edits_budget);
     let doc = EventDoc {
         conversation_id: state.conversation_id,
@@ -321,6 +337,26 @@ fn outgrows_its_item(state: &State, new: &NewEvent) -> Option<String> {
     })
 }
 
+/// Why the files of `new` can never be attached, if they cannot: more than a message
+/// carries (validation keeps them below; the transaction's 100 items are counted on it), or
+/// one of them twice.
+fn unattachable(new: &NewEvent) -> Option<String> {
+    let Change::Message { files, .. } = &new.change else {
+        return None;
+    };
+    if files.len() > FILES_PER_MESSAGE_MAX {
+        return Some(format!(
+            "{} files in one message, more than {FILES_PER_MESSAGE_MAX}",
+            files.len()
+        ));
+    }
+    files
+        .iter()
+        .enumerate()
+        .find(|(index, id)| files[..*index].contains(id))
+        .map(|(_, id)| format!("file {id} is attached twice to one message"))
+}
+
 /// Applies an allowed change, stored at `seq`, to the conversation's members and messages;
 /// what its event item holds, and the preview of the message it replies to.
 fn apply_change(
@@ -335,9 +371,18 @@ fn apply_change(
     let conversation_id = state.conversation_id;
     let content = match &new.change {
         Change::Message {
-            body, reply_to_seq, ..
+            body,
+            reply_to_seq,
+            files,
         } => {
             let mentions = mentions(state, body);
+            // Each the sender's and unattached (the rules said so): attached here, in
+            // this transaction, its infos on the message item.
+            let files = files
+                .iter()
+                .enumerate()
+                .filter_map(|(position, id)| state.attach_file(*id, seq, position as u32))
+                .collect();
             if let Some(found) = reply_to_seq
                 .and_then(|target| state.event(target))
                 .and_then(preview)
@@ -362,6 +407,7 @@ fn apply_change(
                 deleted: false,
                 reactions: Vec::new(),
                 edit_seqs: Vec::new(),
+                files,
             })
         }
         Change::Edit { target_seq, body } => {
@@ -380,12 +426,19 @@ fn apply_change(
         }
         Change::Delete { target_seq } => {
             let mut edits = Vec::new();
+            let mut files = Vec::new();
             if let Some(message) = state.event_mut(*target_seq).and_then(EventDoc::message_mut) {
                 message.body.clear();
                 message.mentions.clear();
                 message.reactions.clear();
                 message.deleted = true;
                 edits = message.edit_seqs.clone();
+                files = std::mem::take(&mut message.files);
+            }
+            // Its files go with it, in this transaction: their items, one user less of
+            // each blob, their bytes off the owner's total.
+            for file in files {
+                state.remove_file(file.id, created_at_ns);
             }
             // The store forgets what the message said, in every version.
             for (index, edit) in edits.into_iter().enumerate() {

@@ -213,6 +213,25 @@ pub(super) fn delete(table: &str, key: Item) -> Result<TransactWriteItem, Backen
     Ok(TransactWriteItem::builder().delete(delete).build())
 }
 
+/// A Delete of the item at `key` in `table`, under `condition`.
+pub(super) fn delete_if(
+    table: &str,
+    key: Item,
+    condition: &str,
+    names: Names<'_>,
+    values: Values,
+) -> Result<TransactWriteItem, BackendError> {
+    let delete = Delete::builder()
+        .table_name(table)
+        .set_key(Some(key))
+        .condition_expression(condition)
+        .set_expression_attribute_names(names_map(names))
+        .set_expression_attribute_values(values_map(values))
+        .build()
+        .map_err(|error| build("delete", error))?;
+    Ok(TransactWriteItem::builder().delete(delete).build())
+}
+
 /// How a transaction ended.
 #[derive(Debug)]
 pub(super) enum Transacted {

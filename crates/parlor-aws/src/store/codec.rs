@@ -253,6 +253,9 @@ pub(super) struct MessageState {
     pub(super) reactions: Vec<(String, UserId)>,
     /// The seqs of the edits of this message, so that a delete erases their bodies too.
     pub(super) edit_seqs: Vec<Seq>,
+    /// Its files' infos, in order: written with the attachment, in the same transaction,
+    /// so history reads them with the message (see `files`); emptied by a delete.
+    pub(super) files: Vec<parlor_core::files::FileInfo>,
 }
 
 /// What an event item holds besides the common fields.
@@ -332,6 +335,10 @@ impl EventDoc {
                     let seqs = message.edit_seqs.iter().map(|seq| n(*seq)).collect();
                     item.insert("edit_seqs".into(), AttributeValue::L(seqs));
                 }
+                if !message.files.is_empty() {
+                    let files = message.files.iter().map(super::files::info_value).collect();
+                    item.insert("files".into(), AttributeValue::L(files));
+                }
             }
             Content::Other(data) => {
                 let columns = event_columns(data).expect("not a message");
@@ -370,6 +377,11 @@ impl EventDoc {
                     _ => Err(unreadable(table, "an edit seq is not a number")),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let files = r
+                .list("files")?
+                .iter()
+                .map(|value| super::files::info_of(table, value))
+                .collect::<Result<Vec<_>, _>>()?;
             Content::Message(MessageState {
                 body: r.s("body")?.to_owned(),
                 reply_to_seq: r.opt_n("reply_to_seq")?,
@@ -378,6 +390,7 @@ impl EventDoc {
                 deleted: r.bool("deleted")?,
                 reactions,
                 edit_seqs,
+                files,
             })
         } else {
             let body = r.opt_s("body")?.unwrap_or_default().to_owned();
@@ -455,6 +468,16 @@ mod tests {
                 deleted: false,
                 reactions: vec![("👍".into(), bob), ("🎉".into(), ann), ("👍".into(), ann)],
                 edit_seqs: vec![4, 9],
+                files: vec![parlor_core::files::FileInfo {
+                    id: parlor_core::ids::FileId::new(),
+                    name: "photo.jpg".into(),
+                    content_type: "image/jpeg".into(),
+                    size: 5_000,
+                    image: Some(parlor_core::files::ImageSize {
+                        width: 1200,
+                        height: 800,
+                    }),
+                }],
             }),
         };
         let edit = EventDoc {

@@ -1,12 +1,13 @@
 //! What a change depends on: [`needs`] says what of a conversation's [`State`] must be read
 //! before a change can be judged and applied (its request item, the sender's membership,
 //! the target message, the subject, the names it mentions, every member when the last
-//! admin may be leaving), [`facts`] turns that state into the rules' [`Facts`], and
+//! admin may be leaving, the files a message attaches or a delete removes), [`facts`] turns that state into the rules' [`Facts`], and
 //! [`refusal`] is the gateway's check. The rules themselves live only in
 //! `parlor_core::rules`.
 
 use parlor_core::error::{ApiError, BackendError};
 use parlor_core::events::Change;
+use parlor_core::files::FileFacts;
 use parlor_core::ids::{Seq, UserId};
 use parlor_core::ports::NewEvent;
 use parlor_core::protocol::ConversationKind;
@@ -93,14 +94,27 @@ pub(super) fn needs(state: &State, new: &NewEvent) -> Vec<Need> {
         match state.events.get(&seq) {
             None => needs.push(Need::Event(seq)),
             Some(slot) => {
-                // A delete erases the bodies of the target's edits: they are read too.
+                // A delete erases the bodies of the target's edits and removes its files:
+                // they are read too.
                 if let (Change::Delete { .. }, Some(target)) = (&new.change, &slot.current) {
                     for edit in target.message().map_or(&[][..], |m| &m.edit_seqs) {
                         if !state.events.contains_key(edit) {
                             needs.push(Need::Event(*edit));
                         }
                     }
+                    for file in target.message().map_or(&[][..], |m| &m.files) {
+                        if !state.files.contains_key(&file.id) {
+                            needs.push(Need::File(file.id));
+                        }
+                    }
                 }
+            }
+        }
+    }
+    if let Change::Message { files, .. } = &new.change {
+        for id in files {
+            if !state.files.contains_key(id) {
+                needs.push(Need::File(*id));
             }
         }
     }
@@ -176,8 +190,27 @@ pub(super) fn facts(state: &State, new: &NewEvent) -> Facts {
         subject_exists: subject.is_some_and(|user| matches!(state.users.get(&user), Some(Some(_)))),
         admins: conversation.admin_count as usize,
         members: conversation.member_count as usize,
-        files: Vec::new(),
+        files: file_facts(state, &new.change),
     }
+}
+
+/// What the rules need of each file a message attaches, from the file items as read and
+/// as the batch's earlier entries left them.
+fn file_facts(state: &State, change: &Change) -> Vec<FileFacts> {
+    let Change::Message { files, .. } = change else {
+        return Vec::new();
+    };
+    files
+        .iter()
+        .map(|&id| {
+            let file = state.file(id);
+            FileFacts {
+                id,
+                owner: file.map(|file| file.owner),
+                attached: file.is_some_and(|file| file.attached_to.is_some()),
+            }
+        })
+        .collect()
 }
 
 /// The longest-standing member who stays when `gone` goes (by when they joined, then by

@@ -44,7 +44,7 @@ pub(super) fn message_of(doc: &EventDoc, reply_to: Option<ReplyPreview>) -> Opti
         reactions: group_reactions(state.reactions.iter().cloned()),
         edited_at: state.edited_at_ns.map(time_of_nanos),
         deleted: state.deleted,
-        files: Vec::new(),
+        files: state.files.clone(),
     })
 }
 

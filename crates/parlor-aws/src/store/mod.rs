@@ -1,10 +1,12 @@
 //! [`DynamoStore`]: the AWS deployment's [`Store`], on DynamoDB.
 //!
-//! Eight tables named from one prefix (`tables`): `users`, `usernames` (uniqueness
-//! ignoring case, prefix search), `sessions` (with TTL), `conversations`, `direct_pairs`,
-//! `members` (with the `by_user` index), `events` (a conversation's log, a message item
-//! holding the message's current state) and `requests` (one item per (sender,
-//! client_msg_id): idempotency with no time window).
+//! Ten tables named from one prefix (`tables`): `users` (with each owner's `files_bytes`),
+//! `usernames` (uniqueness ignoring case, prefix search), `sessions` (with TTL),
+//! `conversations`, `direct_pairs`, `members` (with the `by_user` index), `events` (a
+//! conversation's log, a message item holding the message's current state, its files'
+//! infos included), `requests` (one item per (sender, client_msg_id): idempotency with no
+//! time window), `files` (uploads and their attachments, with the sparse `unattached`
+//! index) and `blobs` (how many files use each blob; the janitor's claims).
 //!
 //! Invariants, for any number of processes:
 //! - A conversation is a log: its events' seqs are 1, 2, 3… across every kind. An append
@@ -23,6 +25,10 @@
 //!   follow every membership event.
 //! - Markers: `last_read_seq <= last_delivered_seq <= last_seq`, never backwards
 //!   (conditional updates).
+//! - A file is attached once, to a message of its owner: the attaching update is in the
+//!   append's transaction, conditioned on the file item being unattached and the
+//!   sender's. A blob's `refs` and an owner's `files_bytes` change only in the
+//!   transactions that put or delete the file items they count.
 //!
 //! Reads that authorise or feed a rule are strongly consistent; the `by_user` index (a
 //! user's conversations) is eventually consistent, so what it lists is read again from the
@@ -34,7 +40,8 @@
 //! membership, contacts), `markers` (read and delivered markers, mute), `append` (a
 //! batch, per conversation, in transactions), `state` (what an append reads of one
 //! conversation, and its changes as transaction items), `facts` (the rules' facts, and
-//! `refusal`), `history` (messages and events, read back).
+//! `refusal`), `history` (messages and events, read back), `files` (uploads, attachments,
+//! blobs: how each is kept).
 
 mod append;
 mod calls;
@@ -42,6 +49,7 @@ mod codec;
 mod conversations;
 mod error;
 mod facts;
+mod files;
 mod history;
 mod markers;
 mod sessions;
@@ -51,9 +59,11 @@ mod users;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use parlor_core::blobs::BlobKey;
 use parlor_core::error::{ApiError, BackendError};
 use parlor_core::events::Event;
-use parlor_core::ids::{ConversationId, Seq, UserId};
+use parlor_core::files::{StoredFile, UploadRecorded};
+use parlor_core::ids::{ConversationId, FileId, Seq, UserId};
 use parlor_core::ports::{Appended, ConversationView, NewEvent, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{Message, User};
 use parlor_core::storage::{check_direct_pair, distinct, group_members};
@@ -356,44 +366,53 @@ impl Store for DynamoStore {
         .await
     }
 
-    // Files on this store: not written yet (the next commits). Until then no upload can be
-    // recorded here, so no message can attach one.
+    /// One transaction: the file item (its id free), the owner's `files_bytes` (under the
+    /// quota) and each blob's count (unless claimed).
     async fn record_upload(
         &self,
-        _file: &parlor_core::files::StoredFile,
-        _quota_bytes: u64,
-    ) -> Result<parlor_core::files::UploadRecorded, BackendError> {
-        Err(BackendError::unavailable("files are not stored here yet"))
+        file: &StoredFile,
+        quota_bytes: u64,
+    ) -> Result<UploadRecorded, BackendError> {
+        run(
+            "record upload",
+            files::record_upload(self, file, quota_bytes),
+        )
+        .await
     }
 
-    async fn file(
-        &self,
-        _user: UserId,
-        _id: parlor_core::ids::FileId,
-    ) -> Result<Option<parlor_core::files::StoredFile>, BackendError> {
-        Ok(None)
+    /// A strongly consistent GetItem of the file, then of the reader's member item.
+    async fn file(&self, user: UserId, id: FileId) -> Result<Option<StoredFile>, BackendError> {
+        run("file", files::file(self, user, id)).await
     }
 
+    /// Candidates from the sparse `unattached` index, each removed in a transaction of its
+    /// own conditioned on being unattached still.
     async fn expire_uploads(
         &self,
-        _created_before: OffsetDateTime,
-        _limit: u16,
+        created_before: OffsetDateTime,
+        limit: u16,
     ) -> Result<u64, BackendError> {
-        Ok(0)
+        run(
+            "expire uploads",
+            files::expire_uploads(self, created_before, limit),
+        )
+        .await
     }
 
+    /// Candidates from the sparse `idle` index of `blobs`, then a conditional claim of each.
     async fn claim_unused_blobs(
         &self,
-        _unused_before: OffsetDateTime,
-        _limit: u16,
-    ) -> Result<Vec<parlor_core::blobs::BlobKey>, BackendError> {
-        Ok(Vec::new())
+        unused_before: OffsetDateTime,
+        limit: u16,
+    ) -> Result<Vec<BlobKey>, BackendError> {
+        run(
+            "claim unused blobs",
+            files::claim_unused_blobs(self, unused_before, limit),
+        )
+        .await
     }
 
-    async fn forget_blobs(
-        &self,
-        _keys: &[parlor_core::blobs::BlobKey],
-    ) -> Result<(), BackendError> {
-        Ok(())
+    async fn forget_blobs(&self, keys: &[BlobKey]) -> Result<(), BackendError> {
+        run("forget blobs", files::forget_blobs(self, keys)).await
     }
 }

@@ -11,9 +11,11 @@ use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use futures::future::{try_join_all, try_join4};
+use parlor_core::blobs::BlobKey;
 use parlor_core::error::BackendError;
 use parlor_core::events::EventData;
-use parlor_core::ids::{ConversationId, Seq, UserId};
+use parlor_core::files::{Attachment, FileInfo, StoredFile};
+use parlor_core::ids::{ConversationId, FileId, Seq, UserId};
 use parlor_core::ports::NewEvent;
 
 use super::DynamoStore;
@@ -21,6 +23,7 @@ use super::calls::{self, Transacted};
 use super::codec::{Content, ConversationDoc, EventDoc, MemberDoc, Reader, item, n, s};
 use super::conversations::{member_docs, member_key};
 use super::facts::needs;
+use super::files::{blob_updates, bytes_update, count_blobs, file_key, file_of};
 use super::users::user_named;
 
 /// Something [`State`] must read before a change can be judged.
@@ -36,6 +39,17 @@ pub(super) enum Need {
     Name(String),
     /// Every member (to find who is promoted when the last admin goes).
     AllMembers,
+    /// A file item: one a message attaches, or one of a message being deleted.
+    File(FileId),
+}
+
+/// A file item, as stored and as the pending changes leave it (attached, or removed).
+#[derive(Clone, Debug)]
+pub(super) struct FileSlot {
+    committed: Option<StoredFile>,
+    pub(super) current: Option<StoredFile>,
+    /// Its place among its message's files, once a pending change attached it.
+    pub(super) position: u32,
 }
 
 /// A member item, as stored and as the pending changes leave it.
@@ -83,6 +97,15 @@ pub(super) struct State {
     pub(super) names: HashMap<String, Option<UserId>>,
     /// Edits whose bodies a delete erases after its transaction: those that did not fit.
     pub(super) erase_after_commit: Vec<Seq>,
+    pub(super) files: HashMap<FileId, FileSlot>,
+    /// How many files fewer use each blob, once the pending changes are in (removed
+    /// files): one `ADD refs` each, so a blob is one item of the transaction however many
+    /// of its files go.
+    pub(super) blob_releases: HashMap<BlobKey, i64>,
+    /// Bytes each owner's removed files took: one `ADD files_bytes` each.
+    pub(super) bytes_released: HashMap<UserId, i64>,
+    /// When the pending removals happened (the newest event's time): the blobs' `idle_since`.
+    pub(super) released_at_ns: i64,
 }
 
 impl MemberSlot {
@@ -110,7 +133,41 @@ impl State {
             users: HashMap::new(),
             names: HashMap::new(),
             erase_after_commit: Vec::new(),
+            files: HashMap::new(),
+            blob_releases: HashMap::new(),
+            bytes_released: HashMap::new(),
+            released_at_ns: 0,
         })
+    }
+
+    pub(super) fn file(&self, id: FileId) -> Option<&StoredFile> {
+        self.files.get(&id).and_then(|slot| slot.current.as_ref())
+    }
+
+    /// Attaches the file `id` (loaded, the sender's, unattached: the rules said so) to the
+    /// message at `seq`, at `position`; its infos.
+    pub(super) fn attach_file(&mut self, id: FileId, seq: Seq, position: u32) -> Option<FileInfo> {
+        let conversation_id = self.conversation_id;
+        let slot = self.files.get_mut(&id)?;
+        let file = slot.current.as_mut()?;
+        file.attached_to = Some(Attachment {
+            conversation_id,
+            seq,
+        });
+        slot.position = position;
+        Some(file.info.clone())
+    }
+
+    /// Removes the file `id` (its message is deleted): its blobs and bytes are released
+    /// in the same transaction.
+    pub(super) fn remove_file(&mut self, id: FileId, at_ns: i64) {
+        let Some(file) = self.files.get_mut(&id).and_then(|slot| slot.current.take()) else {
+            return;
+        };
+        count_blobs(&mut self.blob_releases, &file, -1);
+        *self.bytes_released.entry(file.owner).or_default() -=
+            i64::try_from(file.info.size).unwrap_or(i64::MAX);
+        self.released_at_ns = self.released_at_ns.max(at_ns);
     }
 
     pub(super) fn member(&self, user: UserId) -> Option<&MemberDoc> {
@@ -175,8 +232,14 @@ impl State {
     ) -> Result<(), BackendError> {
         wanted.dedup();
         let conversation = self.conversation_id;
-        let (mut requests, mut members, mut events, mut users, mut names) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut requests, mut members, mut events, mut users, mut names, mut files) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         let mut all_members = false;
         for need in wanted {
             match need {
@@ -186,6 +249,7 @@ impl State {
                 Need::User(user) if !users.contains(&user) => users.push(user),
                 Need::Name(name) if !names.contains(&name) => names.push(name),
                 Need::AllMembers => all_members = true,
+                Need::File(id) if !files.contains(&id) => files.push(id),
                 _ => {}
             }
         }
@@ -230,7 +294,15 @@ impl State {
             ),
         )
         .await?;
-        let found_names = try_join_all(names.iter().map(|name| user_named(store, name))).await?;
+        let (found_names, file_items) = futures::future::try_join(
+            try_join_all(names.iter().map(|name| user_named(store, name))),
+            calls::batch_get(
+                &store.client,
+                &tables.files,
+                files.iter().map(|id| file_key(*id)).collect(),
+            ),
+        )
+        .await?;
         let everyone = if all_members {
             Some(member_docs(store, conversation).await?)
         } else {
@@ -318,6 +390,24 @@ impl State {
         for (name, user) in names.into_iter().zip(found_names) {
             self.names.insert(name, user);
         }
+        for id in files {
+            self.files.entry(id).or_insert(FileSlot {
+                committed: None,
+                current: None,
+                position: 0,
+            });
+        }
+        for found in &file_items {
+            let file = file_of(&tables.files, found)?;
+            // A slot a pending change touched keeps what it made of it.
+            if let Some(slot) = self.files.get_mut(&file.info.id)
+                && slot.committed.is_none()
+                && slot.current.is_none()
+            {
+                slot.committed = Some(file.clone());
+                slot.current = Some(file);
+            }
+        }
         Ok(())
     }
 
@@ -334,7 +424,18 @@ impl State {
             .values()
             .filter(|slot| member_write(slot).is_some())
             .count();
-        let rest = events + requests + members;
+        let files = self
+            .files
+            .values()
+            .filter(|slot| file_write(slot).is_some())
+            .count();
+        let released = self
+            .blob_releases
+            .values()
+            .filter(|delta| **delta != 0)
+            .count()
+            + self.bytes_released.len();
+        let rest = events + requests + members + files + released;
         if rest == 0 && self.conversation == self.seen {
             0
         } else {
@@ -424,6 +525,67 @@ impl State {
                 }
             }
         }
+        for slot in self.files.values() {
+            match file_write(slot) {
+                None => {}
+                Some(FileWrite::Attach(file)) => {
+                    let at = file.attached_to.expect("attached");
+                    // Unattached and the sender's when read, and still: a file is attached
+                    // once, whatever another conversation's append does meanwhile.
+                    items.push(calls::update(
+                        &tables.files,
+                        file_key(file.info.id),
+                        "SET conversation_id = :c, seq = :seq, #position = :position \
+                         REMOVE unattached",
+                        Some("attribute_not_exists(conversation_id) AND #owner = :owner"),
+                        &[("#position", "position"), ("#owner", "owner")],
+                        vec![
+                            (":c", s(at.conversation_id.to_string())),
+                            (":seq", n(at.seq)),
+                            (":position", n(slot.position)),
+                            (":owner", s(file.owner.to_string())),
+                        ],
+                    )?);
+                }
+                Some(FileWrite::Remove(file)) => {
+                    // Still as read: attached to this message, or (attached and removed by
+                    // the pending changes alike) the owner's unattached upload.
+                    let (condition, values) = match file.attached_to {
+                        Some(at) => (
+                            "conversation_id = :c AND seq = :seq",
+                            vec![
+                                (":c", s(at.conversation_id.to_string())),
+                                (":seq", n(at.seq)),
+                            ],
+                        ),
+                        None => (
+                            "attribute_not_exists(conversation_id) AND #owner = :owner",
+                            vec![(":owner", s(file.owner.to_string()))],
+                        ),
+                    };
+                    let names: &[(&str, &str)] = if file.attached_to.is_some() {
+                        &[]
+                    } else {
+                        &[("#owner", "owner")]
+                    };
+                    items.push(calls::delete_if(
+                        &tables.files,
+                        file_key(file.info.id),
+                        condition,
+                        names,
+                        values,
+                    )?);
+                }
+            }
+        }
+        items.extend(blob_updates(
+            store,
+            &self.blob_releases,
+            self.released_at_ns,
+        )?);
+        for (user, delta) in &self.bytes_released {
+            items.push(bytes_update(store, *user, *delta)?);
+        }
         Ok(items)
     }
 
@@ -451,6 +613,11 @@ impl State {
             slot.replaced = false;
             slot.read_to = None;
         }
+        for slot in self.files.values_mut() {
+            slot.committed = slot.current.clone();
+        }
+        self.blob_releases.clear();
+        self.bytes_released.clear();
         for seq in std::mem::take(&mut self.erase_after_commit) {
             erase_edit(store, self.conversation_id, seq).await?;
         }
@@ -474,6 +641,24 @@ fn member_write(slot: &MemberSlot) -> Option<MemberWrite<'_>> {
         (Some(_), Some(doc)) if slot.replaced => Some(MemberWrite::Replace(doc)),
         (Some(old), Some(doc)) if old.role != doc.role || slot.read_to.is_some() => {
             Some(MemberWrite::Update(doc, slot.read_to))
+        }
+        _ => None,
+    }
+}
+
+/// What a file slot's pending changes write.
+enum FileWrite<'a> {
+    /// Attach it (as `current` says), conditioned on it being unattached and the owner's.
+    Attach(&'a StoredFile),
+    /// Delete it, conditioned on it being as read (`committed`).
+    Remove(&'a StoredFile),
+}
+
+fn file_write(slot: &FileSlot) -> Option<FileWrite<'_>> {
+    match (&slot.committed, &slot.current) {
+        (Some(old), None) => Some(FileWrite::Remove(old)),
+        (Some(old), Some(file)) if old.attached_to.is_none() && file.attached_to.is_some() => {
+            Some(FileWrite::Attach(file))
         }
         _ => None,
     }

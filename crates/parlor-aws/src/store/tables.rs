@@ -1,7 +1,8 @@
-//! The store's eight tables, named from one prefix, and creating them (tests, the local
+//! The store's ten tables, named from one prefix, and creating them (tests, the local
 //! emulator) or deleting them (tests' cleanup). Production's tables come from the
 //! CloudFormation template, which must match [`create_tables`] exactly (see the Store
-//! section of the AWS design: keys, the `by_user` index with its keys only, TTL on
+//! section of the AWS design: keys, the `by_user` index of members and the `unattached`
+//! index of files with their keys only, the `idle` index of blobs with `refs`, TTL on
 //! sessions).
 
 use std::time::Duration;
@@ -18,6 +19,12 @@ use super::error::{build, sdk};
 
 /// The index of `members` by user: a user's conversations.
 pub(super) const MEMBERS_BY_USER: &str = "by_user";
+/// The sparse index of `files` by `unattached` and `created_at`: the uploads not yet
+/// attached, oldest first (expiry).
+pub(super) const FILES_UNATTACHED: &str = "unattached";
+/// The sparse index of `blobs` by `idle` and `idle_since`, with `refs`: the blobs that may
+/// have no users, longest idle first (the janitor).
+pub(super) const BLOBS_IDLE: &str = "idle";
 
 /// How long creating tables may take before `open` gives up.
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -33,6 +40,8 @@ pub(super) struct Tables {
     pub(super) members: String,
     pub(super) events: String,
     pub(super) requests: String,
+    pub(super) files: String,
+    pub(super) blobs: String,
 }
 
 impl Tables {
@@ -47,10 +56,12 @@ impl Tables {
             members: name("members"),
             events: name("events"),
             requests: name("requests"),
+            files: name("files"),
+            blobs: name("blobs"),
         }
     }
 
-    fn all(&self) -> [&str; 8] {
+    fn all(&self) -> [&str; 10] {
         [
             &self.users,
             &self.usernames,
@@ -60,6 +71,8 @@ impl Tables {
             &self.members,
             &self.events,
             &self.requests,
+            &self.files,
+            &self.blobs,
         ]
     }
 }
@@ -92,7 +105,7 @@ fn key_schema(parts: &[KeyPart]) -> Result<Vec<KeySchemaElement>, BackendError> 
 /// on sessions) and waits until every one is active.
 pub(super) async fn create_tables(client: &Client, tables: &Tables) -> Result<(), BackendError> {
     use ScalarAttributeType::{B, N, S};
-    let specs: [(&str, Vec<KeyPart>); 8] = [
+    let specs: [(&str, Vec<KeyPart>); 10] = [
         (&tables.users, vec![hash("id", S)]),
         (&tables.usernames, vec![hash("first", S), range("name", S)]),
         (&tables.sessions, vec![hash("token", B)]),
@@ -107,6 +120,8 @@ pub(super) async fn create_tables(client: &Client, tables: &Tables) -> Result<()
             vec![hash("conversation_id", S), range("seq", N)],
         ),
         (&tables.requests, vec![hash("key", S)]),
+        (&tables.files, vec![hash("id", S)]),
+        (&tables.blobs, vec![hash("key", S)]),
     ];
     for (name, parts) in &specs {
         if table_status(client, name).await?.is_some() {
@@ -141,6 +156,44 @@ pub(super) async fn create_tables(client: &Client, tables: &Tables) -> Result<()
                         .projection_type(ProjectionType::KeysOnly)
                         .build(),
                 )
+                .build()
+                .map_err(|error| build("create table", error))?;
+            request = request.global_secondary_indexes(index);
+        }
+        // Sparse indexes, their hash key one constant while the item is in them (see
+        // `files`): the uploads not yet attached (keys only: each candidate is read again
+        // from the table before it is removed), and the blobs that may have no users
+        // (with `refs`, which the janitor's query filters on).
+        let sparse = if *name == tables.files {
+            Some((FILES_UNATTACHED, "unattached", "created_at", None))
+        } else if *name == tables.blobs {
+            Some((BLOBS_IDLE, "idle", "idle_since", Some("refs")))
+        } else {
+            None
+        };
+        if let Some((index_name, hash_key, range_key, included)) = sparse {
+            for (attribute, kind) in [(hash_key, S), (range_key, N)] {
+                request = request.attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(attribute)
+                        .attribute_type(kind)
+                        .build()
+                        .map_err(|error| build("create table", error))?,
+                );
+            }
+            let projection = match included {
+                Some(attribute) => Projection::builder()
+                    .projection_type(ProjectionType::Include)
+                    .non_key_attributes(attribute)
+                    .build(),
+                None => Projection::builder()
+                    .projection_type(ProjectionType::KeysOnly)
+                    .build(),
+            };
+            let index = GlobalSecondaryIndex::builder()
+                .index_name(index_name)
+                .set_key_schema(Some(key_schema(&[hash(hash_key, S), range(range_key, N)])?))
+                .projection(projection)
                 .build()
                 .map_err(|error| build("create table", error))?;
             request = request.global_secondary_indexes(index);

@@ -3,9 +3,10 @@
 //! gap-free, `(sender, client_msg_id)` unique and every rule checked against the state the
 //! change is stored on; a conflict with a concurrent transaction is retried a few times.
 //!
-//! Messages are the hot path: a run of consecutive messages (usually the whole batch) is
-//! looked up in one round trip (the first run together with the locks) and stored in one
-//! more, whatever its length. Every other kind is rare and stored alone, in two round
+//! Messages are the hot path: a run of consecutive plain messages (no files: usually the
+//! whole batch) is looked up in one round trip (the first run together with the locks) and
+//! stored in one more, whatever its length. Every other change (another kind, or a message
+//! that attaches files, which locks them and writes them too) is stored alone, in two round
 //! trips, by [`super::events`].
 
 use std::collections::HashMap;
@@ -70,13 +71,14 @@ pub(super) async fn append_events(
     }
 }
 
-fn is_message(new: &NewEvent) -> bool {
-    matches!(new.change, Change::Message { .. })
+/// A message that attaches no files: one row, stored with the others of its run.
+fn is_plain_message(new: &NewEvent) -> bool {
+    matches!(&new.change, Change::Message { files, .. } if files.is_empty())
 }
 
-/// How many entries at the start of `batch` are messages.
+/// How many entries at the start of `batch` are plain messages.
 fn message_run(batch: &[NewEvent]) -> usize {
-    batch.iter().take_while(|new| is_message(new)).count()
+    batch.iter().take_while(|new| is_plain_message(new)).count()
 }
 
 /// One attempt at the batch, in one transaction.
@@ -349,11 +351,14 @@ async fn store_run(
     let mut targets_now: HashMap<(ConversationId, Seq), ReplyTarget> = HashMap::new();
     for new in run {
         let Change::Message {
-            body, reply_to_seq, ..
+            body,
+            reply_to_seq,
+            files,
         } = &new.change
         else {
             unreachable!("a run holds messages only");
         };
+        assert!(files.is_empty(), "a run holds messages without files only");
         let key = (new.sender_id, new.client_msg_id.clone());
         if let Some(first) = lookup.duplicates.get(&key).or(stored_now.get(&key)) {
             results.push(Appended::Duplicate(first.clone()));

@@ -1,11 +1,12 @@
 //! How values cross into and out of PostgreSQL: seqs and times (unix nanoseconds, UTC) as
 //! bigints, a conversation's kind and a member's role as text, and the row mappers for
 //! users and events (a message in its current state: its edit, deletion, mentions, the
-//! message it replies to and its reactions, all read by one statement). Ids are `uuid`
-//! columns, bound as [`Uuid`](uuid::Uuid) directly.
+//! message it replies to, its reactions and its files, all read by one statement). Ids are
+//! `uuid` columns, bound as [`Uuid`](uuid::Uuid) directly.
 
 use parlor_core::events::{Event, EventData, ReplyPreview, Role, excerpt};
-use parlor_core::ids::{ConversationId, MessageId, Seq, UserId};
+use parlor_core::files::{FileInfo, ImageSize};
+use parlor_core::ids::{ConversationId, FileId, MessageId, Seq, UserId};
 use parlor_core::protocol::{ConversationKind, Message, User};
 use parlor_core::storage::{
     event_of_columns, group_reactions, kind_of_text, mentions_of_text, nanos,
@@ -105,8 +106,9 @@ pub(super) fn user_row(row: &Row) -> Result<User, tokio_postgres::Error> {
 
 /// The columns [`event_row`] reads, of an event `e` (with `FROM`, [`from_events`]): the
 /// event's own, then for a message the one it replies to (`r`), then its reactions as two
-/// arrays in the order they were made (emoji and user, element by element). One
-/// statement, so a message and its reactions come from the same snapshot.
+/// arrays in the order they were made (emoji and user, element by element), then its files
+/// (`fs`, [`files_of_events`]) as arrays in their order on the message. One statement, so
+/// a message, its reactions and its files come from the same snapshot.
 macro_rules! event_fields {
     () => {
         "e.id, e.conversation_id, e.seq, e.sender_id, e.client_msg_id, e.body,
@@ -117,23 +119,48 @@ macro_rules! event_fields {
                ORDER BY x.created_at_ns, x.id),
          ARRAY(SELECT x.user_id FROM reactions x
                WHERE x.conversation_id = e.conversation_id AND x.seq = e.seq
-               ORDER BY x.created_at_ns, x.id)"
+               ORDER BY x.created_at_ns, x.id),
+         fs.ids, fs.names, fs.content_types, fs.sizes, fs.widths, fs.heights"
     };
 }
 pub(super) use event_fields;
 
-/// The `FROM` of [`event_fields`]: the events `e`, with the message a message replies to.
+/// The files `fs` of a message `e`, for [`event_fields`]: one probe of `files_by_message`
+/// per message (none for other kinds), each column an array in the files' order, all NULL
+/// for a message without files.
+macro_rules! files_of_events {
+    () => {
+        " LEFT JOIN LATERAL (
+              SELECT array_agg(f.id ORDER BY f.position) AS ids,
+                     array_agg(f.name ORDER BY f.position) AS names,
+                     array_agg(f.content_type ORDER BY f.position) AS content_types,
+                     array_agg(f.size ORDER BY f.position) AS sizes,
+                     array_agg(f.width ORDER BY f.position) AS widths,
+                     array_agg(f.height ORDER BY f.position) AS heights
+              FROM files f
+              WHERE e.kind = 'message'
+                AND f.conversation_id = e.conversation_id AND f.seq = e.seq
+          ) fs ON true"
+    };
+}
+pub(super) use files_of_events;
+
+/// The `FROM` of [`event_fields`]: the events `e`, with the message a message replies to
+/// and the files it carries.
 macro_rules! from_events {
     () => {
-        " FROM events e
-          LEFT JOIN events r ON e.kind = 'message'
-              AND r.conversation_id = e.conversation_id AND r.seq = e.target_seq"
+        concat!(
+            " FROM events e
+              LEFT JOIN events r ON e.kind = 'message'
+                  AND r.conversation_id = e.conversation_id AND r.seq = e.target_seq",
+            $crate::store::codec::files_of_events!()
+        )
     };
 }
 pub(super) use from_events;
 
 /// How many columns [`event_fields`] has: a statement may select more after them.
-pub(super) const EVENT_FIELDS: usize = 18;
+pub(super) const EVENT_FIELDS: usize = 24;
 
 /// An event of [`event_fields`], a message in its current state.
 pub(super) fn event_row(row: &Row) -> Result<Event, Failure> {
@@ -183,7 +210,7 @@ fn message_fields(
     seq: Seq,
     sender_id: UserId,
     client_msg_id: &str,
-) -> Result<Message, tokio_postgres::Error> {
+) -> Result<Message, Failure> {
     let reply_to = match row.try_get::<_, Option<SeqColumn>>(9)? {
         Some(SeqColumn(target_seq)) => match row.try_get::<_, Option<Uuid>>(13)? {
             Some(target_sender) => Some(ReplyPreview {
@@ -212,6 +239,57 @@ fn message_fields(
         reactions: group_reactions(emoji.into_iter().zip(users.into_iter().map(UserId))),
         edited_at: row.try_get::<_, Option<Nanos>>(11)?.map(|at| at.0),
         deleted: row.try_get(12)?,
-        files: Vec::new(),
+        files: message_files(row)?,
     })
+}
+
+/// The files of a message row of [`event_fields`], in order.
+fn message_files(row: &Row) -> Result<Vec<FileInfo>, Failure> {
+    let Some(ids) = row.try_get::<_, Option<Vec<Uuid>>>(18)? else {
+        return Ok(Vec::new());
+    };
+    let names: Vec<String> = row.try_get(19)?;
+    let content_types: Vec<String> = row.try_get(20)?;
+    let sizes: Vec<i64> = row.try_get(21)?;
+    let widths: Vec<Option<i64>> = row.try_get(22)?;
+    let heights: Vec<Option<i64>> = row.try_get(23)?;
+    let mut files = Vec::with_capacity(ids.len());
+    for (index, ((id, name), content_type)) in
+        ids.into_iter().zip(names).zip(content_types).enumerate()
+    {
+        let image = match (
+            widths.get(index).copied().flatten(),
+            heights.get(index).copied().flatten(),
+        ) {
+            (Some(width), Some(height)) => Some(ImageSize {
+                width: pixels(width)?,
+                height: pixels(height)?,
+            }),
+            _ => None,
+        };
+        files.push(FileInfo {
+            id: FileId(id),
+            name,
+            content_type,
+            size: stored_size(sizes.get(index).copied().unwrap_or(-1))?,
+            image,
+        });
+    }
+    Ok(files)
+}
+
+/// A stored size in bytes (never negative: a CHECK keeps it so).
+pub(super) fn stored_size(size: i64) -> Result<u64, Failure> {
+    u64::try_from(size).map_err(|_| Failure::Unreadable(format!("a size of {size} bytes")))
+}
+
+/// A stored width or height in pixels.
+pub(super) fn pixels(value: i64) -> Result<u32, Failure> {
+    u32::try_from(value).map_err(|_| Failure::Unreadable(format!("an image side of {value} px")))
+}
+
+/// A size in bytes as stored; one past `i64::MAX` can never be stored.
+pub(super) fn size_param(size: u64) -> Result<i64, Failure> {
+    i64::try_from(size)
+        .map_err(|_| Failure::Rejected(format!("a size of {size} bytes is out of range")))
 }

@@ -17,13 +17,14 @@ use uuid::Uuid;
 
 use super::PgStore;
 use super::codec::{
-    EVENT_FIELDS, KindColumn, RoleColumn, SeqColumn, event_fields, message_row, now_nanos,
+    EVENT_FIELDS, KindColumn, RoleColumn, SeqColumn, event_fields, files_of_events, message_row,
+    now_nanos,
 };
 use super::failure::Failure;
 
 /// The start of a query for conversation views; callers add the `WHERE` clause on the
-/// viewer's membership `m`. The last message `e` (with the one it replies to, `r`) comes
-/// first, in the columns of [`event_fields`], then the view's own from `EVENT_FIELDS` on.
+/// viewer's membership `m`. The last message `e` (with the one it replies to, `r`, and its
+/// files, `fs`) comes first, in the columns of [`event_fields`], then the view's own from `EVENT_FIELDS` on.
 /// The unread counts read the viewer's messages after their marker: with the primary key
 /// (conversation_id, seq), only those rows.
 macro_rules! select_views {
@@ -37,7 +38,9 @@ macro_rules! select_views {
              JOIN conversations c ON c.id = m.conversation_id
              LEFT JOIN events e ON e.conversation_id = c.id AND e.seq = c.last_message_seq
              LEFT JOIN events r ON r.conversation_id = e.conversation_id
-                 AND r.seq = e.target_seq
+                 AND r.seq = e.target_seq",
+            files_of_events!(),
+            "
              CROSS JOIN LATERAL (
                  SELECT count(*) AS messages,
                         count(*) FILTER (WHERE strpos(u.mentions, m.user_id::text) > 0)

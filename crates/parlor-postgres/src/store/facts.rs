@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use deadpool_postgres::GenericClient;
-use futures::future::try_join;
+use futures::future::try_join3;
 use parlor_core::error::ApiError;
 use parlor_core::events::{Change, Role};
 use parlor_core::ids::{ConversationId, Seq, UserId};
@@ -21,6 +21,7 @@ use super::PgStore;
 use super::append::has_nul;
 use super::codec::{KindColumn, RoleColumn};
 use super::failure::Failure;
+use super::files::{self, Lock};
 
 /// The facts of one change, and what storing it needs besides.
 pub(super) struct Gathered {
@@ -30,6 +31,8 @@ pub(super) struct Gathered {
     /// For a departure: the longest-standing member who stays, promoted if the last admin
     /// goes.
     pub(super) successor: Option<UserId>,
+    /// The body of the event at the target seq, if there is one: a reply's excerpt.
+    pub(super) target_body: Option<String>,
 }
 
 /// The facts of a conversation that does not exist: nobody is a member of it, and with no
@@ -80,7 +83,8 @@ pub(super) fn departing(sender: UserId, change: &Change) -> Option<UserId> {
 }
 
 /// The facts `new` depends on, as the database has them now (inside a transaction: as it
-/// has them, with this transaction's own changes).
+/// has them, with this transaction's own changes), but for the files a message attaches:
+/// those are read by [`files::attachable`] (locked inside the append's transaction).
 ///
 /// The counts of admins and members are read for member changes only (the only ones whose
 /// rules look at them): counting a large group's members for every message would cost the
@@ -112,7 +116,8 @@ pub(super) async fn gather(
                     n.admins, n.members,
                     (SELECT user_id FROM members
                      WHERE conversation_id = c.id AND user_id <> $7
-                     ORDER BY joined_at_ns, user_id LIMIT 1)
+                     ORDER BY joined_at_ns, user_id LIMIT 1),
+                    t.body
              FROM conversations c
              LEFT JOIN events t ON t.conversation_id = c.id AND t.seq = $3
              CROSS JOIN LATERAL (
@@ -152,6 +157,7 @@ pub(super) async fn gather(
             facts: no_conversation(),
             subject_name: None,
             successor: None,
+            target_body: None,
         });
     };
     let target = match row.try_get::<_, Option<&str>>(2)? {
@@ -180,6 +186,7 @@ pub(super) async fn gather(
         facts,
         subject_name,
         successor: row.try_get::<_, Option<Uuid>>(12)?.map(UserId),
+        target_body: row.try_get(13)?,
     })
 }
 
@@ -253,19 +260,25 @@ pub(super) async fn refusal(store: &PgStore, new: &NewEvent) -> Result<Option<Ap
             "SELECT EXISTS (SELECT 1 FROM events WHERE sender_id = $1 AND client_msg_id = $2)",
         )
         .await?;
-    // Two statements sent together, each on its own snapshot: a change stored between
-    // them is stored, and answers as a duplicate whatever the facts say.
-    let (stored, gathered) = try_join(
+    let file_ids = match &new.change {
+        Change::Message { files, .. } => files.as_slice(),
+        _ => &[],
+    };
+    // Statements sent together, each on its own snapshot: a change stored between them is
+    // stored, and answers as a duplicate whatever the facts say.
+    let (stored, mut gathered, found) = try_join3(
         async {
             Ok(client
                 .query_one(&stored, &[&new.sender_id.0, &new.client_msg_id])
                 .await?)
         },
         gather(&client, new),
+        files::attachable(&client, file_ids, Lock::None),
     )
     .await?;
     if stored.try_get::<_, bool>(0)? {
         return Ok(None);
     }
+    gathered.facts.files = files::facts(file_ids, &found);
     Ok(rules::check(new.sender_id, &new.change, &gathered.facts).err())
 }

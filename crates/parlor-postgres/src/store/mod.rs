@@ -24,6 +24,9 @@
 //!   newest member or role change's.
 //! - `members.last_read_seq <= members.last_delivered_seq <= conversations.last_seq`
 //!   (reading delivers), and neither marker decreases while the member stays.
+//! - A file is attached to at most one message, its owner's, in the transaction that stores
+//!   the message, and removed in the transaction of the message's delete; `blobs.refs` is
+//!   the number of files that use the blob, and a claimed blob has none.
 //!
 //! Times are stored as unix nanoseconds (UTC) in `*_ns` bigint columns, as in the embedded
 //! store: exact for every `OffsetDateTime` between 1677 and 2262 (`timestamptz` keeps only
@@ -32,9 +35,10 @@
 //! Files by concern: [`schema`] (migrations under an advisory lock), [`append`] (storing a
 //! batch, and its runs of messages), [`events`] (storing one change of another kind),
 //! [`facts`] (what the rules look at, and `refusal`), [`history`] (pages of messages and
-//! events), [`conversations`] (conversations, members, markers, muting), [`users`] (users
-//! and sessions), [`codec`] (values and rows in and out of SQL) and [`failure`] (error
-//! classification). This file holds the store, its pool, and the [`Store`] impl that runs
+//! events), [`conversations`] (conversations, members, markers, muting), [`files`]
+//! (uploads, attachments and the blobs they count, and how that stays right under
+//! concurrency), [`users`] (users and sessions), [`codec`] (values and rows in and out of
+//! SQL) and [`failure`] (error classification). This file holds the store, its pool, and the [`Store`] impl that runs
 //! each method's body and names it in its error.
 
 mod append;
@@ -43,6 +47,7 @@ mod conversations;
 mod events;
 mod facts;
 mod failure;
+mod files;
 mod history;
 mod schema;
 mod search;
@@ -55,9 +60,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use parlor_core::blobs::BlobKey;
 use parlor_core::error::{ApiError, BackendError};
 use parlor_core::events::Event;
-use parlor_core::ids::{ConversationId, Seq, UserId};
+use parlor_core::files::{StoredFile, UploadRecorded};
+use parlor_core::ids::{ConversationId, FileId, Seq, UserId};
 use parlor_core::ports::{Appended, ConversationView, NewEvent, Page, Session, Store, TokenHash};
 use parlor_core::protocol::{Message, User};
 use parlor_core::storage::{check_direct_pair, distinct, group_members};
@@ -410,44 +417,51 @@ impl Store for PgStore {
         .await
     }
 
-    // Files on this store: not written yet (the next commits). Until then no upload can be
-    // recorded here, so no message can attach one.
+    /// One transaction under a lock on the owner's uploads, so the quota holds however
+    /// many uploads of one owner run at once.
     async fn record_upload(
         &self,
-        _file: &parlor_core::files::StoredFile,
-        _quota_bytes: u64,
-    ) -> Result<parlor_core::files::UploadRecorded, BackendError> {
-        Err(BackendError::unavailable("files are not stored here yet"))
+        file: &StoredFile,
+        quota_bytes: u64,
+    ) -> Result<UploadRecorded, BackendError> {
+        run(
+            "record upload",
+            files::record_upload(self, file, quota_bytes),
+        )
+        .await
     }
 
-    async fn file(
-        &self,
-        _user: UserId,
-        _id: parlor_core::ids::FileId,
-    ) -> Result<Option<parlor_core::files::StoredFile>, BackendError> {
-        Ok(None)
+    async fn file(&self, user: UserId, id: FileId) -> Result<Option<StoredFile>, BackendError> {
+        run("file", files::file(self, user, id)).await
     }
 
+    /// Uploads an append is attaching at this moment are left for a later call.
     async fn expire_uploads(
         &self,
-        _created_before: OffsetDateTime,
-        _limit: u16,
+        created_before: OffsetDateTime,
+        limit: u16,
     ) -> Result<u64, BackendError> {
-        Ok(0)
+        run(
+            "expire uploads",
+            files::expire_uploads(self, created_before, limit),
+        )
+        .await
     }
 
+    /// Blobs an upload is counting at this moment are left for a later call.
     async fn claim_unused_blobs(
         &self,
-        _unused_before: OffsetDateTime,
-        _limit: u16,
-    ) -> Result<Vec<parlor_core::blobs::BlobKey>, BackendError> {
-        Ok(Vec::new())
+        unused_before: OffsetDateTime,
+        limit: u16,
+    ) -> Result<Vec<BlobKey>, BackendError> {
+        run(
+            "claim unused blobs",
+            files::claim_unused_blobs(self, unused_before, limit),
+        )
+        .await
     }
 
-    async fn forget_blobs(
-        &self,
-        _keys: &[parlor_core::blobs::BlobKey],
-    ) -> Result<(), BackendError> {
-        Ok(())
+    async fn forget_blobs(&self, keys: &[BlobKey]) -> Result<(), BackendError> {
+        run("forget blobs", files::forget_blobs(self, keys)).await
     }
 }

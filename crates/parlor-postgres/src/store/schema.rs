@@ -17,6 +17,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_messages_without_foreign_keys.sql"),
     include_str!("../migrations/0003_events.sql"),
     include_str!("../migrations/0004_search.sql"),
+    include_str!("../migrations/0005_files.sql"),
 ];
 
 /// Applies the migrations the database has not seen yet, in one transaction; a database

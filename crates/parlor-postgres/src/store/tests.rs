@@ -1,7 +1,8 @@
 //! PostgreSQL-specific checks: every connection's settings, migrations under the advisory
 //! lock, schema upgrades (data written before the event log reads back as events) and
-//! refusals, connection failures and text PostgreSQL cannot hold. The behaviour every store shares is checked by the contract suite in
-//! `tests/contract`.
+//! refusals, connection failures and text PostgreSQL cannot hold, and ([`files`]) uploads,
+//! attachments and blob claims racing each other. The behaviour every store shares is
+//! checked by the contract suite in `tests/contract`.
 
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use uuid::Uuid;
 
 use super::PgStore;
 use super::schema::MIGRATIONS;
+
+mod files;
 
 /// A fresh database on the test server (`PARLOR_TEST_PG_URL`), dropped at the end.
 struct TestDatabase {

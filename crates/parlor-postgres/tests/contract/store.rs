@@ -126,3 +126,9 @@ mod search {
 
     parlor_testkit::search_contract!(PgFixture::new().await);
 }
+
+mod files {
+    use super::PgFixture;
+
+    parlor_testkit::files_contract!(PgFixture::new().await);
+}

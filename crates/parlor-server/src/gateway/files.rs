@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -71,9 +72,10 @@ fn staging_failed(error: StageError, bytes_max: u64) -> HttpError {
 pub async fn upload(
     State(gateway): State<Arc<Gateway>>,
     caller: Caller,
-    Query(params): Query<UploadParams>,
+    params: Result<Query<UploadParams>, QueryRejection>,
     request: Request,
 ) -> Result<Response, HttpError> {
+    let Query(params) = params.map_err(|rejection| invalid(rejection.body_text()))?;
     let config = &gateway.config.files;
     gateway
         .limits
@@ -280,9 +282,10 @@ pub async fn download(
     State(gateway): State<Arc<Gateway>>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(params): Query<DownloadParams>,
+    params: Result<Query<DownloadParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
+    let Query(params) = params.map_err(|rejection| invalid(rejection.body_text()))?;
     let file = readable(&gateway, &caller, &id).await?;
     let inline = file.info.image.is_some() && params.download.is_none();
     let disposition = parlor_media::content_disposition(

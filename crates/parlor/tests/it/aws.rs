@@ -78,7 +78,10 @@ impl AwsDeployment {
             ("PARLOR_AWS_CREATE".into(), "true".into()),
             // A killed persister's entries come back after this.
             ("PARLOR_AWS_VISIBILITY_TIMEOUT_SECS".into(), "3".into()),
-        ];
+        ]
+        .into_iter()
+        .chain(crate::harness::s3_env(&format!("it-{id}")))
+        .collect();
         let env: Vec<(&str, &str)> = environment
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -206,6 +209,40 @@ async fn users_on_different_gateways_chat(deployment: &AwsDeployment) {
     let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
     let _ = alice_id;
+
+    // A file uploaded through one gateway (into S3, recorded in DynamoDB) is attached and
+    // read through the other.
+    let png = parlor_testkit::images::png(40, 30);
+    let auth = format!("Bearer {alice}");
+    let uploaded = alice_http
+        .raw(
+            "POST",
+            "/api/v1/files?name=a.png",
+            &[("Authorization", &auth)],
+            &png,
+        )
+        .await;
+    assert_eq!(uploaded.status, 201, "{uploaded:?}");
+    let file = uploaded.json()["file"].clone();
+    let sent = alice_http
+        .post(
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            &alice,
+            json!({"client_msg_id": "a-file", "files": [file["id"]]}),
+        )
+        .await;
+    assert_eq!(sent.status, 202, "{sent:?}");
+    let bob_http = Http {
+        address: deployment.gateways[1].address.clone(),
+    };
+    let history = bob_http.wait_for_history(&bob, &conversation, 7).await;
+    assert_eq!(history[6]["files"], json!([file.clone()]));
+    let path = format!("/api/v1/files/{}", file["id"].as_str().unwrap());
+    let bob_auth = format!("Bearer {bob}");
+    let read = bob_http
+        .raw("GET", &path, &[("Authorization", &bob_auth)], &[])
+        .await;
+    assert_eq!((read.status, read.body == png), (200, true), "{read:?}");
 
     // DynamoDB has no full-text index: search says so, plainly.
     let answer = alice_http.get("/api/v1/search?q=hi", &alice).await;

@@ -51,11 +51,13 @@ impl Cluster {
             "--namespace",
             namespace.as_str(),
         ];
+        let s3 = crate::harness::s3_env(&namespace);
+        let env: Vec<(&str, &str)> = s3.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let spawn = |role: &str, extra: &[&str]| {
             let mut args = vec![role, "--listen", "127.0.0.1:0"];
             args.extend_from_slice(&shared);
             args.extend_from_slice(extra);
-            Server::spawn(&args, &[])
+            Server::spawn(&args, &env)
         };
         let gateways: Vec<Server> = (0..2)
             .map(|_| spawn("gateway", &["--trusted-proxies", "127.0.0.1"]))
@@ -224,6 +226,53 @@ async fn users_on_different_gateways_chat_both_ways() {
         [json!("b-1"), json!("a-2")],
         "Bob must not get a-1 twice"
     );
+
+    // A file uploaded through one gateway (into S3) is read through the other.
+    let png = parlor_testkit::images::png(120, 90);
+    let auth = format!("Bearer {alice}");
+    let one = Http {
+        address: cluster.gateways[0].address.clone(),
+    };
+    let uploaded = one
+        .raw(
+            "POST",
+            "/api/v1/files?name=chart.png",
+            &[("Authorization", &auth)],
+            &png,
+        )
+        .await;
+    assert_eq!(uploaded.status, 201, "{uploaded:?}");
+    let file = uploaded.json()["file"].clone();
+    assert_eq!(file["image"], json!({"width": 120, "height": 90}));
+    alice_ws
+        .send(json!({"type": "send", "conversation_id": conversation,
+        "client_msg_id": "a-file", "files": [file["id"]]}))
+        .await;
+    let carried = loop {
+        let frame = bob_ws.next_of("message").await;
+        if frame["message"]["client_msg_id"] == "a-file" {
+            break frame;
+        }
+    };
+    assert_eq!(carried["message"]["files"], json!([file.clone()]));
+    let two = Http {
+        address: cluster.gateways[1].address.clone(),
+    };
+    let bob_auth = format!("Bearer {bob}");
+    let path = format!("/api/v1/files/{}", file["id"].as_str().unwrap());
+    let read = two
+        .raw("GET", &path, &[("Authorization", &bob_auth)], &[])
+        .await;
+    assert_eq!((read.status, read.body == png), (200, true), "{read:?}");
+    let thumbnail = two
+        .raw(
+            "GET",
+            &format!("{path}/thumbnail"),
+            &[("Authorization", &bob_auth)],
+            &[],
+        )
+        .await;
+    assert_eq!(thumbnail.header("content-type"), Some("image/jpeg"));
 
     // Through the balancer, the scheme is what it says, not what the client claims.
     let own = format!("http://{}", cluster.address);

@@ -84,3 +84,26 @@ impl DerefMut for Server {
         &mut self.0
     }
 }
+
+/// The environment that points a cluster or AWS process at the S3 emulator of
+/// `scripts/services` (ministack), with blobs under a prefix of the test's own.
+pub fn s3_env(prefix: &str) -> Vec<(String, String)> {
+    let endpoint = std::env::var("PARLOR_TEST_S3_URL").unwrap_or_else(|_| {
+        panic!(
+            "PARLOR_TEST_S3_URL is not set: {}",
+            parlor_testkit::process::SERVICES_HINT
+        )
+    });
+    [
+        ("PARLOR_S3_ENDPOINT", endpoint.as_str()),
+        ("PARLOR_S3_BUCKET", "parlor-it"),
+        ("PARLOR_S3_PREFIX", prefix),
+        ("PARLOR_S3_PATH_STYLE", "true"),
+        ("PARLOR_S3_CREATE_BUCKET", "true"),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .collect()
+}

@@ -12,6 +12,7 @@ mod disk;
 mod dlq;
 mod durability;
 mod events;
+mod files;
 mod harness;
 mod protocol;
 mod search;
