@@ -23,6 +23,9 @@ process.env.PARLOR_E2E_PORT ??= String(freePort());
 process.env.PARLOR_E2E_DATA_DIR ??= mkdtempSync(path.join(tmpdir(), 'parlor-e2e-'));
 
 const port = Number(process.env.PARLOR_E2E_PORT);
+// The server started here refuses uploads over 8 MiB (the default is 25 MiB), so that
+// `e2e/files.spec.ts` sees the server's own refusal of a file the client lets through.
+if (!process.env.PARLOR_E2E_URL) process.env.PARLOR_E2E_SERVER_FILE_BYTES_MAX ??= String(8 * 1024 * 1024);
 const dataDir = process.env.PARLOR_E2E_DATA_DIR;
 const bin = process.env.PARLOR_BIN ?? path.resolve(here, '../target/debug/parlor');
 // PARLOR_E2E_URL points the tests at a Parlor that runs already (a local cluster behind
@@ -67,6 +70,10 @@ export default defineConfig({
       `"${bin}" serve --listen 127.0.0.1:${port} --data-dir "${dataDir}"` +
       ' --auth-per-second-per-ip 1000 --auth-burst-per-ip 1000',
     url: `${baseURL}/healthz`,
+    env: {
+      ...Object.fromEntries(Object.entries(process.env).filter((entry): entry is [string, string] => entry[1] !== undefined)),
+      PARLOR_FILE_BYTES_MAX: process.env.PARLOR_E2E_SERVER_FILE_BYTES_MAX ?? '',
+    },
     reuseExistingServer: false,
     timeout: 60_000,
     stdout: 'ignore',

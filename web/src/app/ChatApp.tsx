@@ -16,6 +16,7 @@ import { SearchDialog } from '../features/search/SearchDialog.tsx';
 import { useMessageSearch } from '../features/search/useMessageSearch.ts';
 import type { Conversation, ConversationId, SearchHit, User, UserId } from '../lib/api/types.ts';
 import { hitKey, queryOf, type SearchInput } from '../lib/search/messageSearch.ts';
+import type { UploadQueues } from '../lib/files/uploads.ts';
 import type { ChatView, EngineState, SyncEngine } from '../lib/sync/engine.ts';
 import { notificationAccess, notifyIncoming, requestNotifications, type NotificationAccess } from './notifications.ts';
 import { startSession, type Session } from './session.ts';
@@ -60,17 +61,18 @@ export function ChatApp({ user, onEnded, onLogout }: ChatAppProps) {
   }, [user]);
 
   if (!session) return null;
-  return <Shell engine={session.engine} activeId={activeId} navigate={navigate} onLogout={onLogout} />;
+  return <Shell engine={session.engine} uploads={session.uploads} activeId={activeId} navigate={navigate} onLogout={onLogout} />;
 }
 
 interface ShellProps {
   engine: SyncEngine;
+  uploads: UploadQueues;
   activeId: ConversationId | null;
   navigate: (id: ConversationId | null) => void;
   onLogout: () => void;
 }
 
-function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
+function Shell({ engine, uploads, activeId, navigate, onLogout }: ShellProps) {
   const state = useSyncExternalStore(engine.subscribe, engine.getState);
   const [dialog, setDialog] = useState<'chat' | 'group' | 'info' | 'search' | 'switcher' | null>(null);
   const [access, setAccess] = useState<NotificationAccess>(notificationAccess);
@@ -93,6 +95,20 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
     };
     window.addEventListener('keydown', onKey);
     return () => window.removeEventListener('keydown', onKey);
+  }, []);
+
+  // Files dropped anywhere but on a conversation would make the browser open them in place
+  // of Parlor (losing what was typed and chosen): such drops do nothing instead.
+  useEffect(() => {
+    const holdFiles = (event: DragEvent) => {
+      if (Array.from(event.dataTransfer?.types ?? []).includes('Files')) event.preventDefault();
+    };
+    window.addEventListener('dragover', holdFiles);
+    window.addEventListener('drop', holdFiles);
+    return () => {
+      window.removeEventListener('dragover', holdFiles);
+      window.removeEventListener('drop', holdFiles);
+    };
   }, []);
 
   // A muted chat counts only what mentions me, as its notifications do.
@@ -232,7 +248,8 @@ function Shell({ engine, activeId, navigate, onLogout }: ShellProps) {
             badge={activeChat.peerId ? renderPresence(activeChat.peerId) : null}
             avatarSeed={activeChat.peerId ?? activeChat.id}
             backHref={conversationHref(null)}
-            onSend={(body, replyToSeq) => void engine.send(activeChat.id, body, replyToSeq)}
+            uploads={uploads.of(activeChat.id)}
+            onSend={(body, replyToSeq, files) => void engine.send(activeChat.id, body, replyToSeq, files)}
             onEdit={(seq, body) => act(() => engine.edit(activeChat.id, seq, body))}
             onDelete={(seq) => act(() => engine.deleteMessage(activeChat.id, seq))}
             onReact={(seq, emoji) => act(() => engine.toggleReaction(activeChat.id, seq, emoji))}

@@ -3,6 +3,7 @@
 // never on load.
 
 import { plainText } from '../features/conversation/markdown.ts';
+import { filesSummary } from '../lib/files/format.ts';
 import type { IncomingMessage } from '../lib/sync/engine.ts';
 
 export type NotificationAccess = NotificationPermission | 'unsupported';
@@ -31,7 +32,7 @@ export function notifyIncoming(incoming: IncomingMessage, onOpen: (id: string) =
   const { message, chat, sender } = incoming;
   if (document.visibilityState !== 'hidden' || notificationAccess() !== 'granted' || !shouldNotify(incoming)) return;
   const title = chat.kind === 'group' ? `${sender} in ${chat.title}` : sender;
-  const text = plainText(message.body);
+  const text = plainText(message.body).trim() || filesSummary(message.files ?? []);
   const body = text.length > BODY_CHARS_MAX ? `${text.slice(0, BODY_CHARS_MAX - 1)}…` : text;
   try {
     const notification = new Notification(title, { body, tag: chat.id, icon: '/favicon.svg' });

@@ -3,11 +3,15 @@
 
 import * as api from '../lib/api/client.ts';
 import type { User } from '../lib/api/types.ts';
+import { xhrUpload } from '../lib/files/upload.ts';
+import { UploadQueues } from '../lib/files/uploads.ts';
 import { ReconnectingSocket } from '../lib/socket/socket.ts';
 import { SyncEngine, type IncomingMessage } from '../lib/sync/engine.ts';
 
 export interface Session {
   engine: SyncEngine;
+  /** The files chosen for the next message of each conversation, uploading. */
+  uploads: UploadQueues;
   stop(): void;
 }
 
@@ -25,6 +29,29 @@ export function socketUrl(location: Location = window.location): string {
   return `${scheme}//${location.host}/api/v1/ws`;
 }
 
+/** The side of the chips' pictures in CSS pixels, times two for sharp screens. */
+const PREVIEW_PX = 2 * 44;
+
+/**
+ * A small picture of a local image as a data: URL: the browser decodes the file scaled down
+ * (createImageBitmap), so a large photo costs no more than its chip.
+ */
+async function imagePreview(file: File): Promise<string | null> {
+  if (typeof createImageBitmap !== 'function') return null;
+  const bitmap = await createImageBitmap(file, { resizeWidth: PREVIEW_PX * 2, resizeQuality: 'medium' }).catch(() => null);
+  if (!bitmap) return null;
+  try {
+    const canvas = document.createElement('canvas');
+    const scale = Math.min(1, PREVIEW_PX / Math.min(bitmap.width, bitmap.height));
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    canvas.getContext('2d')?.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    return canvas.toDataURL('image/png');
+  } finally {
+    bitmap.close();
+  }
+}
+
 export function startSession(user: User, callbacks: SessionCallbacks): Session {
   let socket: ReconnectingSocket | null = null;
   const engine = new SyncEngine({
@@ -38,6 +65,11 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
       setMuted: api.setMuted,
       send: (frame) => socket?.send(frame) ?? false,
     },
+  });
+
+  const uploads = new UploadQueues({
+    upload: xhrUpload,
+    preview: imagePreview,
   });
 
   let stopped = false;
@@ -69,7 +101,11 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
   const unsubscribeUnauthorized = api.onUnauthorized(() => {
     if (!stopped) callbacks.onEnded();
   });
-  const onOnline = () => socket?.reconnectNow();
+  // Back online: the socket reconnects, and uploads the network cut off start over.
+  const onOnline = () => {
+    socket?.reconnectNow();
+    uploads.retryInterrupted();
+  };
   const onOffline = () => socket?.disconnect();
   const onVisibility = () => engine.setVisible(document.visibilityState === 'visible');
   window.addEventListener('online', onOnline);
@@ -82,6 +118,7 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
 
   return {
     engine,
+    uploads,
     stop() {
       if (stopped) return;
       stopped = true;
@@ -91,6 +128,7 @@ export function startSession(user: User, callbacks: SessionCallbacks): Session {
       unsubscribeIncoming();
       unsubscribeUnauthorized();
       socket?.stop();
+      uploads.dispose();
       engine.dispose();
     },
   };

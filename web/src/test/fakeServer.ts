@@ -12,6 +12,8 @@ import type {
   ConversationId,
   ConversationMember,
   EventData,
+  FileId,
+  FileInfo,
   Message,
   Page,
   ServerFrame,
@@ -36,6 +38,8 @@ export class FakeServer {
   readonly fetches: Array<{ conversation: ConversationId } & Page> = [];
   readonly eventFetches: Array<{ conversation: ConversationId; after_seq: number }> = [];
   readonly markReads: Array<{ conversation: ConversationId; seq: number }> = [];
+  /** Files uploaded (`POST /files`) and not attached to a message yet. */
+  readonly uploads = new Map<FileId, FileInfo>();
   /** False: the socket is down (send returns false). */
   socketUp = true;
   /** False: HTTP requests fail as if the network were gone. */
@@ -94,6 +98,7 @@ export class FakeServer {
     body: string,
     clientMsgId?: string,
     replyToSeq?: number,
+    files: readonly FileInfo[] = [],
   ): Message {
     const list = this.messages.get(conversation);
     if (!list) throw new Error(`no conversation ${conversation}`);
@@ -115,6 +120,7 @@ export class FakeServer {
       .members.filter((m) => body.includes(`@${m.username}`))
       .map((m) => m.id);
     if (mentions.length > 0) message.mentions = mentions;
+    if (files.length > 0) message.files = [...files];
     if (replyToSeq !== undefined) {
       const original = list.find((m) => m.seq === replyToSeq);
       if (original) message.reply_to = { seq: original.seq, sender_id: original.sender_id, excerpt: excerptOf(original.body) };
@@ -122,6 +128,14 @@ export class FakeServer {
     list.push(message);
     this.events.get(conversation)!.push(messageEvent(message));
     return message;
+  }
+
+  /** An upload, as `POST /files` records it. */
+  upload(name: string, size: number, contentType: string, image?: FileInfo['image']): FileInfo {
+    const info: FileInfo = { id: `f${this.nextId++}`, name, content_type: contentType, size };
+    if (image) info.image = image;
+    this.uploads.set(info.id, info);
+    return info;
   }
 
   /** Stores `n` messages from `senderId` and returns them. */
@@ -234,7 +248,16 @@ export class FakeServer {
         const { type: _type, conversation_id, client_msg_id, ...change } = frame;
         out.push({ type: 'accepted', client_msg_id, conversation_id });
         if (change.kind === 'message') {
-          out.push({ type: 'message', message: this.store(conversation_id, senderId, change.body, client_msg_id, change.reply_to_seq) });
+          const stored = this.messages.get(conversation_id)?.find((m) => m.sender_id === senderId && m.client_msg_id === client_msg_id);
+          // An upload is attached to one message; a resend of that message is the same message.
+          const files = stored ? (stored.files ?? []) : (change.files ?? []).map((id) => this.uploads.get(id));
+          if (files.some((f) => f === undefined)) {
+            out.push({ type: 'error', code: 'not_found', message: 'no such file', client_msg_id });
+            continue;
+          }
+          for (const f of files) this.uploads.delete(f!.id);
+          const message = this.store(conversation_id, senderId, change.body, client_msg_id, change.reply_to_seq, files as FileInfo[]);
+          out.push({ type: 'message', message });
         } else {
           out.push({ type: 'event', event: this.record(conversation_id, senderId, change, client_msg_id) });
         }

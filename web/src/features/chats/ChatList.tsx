@@ -4,6 +4,7 @@ import { Avatar } from '../../components/ui/Avatar.tsx';
 import { shortWhen } from '../../components/ui/format.ts';
 import { Icon } from '../../components/ui/Icon.tsx';
 import type { ConversationId, UserId } from '../../lib/api/types.ts';
+import { filesSummary } from '../../lib/files/format.ts';
 import type { ChatView, LoadStatus } from '../../lib/sync/engine.ts';
 import { filterChats } from './chatMatch.ts';
 
@@ -76,7 +77,9 @@ const ChatItem = memo(function ChatItem({ chat, active, meId, typing, href, pres
   if (typing && typing.length > 0) {
     preview = chat.kind === 'group' ? `${typing[0]} is typing…` : 'typing…';
   } else if (last) {
-    const firstLine = last.deleted ? 'This message was deleted' : previewOf(last.body);
+    const text = last.deleted ? 'This message was deleted' : previewOf(last.body);
+    // A message of files alone says what it carries; with a caption, the caption.
+    const firstLine = !last.deleted && text.trim() === '' && last.files?.length ? filesSummary(last.files) : text;
     const sender =
       last.sender_id === meId
         ? 'You: '

@@ -1,8 +1,10 @@
-import { useEffect, useId, useRef, useState, type FormEvent, type KeyboardEvent } from 'react';
+import { useEffect, useId, useRef, useState, type ClipboardEvent, type FormEvent, type KeyboardEvent } from 'react';
 
 import { Icon } from '../../components/ui/Icon.tsx';
 import type { Member, UserId } from '../../lib/api/types.ts';
 import { LIMITS, utf8Bytes } from '../../lib/api/types.ts';
+import type { UploadView } from '../../lib/files/uploads.ts';
+import { Attachments } from './Attachments.tsx';
 import { loadDraft, saveDraft } from './drafts.ts';
 
 export interface ComposerContext {
@@ -19,7 +21,17 @@ interface ComposerProps extends ComposerContext {
   placeholder: string;
   /** Who can be @mentioned here (not me). */
   members: readonly Member[];
-  /** Queues the body; throws with a message a person can read when it cannot be sent. */
+  /** The files chosen for the next message, uploading or uploaded. */
+  uploads: readonly UploadView[];
+  /** Why some files were not added (too many), if so. */
+  fileNotice: string | null;
+  onAddFiles: (files: readonly File[]) => void;
+  onRemoveFile: (key: string) => void;
+  onRetryFile: (key: string) => void;
+  /**
+   * Queues the body (with the uploaded files); throws with a message a person can read when
+   * it cannot be sent. Called only once every chosen file is uploaded.
+   */
   onSend: (body: string) => void;
   onSaveEdit: (seq: number, body: string) => void;
   /** ArrowUp in an empty box: edit my last message. */
@@ -44,11 +56,17 @@ export function Composer(props: ComposerProps) {
   const [error, setError] = useState<string | null>(null);
   const [suggest, setSuggest] = useState<{ query: string; start: number; active: number } | null>(null);
   const textarea = useRef<HTMLTextAreaElement>(null);
+  const fileInput = useRef<HTMLInputElement>(null);
   /** The draft put aside while a message is edited in the box. */
   const stashed = useRef<string | null>(null);
   const errorId = useId();
   const listId = useId();
   const tooLong = utf8Bytes(draft) > LIMITS.bodyBytesMax;
+  const { uploads } = props;
+  const uploading = uploads.filter((u) => u.state === 'uploading').length;
+  const failedUploads = uploads.filter((u) => u.state === 'failed').length;
+  const hasFiles = uploads.length > 0 && !editing;
+  const canSend = editing ? draft.trim() !== '' : (draft.trim() !== '' || hasFiles) && uploading === 0 && failedUploads === 0;
 
   // Opening a chat puts the cursor where the next message goes, as Slack and Element do, so
   // a chat opened from the keyboard can be written to at once. Not on touch screens: focus
@@ -115,7 +133,15 @@ export function Composer(props: ComposerProps) {
   }
 
   function send() {
-    if (draft.trim() === '') return;
+    if (draft.trim() === '' && !hasFiles) return;
+    if (!editing && uploading > 0) {
+      setError(`Wait for ${uploading === 1 ? 'the upload' : `${uploading} uploads`} to finish, then send.`);
+      return;
+    }
+    if (!editing && failedUploads > 0) {
+      setError('Remove the files that failed, or retry them, to send.');
+      return;
+    }
     if (tooLong) {
       setError(`This message is over ${LIMITS.bodyBytesMax / 1024} KiB; shorten it to send.`);
       return;
@@ -125,7 +151,7 @@ export function Composer(props: ComposerProps) {
         if (draft !== editing.body) props.onSaveEdit(editing.seq, draft);
         else props.onCancel();
       } else {
-        props.onSend(draft);
+        props.onSend(draft.trim() === '' ? '' : draft);
         setDraft('');
       }
       setError(null);
@@ -139,6 +165,15 @@ export function Composer(props: ComposerProps) {
   function onSubmit(event: FormEvent) {
     event.preventDefault();
     send();
+  }
+
+  // Files on the clipboard (a screenshot, files copied in a file manager) are attached;
+  // text pastes as text.
+  function onPaste(event: ClipboardEvent<HTMLTextAreaElement>) {
+    const files = Array.from(event.clipboardData?.files ?? []);
+    if (files.length === 0 || editing) return;
+    event.preventDefault();
+    props.onAddFiles(files);
   }
 
   function onKeyDown(event: KeyboardEvent<HTMLTextAreaElement>) {
@@ -176,8 +211,9 @@ export function Composer(props: ComposerProps) {
   return (
     <form className="composer" onSubmit={onSubmit}>
       <p id={errorId} className="composer-error form-error" role="alert">
-        {error ?? (tooLong ? `Over the ${LIMITS.bodyBytesMax / 1024} KiB limit.` : '')}
+        {error ?? (tooLong ? `Over the ${LIMITS.bodyBytesMax / 1024} KiB limit.` : (props.fileNotice ?? ''))}
       </p>
+      {editing ? null : <Attachments uploads={uploads} onRemove={props.onRemoveFile} onRetry={props.onRetryFile} />}
       {editing || replyTo ? (
         <div className="composer-context">
           <Icon name={editing ? 'edit' : 'reply'} />
@@ -246,14 +282,43 @@ export function Composer(props: ComposerProps) {
           onSelect={(event) => updateSuggestions(event.currentTarget)}
           onBlur={() => setSuggest(null)}
           onKeyDown={onKeyDown}
+          onPaste={onPaste}
           enterKeyHint="send"
+        />
+        {/* After the box, as in Element: Shift+Tab from the box still reaches the newest
+            message's actions, and Tab goes on to the files, then Send. */}
+        <button
+          type="button"
+          className="icon-button attach-button"
+          aria-label="Attach files"
+          title="Attach files (or paste, or drop them here)"
+          disabled={editing !== null || uploads.length >= LIMITS.filesPerMessageMax}
+          onClick={() => fileInput.current?.click()}
+        >
+          <Icon name="paperclip" />
+        </button>
+        <input
+          ref={fileInput}
+          type="file"
+          multiple
+          hidden
+          tabIndex={-1}
+          aria-hidden="true"
+          onChange={(event) => {
+            const files = Array.from(event.target.files ?? []);
+            // Cleared, so that choosing the same file again is a change too.
+            event.target.value = '';
+            props.onAddFiles(files);
+            setError(null);
+            textarea.current?.focus();
+          }}
         />
         <button
           type="submit"
           className="send-button"
           aria-label={editing ? 'Save' : 'Send'}
-          disabled={draft.trim() === ''}
-          title={editing ? 'Save (Enter)' : 'Send (Enter)'}
+          disabled={!canSend}
+          title={editing ? 'Save (Enter)' : uploading > 0 ? 'Waiting for the uploads to finish' : 'Send (Enter)'}
         >
           <Icon name={editing ? 'check' : 'send'} />
         </button>

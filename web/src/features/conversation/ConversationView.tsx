@@ -1,11 +1,14 @@
-import { useCallback, useEffect, useMemo, useRef, useState, type ReactNode } from 'react';
+import { useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore, type DragEvent, type ReactNode } from 'react';
 
 import { Avatar } from '../../components/ui/Avatar.tsx';
 import { ConfirmDialog } from '../../components/ui/ConfirmDialog.tsx';
 import { Icon } from '../../components/ui/Icon.tsx';
-import type { UserId } from '../../lib/api/types.ts';
+import type { FileInfo, UserId } from '../../lib/api/types.ts';
+import { filesSummary } from '../../lib/files/format.ts';
+import type { UploadQueue } from '../../lib/files/uploads.ts';
 import type { ChatView, TimelineView } from '../../lib/sync/engine.ts';
 import { Composer, type ComposerContext } from './Composer.tsx';
+import { ImageViewer } from './ImageViewer.tsx';
 import { plainText } from './markdown.ts';
 import type { MessageActions } from './MessageItem.tsx';
 import { MessageList } from './MessageList.tsx';
@@ -24,7 +27,9 @@ interface ConversationViewProps {
   /** The avatar's colour: the peer's id for a direct chat, so it matches everywhere. */
   avatarSeed: string;
   backHref: string;
-  onSend: (body: string, replyToSeq: number | null) => void;
+  /** The files chosen for the next message here, uploading as they are chosen. */
+  uploads: UploadQueue;
+  onSend: (body: string, replyToSeq: number | null, files: FileInfo[]) => void;
   onEdit: (seq: number, body: string) => void;
   onDelete: (seq: number) => void;
   onReact: (seq: number, emoji: string) => void;
@@ -78,6 +83,12 @@ export function ConversationView(props: ConversationViewProps) {
   const [deletingSeq, setDeletingSeq] = useState<number | null>(null);
   const [highlightSeq, setHighlightSeq] = useState<number | null>(null);
   const highlightTimer = useRef<number | null>(null);
+  const [viewing, setViewing] = useState<{ images: readonly FileInfo[]; index: number } | null>(null);
+  const { uploads } = props;
+  const chosen = useSyncExternalStore(uploads.subscribe, uploads.getSnapshot);
+  const [dropping, setDropping] = useState(false);
+  const dragDepth = useRef(0);
+  const [fileNotice, setFileNotice] = useState<string | null>(null);
   useEffect(() => () => void (highlightTimer.current !== null && window.clearTimeout(highlightTimer.current)), []);
 
   const messageAt = (seq: number | null) => (seq === null ? undefined : timeline.messages.find((m) => m.seq === seq));
@@ -86,7 +97,10 @@ export function ConversationView(props: ConversationViewProps) {
   const replyMessage = messageAt(replyToSeq);
   const editMessage = messageAt(editingSeq);
   const context: ComposerContext = {
-    replyTo: replyMessage && !replyMessage.deleted ? { seq: replyMessage.seq, sender: nameOf(replyMessage.sender_id), excerpt: plainText(replyMessage.body) } : null,
+    replyTo:
+      replyMessage && !replyMessage.deleted
+        ? { seq: replyMessage.seq, sender: nameOf(replyMessage.sender_id), excerpt: plainText(replyMessage.body).trim() || filesSummary(replyMessage.files ?? []) }
+        : null,
     editing: editMessage && !editMessage.deleted ? { seq: editMessage.seq, body: editMessage.body } : null,
   };
 
@@ -118,6 +132,7 @@ export function ConversationView(props: ConversationViewProps) {
       },
       onRetry: (id) => latest.current.onRetry(id),
       onDiscard: (id) => latest.current.onDiscard(id),
+      onOpenImage: (images, index) => setViewing({ images, index }),
     }),
     [],
   );
@@ -138,10 +153,44 @@ export function ConversationView(props: ConversationViewProps) {
     }
   };
 
+  const addFiles = (files: readonly File[]) => {
+    if (files.length === 0) return;
+    setFileNotice(uploads.add(files));
+  };
+
+  // Files dragged over the conversation: an overlay says where they go. Entering and
+  // leaving child elements fire pairs of events, so the overlay follows their depth.
+  const carriesFiles = (event: DragEvent) => Array.from(event.dataTransfer?.types ?? []).includes('Files');
+  const dropHandlers = {
+    onDragEnter: (event: DragEvent) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault();
+      dragDepth.current += 1;
+      setDropping(true);
+    },
+    onDragOver: (event: DragEvent) => {
+      if (!carriesFiles(event)) return;
+      event.preventDefault();
+      event.dataTransfer.dropEffect = 'copy';
+    },
+    onDragLeave: (event: DragEvent) => {
+      if (!carriesFiles(event)) return;
+      dragDepth.current = Math.max(0, dragDepth.current - 1);
+      if (dragDepth.current === 0) setDropping(false);
+    },
+    onDrop: (event: DragEvent) => {
+      if (!carriesFiles(event) && (event.dataTransfer?.files.length ?? 0) === 0) return;
+      event.preventDefault();
+      dragDepth.current = 0;
+      setDropping(false);
+      addFiles(Array.from(event.dataTransfer.files));
+    },
+  };
+
   const mentionable = useMemo(() => chat.members.filter((m) => m.id !== meId), [chat.members, meId]);
 
   return (
-    <section className="conversation" aria-labelledby="conversation-title">
+    <section className="conversation" aria-labelledby="conversation-title" {...dropHandlers}>
       <header className="conversation-header">
         <a className="icon-button back-button" href={props.backHref} aria-label="Back to chats">
           <Icon name="back" />
@@ -190,9 +239,21 @@ export function ConversationView(props: ConversationViewProps) {
         members={mentionable}
         replyTo={context.replyTo}
         editing={context.editing}
+        uploads={chosen}
+        fileNotice={fileNotice}
+        onAddFiles={addFiles}
+        onRemoveFile={(key) => {
+          uploads.remove(key);
+          setFileNotice(null);
+        }}
+        onRetryFile={(key) => uploads.retry(key)}
         onSend={(body) => {
-          props.onSend(body, context.replyTo?.seq ?? null);
+          if (uploads.size > 0 && !uploads.ready) return;
+          // Forgotten only once the message is queued: a refused message keeps its files.
+          props.onSend(body, context.replyTo?.seq ?? null, uploads.readyFiles());
+          uploads.take();
           setReplyToSeq(null);
+          setFileNotice(null);
         }}
         onSaveEdit={(seq, body) => {
           props.onEdit(seq, body);
@@ -205,6 +266,15 @@ export function ConversationView(props: ConversationViewProps) {
         }}
         onTyping={props.onTyping}
       />
+      {dropping ? (
+        <div className="drop-overlay" aria-hidden="true">
+          <div className="drop-overlay-box">
+            <Icon name="paperclip" />
+            <span>Drop files to share them in {chat.title}</span>
+          </div>
+        </div>
+      ) : null}
+      {viewing ? <ImageViewer images={viewing.images} index={viewing.index} onClose={() => setViewing(null)} /> : null}
       {deletingSeq !== null ? (
         <ConfirmDialog
           title="Delete message?"

@@ -3,12 +3,13 @@ import { memo, useEffect, useRef, useState } from 'react';
 import { clockTime, longWhen } from '../../components/ui/format.ts';
 import { Icon } from '../../components/ui/Icon.tsx';
 import { Menu, type MenuItem } from '../../components/ui/Menu.tsx';
-import type { ConversationKind, Message, ReplyPreview, UserId } from '../../lib/api/types.ts';
+import type { ConversationKind, FileInfo, Message, ReplyPreview, UserId } from '../../lib/api/types.ts';
 import type { PendingMessage } from '../../lib/sync/engine.ts';
 import { emojiName, QUICK_REACTIONS } from './emoji.ts';
 import { EmojiPicker } from './EmojiPicker.tsx';
 import { plainText } from './markdown.ts';
 import { MessageBody } from './MessageBody.tsx';
+import { MessageFiles } from './MessageFiles.tsx';
 
 export type Item =
   | { kind: 'stored'; key: string; message: Message }
@@ -25,6 +26,8 @@ export interface MessageActions {
   onJumpTo: (seq: number) => void;
   onRetry: (clientMsgId: string) => void;
   onDiscard: (clientMsgId: string) => void;
+  /** Opens the full-size viewer on a message's images. */
+  onOpenImage: (images: readonly FileInfo[], index: number) => void;
 }
 
 interface MessageItemProps {
@@ -58,6 +61,7 @@ export const MessageItem = memo(function MessageItem(props: MessageItemProps) {
   const stored = item.kind === 'stored' ? item.message : null;
   const deleted = stored?.deleted ?? false;
   const body = stored ? stored.body : item.kind === 'pending' ? item.pending.body : '';
+  const files = deleted ? [] : ((stored ? stored.files : item.kind === 'pending' ? item.pending.files : undefined) ?? []);
   const when = stored ? stored.created_at : item.kind === 'pending' ? item.pending.createdAt : '';
   const failed = item.kind === 'pending' && item.pending.state === 'failed';
   const mentionsMe = !mine && (stored?.mentions?.includes(meId) ?? false);
@@ -75,6 +79,7 @@ export const MessageItem = memo(function MessageItem(props: MessageItemProps) {
   const classes = [
     'message',
     mine ? 'is-mine' : 'is-theirs',
+    files.length > 0 ? 'has-files' : '',
     props.startsRun ? 'starts-run' : '',
     item.kind === 'pending' ? 'is-pending' : '',
     failed ? 'is-failed' : '',
@@ -175,7 +180,10 @@ export const MessageItem = memo(function MessageItem(props: MessageItemProps) {
               <Icon name="trash" /> This message was deleted
             </div>
           ) : (
-            <MessageBody body={body} mentions={mentions} />
+            <>
+              {files.length > 0 ? <MessageFiles files={files} onOpenImage={actions.onOpenImage} /> : null}
+              {body !== '' || files.length === 0 ? <MessageBody body={body} mentions={mentions} /> : null}
+            </>
           )}{' '}
           <div className="meta">
             {stored?.edited_at && !deleted ? (
@@ -267,7 +275,8 @@ function ReplyQuote({
   onJumpTo: (seq: number) => void;
 }) {
   const who = quote.sender_id === meId ? 'You' : (names[quote.sender_id] ?? 'Former member');
-  const text = quote.deleted ? 'This message was deleted' : plainText(quote.excerpt);
+  // Only a message of files alone has no text to quote.
+  const text = quote.deleted ? 'This message was deleted' : plainText(quote.excerpt).trim() || '📎 Files';
   return (
     <button
       type="button"

@@ -27,6 +27,11 @@ function composer(overrides: Partial<Parameters<typeof Composer>[0]> = {}) {
     onEditLast: vi.fn(),
     onCancel: vi.fn(),
     onTyping: () => {},
+    uploads: [],
+    fileNotice: null,
+    onAddFiles: vi.fn(),
+    onRemoveFile: vi.fn(),
+    onRetryFile: vi.fn(),
     ...overrides,
   };
   const view = render(<Composer {...props} />);

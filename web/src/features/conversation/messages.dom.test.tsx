@@ -30,7 +30,7 @@ function timeline(messages: Message[], notices: ConversationEvent[] = []): Timel
 }
 
 function actions(): MessageActions {
-  return { onReply: vi.fn(), onEdit: vi.fn(), onDelete: vi.fn(), onReact: vi.fn(), onJumpTo: vi.fn(), onRetry: vi.fn(), onDiscard: vi.fn() };
+  return { onReply: vi.fn(), onEdit: vi.fn(), onDelete: vi.fn(), onReact: vi.fn(), onJumpTo: vi.fn(), onRetry: vi.fn(), onDiscard: vi.fn(), onOpenImage: vi.fn() };
 }
 
 function list(c: ChatView, t: TimelineView, a = actions(), unreadAfterSeq: number | null = null, window = { onLoadNewer: () => {}, onJumpToLatest: () => Promise.resolve() }) {
@@ -140,5 +140,27 @@ describe('MessageList', () => {
     expect(document.activeElement).toBe(within(picker).getByRole('button', { name: 'eyes' }));
     fireEvent.click(document.activeElement!);
     expect(a.onReact).toHaveBeenCalledWith(1, '👀');
+  });
+});
+
+describe('MessageList with files', () => {
+  const photo = { id: 'f1', name: 'photo.jpg', content_type: 'image/jpeg', size: 2048, image: { width: 640, height: 480 } };
+  const doc = { id: 'f2', name: 'notes.txt', content_type: 'text/plain', size: 10 };
+
+  it('shows a message of files alone without an empty body, a caption under them, and a deleted one without its files', () => {
+    const a = actions();
+    const items = list(
+      chat('direct', [member(ME, 3, 3), member('u-ann', 3, 3)]),
+      timeline([msg(1, 'u-ann', '', { files: [photo] }), msg(2, 'u-ann', 'the notes', { files: [doc] }), msg(3, 'u-ann', '', { deleted: true, files: [doc] })]),
+      a,
+    );
+    expect(within(items[0]!).getByRole('img', { name: 'photo.jpg' })).toBeTruthy();
+    expect(items[0]!.querySelector('.message-body')).toBeNull();
+    fireEvent.click(within(items[0]!).getByRole('link', { name: 'photo.jpg' }));
+    expect(a.onOpenImage).toHaveBeenCalledWith([photo], 0);
+    expect(within(items[1]!).getByRole('link', { name: /Download notes\.txt/ })).toBeTruthy();
+    expect(items[1]!.querySelector('.message-body')?.textContent).toBe('the notes');
+    expect(within(items[2]!).queryByRole('link')).toBeNull();
+    expect(items[2]!.textContent).toContain('This message was deleted');
   });
 });

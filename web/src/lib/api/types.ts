@@ -4,6 +4,26 @@
 export type UserId = string;
 export type ConversationId = string;
 export type MessageId = string;
+export type FileId = string;
+
+/** An image's size in pixels, as displayed. */
+export interface ImageSize {
+  width: number;
+  height: number;
+}
+
+/** A file as a message shows it (`parlor_core::files::FileInfo`). */
+export interface FileInfo {
+  id: FileId;
+  /** What the uploader called it, cleaned of paths and control characters. */
+  name: string;
+  /** Sniffed from the bytes by the server, never taken from the client. */
+  content_type: string;
+  /** In bytes. */
+  size: number;
+  /** Only for images shown inline (PNG, JPEG, GIF, WebP): such a file has a thumbnail. */
+  image?: ImageSize;
+}
 
 export interface User {
   id: UserId;
@@ -52,6 +72,8 @@ export interface Message {
   reactions?: Reaction[];
   edited_at?: string;
   deleted?: boolean;
+  /** The files it carries, in the order they were attached; none once deleted. */
+  files?: FileInfo[];
 }
 
 export type ConversationKind = 'direct' | 'group';
@@ -111,7 +133,7 @@ export type ConversationEvent = {
 
 /** A change request: an event without what the server assigns. Member changes name `user_id`. */
 export type Change =
-  | { kind: 'message'; body: string; reply_to_seq?: number }
+  | { kind: 'message'; body: string; reply_to_seq?: number; files?: FileId[] }
   | { kind: 'edit'; target_seq: number; body: string }
   | { kind: 'delete'; target_seq: number }
   | { kind: 'reaction_added'; target_seq: number; emoji: string }
@@ -213,10 +235,18 @@ export type ErrorCode =
   | 'unsupported_media_type'
   | 'storage_full'
   | 'invalid_request'
-  | 'not_available';
+  | 'not_available'
+  | 'quota_exceeded';
 
 export type ClientFrame =
-  | { type: 'send'; conversation_id: ConversationId; client_msg_id: string; body: string; reply_to_seq?: number }
+  | {
+      type: 'send';
+      conversation_id: ConversationId;
+      client_msg_id: string;
+      body: string;
+      reply_to_seq?: number;
+      files?: FileId[];
+    }
   | ({ type: 'event'; conversation_id: ConversationId; client_msg_id: string } & Change)
   | { type: 'typing'; conversation_id: ConversationId }
   | { type: 'read'; conversation_id: ConversationId; seq: number }
@@ -257,6 +287,9 @@ export const LIMITS = {
   reactionsDistinctMax: 20,
   searchQueryCharsMax: 200,
   searchPageMax: 50,
+  /** The server's default upload limit (`PARLOR_FILE_BYTES_MAX`); a server may set less (413 then). */
+  fileBytesMax: 25 * 1024 * 1024,
+  filesPerMessageMax: 10,
 } as const;
 
 export const USERNAME_PATTERN = /^[A-Za-z0-9_.-]{3,32}$/;

@@ -46,6 +46,7 @@ export function applyToMessage(message: Message, change: TargetedChange, actor: 
       const next: Message = { ...message, body: '', deleted: true };
       delete next.reactions;
       delete next.mentions;
+      delete next.files;
       return next;
     }
     case 'reaction_added':

@@ -333,6 +333,49 @@ describe('sending: pending → sent', () => {
     expect(pending()).toEqual([]);
   });
 
+  it('sends the ids of uploaded files with the message, an empty body allowed, and shows them while pending', async () => {
+    const photo = server.upload('photo.jpg', 2048, 'image/jpeg', { width: 640, height: 480 });
+    const id = engine.send(DM, '', null, [photo]);
+    expect(server.received).toEqual([{ type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: '', files: [photo.id] }]);
+    expect(pending()).toMatchObject([{ clientMsgId: id, body: '', files: [photo] }]);
+    deliver(...server.processSends(alice.id));
+    expect(pending()).toEqual([]);
+    expect(engine.getState().timelines[DM]!.messages.map((m) => m.files)).toEqual([[photo]]);
+    expect(chat().lastMessage?.files).toEqual([photo]);
+  });
+
+  it('keeps a message with files pending offline and resends it with the same files after reconnect', async () => {
+    const doc = server.upload('report.pdf', 12_345, 'application/pdf');
+    disconnect();
+    const id = engine.send(DM, 'the report', null, [doc]);
+    expect(pending()[0]!.state).toBe('queued');
+    await connect();
+    expect(server.received).toEqual([
+      { type: 'event', conversation_id: DM, client_msg_id: id, kind: 'message', body: 'the report', files: [doc.id] },
+    ]);
+    deliver(...server.processSends(alice.id));
+    expect(engine.getState().timelines[DM]!.messages.map((m) => [m.body, m.files?.map((f) => f.name)])).toEqual([['the report', ['report.pdf']]]);
+  });
+
+  it('marks a message failed when the server knows none of its files, and refuses more than ten', () => {
+    const id = engine.send(DM, 'gone', null, [{ id: 'f-expired', name: 'old.txt', content_type: 'text/plain', size: 3 }]);
+    deliver(...server.processSends(alice.id));
+    expect(pending()).toMatchObject([{ clientMsgId: id, state: 'failed', error: 'no such file' }]);
+    const many = Array.from({ length: 11 }, (_, i) => server.upload(`${i}.txt`, 1, 'text/plain'));
+    expect(() => engine.send(DM, '', null, many)).toThrow(/at most 10 files/);
+    expect(() => engine.send(DM, '', null, [])).toThrow(SendRejected);
+  });
+
+  it('a deleted message shows no files', async () => {
+    const photo = server.upload('photo.jpg', 2048, 'image/jpeg', { width: 640, height: 480 });
+    engine.send(DM, 'look', null, [photo]);
+    deliver(...server.processSends(alice.id));
+    const seq = seqs()[0]!;
+    engine.deleteMessage(DM, seq);
+    expect(engine.getState().timelines[DM]!.messages[0]).toMatchObject({ deleted: true });
+    expect(engine.getState().timelines[DM]!.messages[0]!.files).toBeUndefined();
+  });
+
   it('resends an unconfirmed message with the same client_msg_id after a reconnect', async () => {
     const id = engine.send(DM, 'lost on the way');
     server.received.splice(0); // the frame died with the socket

@@ -23,7 +23,7 @@
 // delivered markers, `typing.ts`, `presence.ts`; `core.ts` holds the injected IO, timers and
 // change notification they share, `types.ts` the public types.
 
-import type { Change, Conversation, ConversationEvent, ConversationId, Member, Message, Role, ServerFrame, UserId } from '../api/types.ts';
+import type { Change, Conversation, ConversationEvent, ConversationId, FileInfo, Member, Message, Role, ServerFrame, UserId } from '../api/types.ts';
 import { messageEvent } from '../api/types.ts';
 import { Chats } from './chats.ts';
 import { SyncCore } from './core.ts';
@@ -223,9 +223,12 @@ export class SyncEngine {
 
   // ---- Actions ------------------------------------------------------------------------
 
-  /** Queues a message; it is pending until the server pushes it back with a seq. */
-  send(conversationId: ConversationId, body: string, replyToSeq: number | null = null): string {
-    const clientMsgId = this.outbox.send(conversationId, body, replyToSeq);
+  /**
+   * Queues a message; it is pending until the server pushes it back with a seq. `files` are
+   * finished uploads it carries (then the body may be empty).
+   */
+  send(conversationId: ConversationId, body: string, replyToSeq: number | null = null, files: readonly FileInfo[] = []): string {
+    const clientMsgId = this.outbox.send(conversationId, body, replyToSeq, files);
     // What I send goes at the end: a window of older history makes way for the newest messages.
     void this.timelines.jumpToLatest(conversationId);
     return clientMsgId;

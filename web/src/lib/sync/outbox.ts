@@ -7,7 +7,7 @@
 // …). Other refusals mark a message failed (Retry / Discard) and drop any other change with
 // a notice saying why: its effect was only ever shown as pending.
 
-import type { Change, ConversationEvent, ConversationId, Message } from '../api/types.ts';
+import type { Change, ConversationEvent, ConversationId, FileInfo, Message } from '../api/types.ts';
 import { LIMITS, utf8Bytes } from '../api/types.ts';
 import type { SyncCore } from './core.ts';
 import type { PendingMessage } from './types.ts';
@@ -51,11 +51,19 @@ export class Outbox {
     this.hooks = hooks;
   }
 
-  /** Queues a message; it is pending until the server pushes it back with a seq. */
-  send(conversationId: ConversationId, body: string, replyToSeq: number | null = null): string {
-    checkBody(body);
-    const change: Change = replyToSeq === null ? { kind: 'message', body } : { kind: 'message', body, reply_to_seq: replyToSeq };
-    return this.enqueue(conversationId, change);
+  /**
+   * Queues a message; it is pending until the server pushes it back with a seq. `files` are
+   * uploads finished already (the message carries their ids); the body may then be empty.
+   */
+  send(conversationId: ConversationId, body: string, replyToSeq: number | null = null, files: readonly FileInfo[] = []): string {
+    if (files.length > LIMITS.filesPerMessageMax) {
+      throw new SendRejected(`A message carries at most ${LIMITS.filesPerMessageMax} files.`);
+    }
+    if (files.length === 0 || body !== '') checkBody(body);
+    const change: Extract<Change, { kind: 'message' }> = { kind: 'message', body };
+    if (replyToSeq !== null) change.reply_to_seq = replyToSeq;
+    if (files.length > 0) change.files = files.map((f) => f.id);
+    return this.enqueue(conversationId, change, files);
   }
 
   /** Queues any other change; pending until its event comes back. */
@@ -70,13 +78,14 @@ export class Outbox {
     return this.enqueue(conversationId, change);
   }
 
-  private enqueue(conversationId: ConversationId, change: Change): string {
+  private enqueue(conversationId: ConversationId, change: Change, files: readonly FileInfo[] = []): string {
     const record: PendingRecord = {
       conversationId,
       clientMsgId: this.newClientMsgId(),
       change,
       body: change.kind === 'message' ? change.body : '',
       replyToSeq: change.kind === 'message' ? (change.reply_to_seq ?? null) : null,
+      files,
       createdAt: new Date(this.core.clock.now()).toISOString(),
       state: 'queued',
       error: null,

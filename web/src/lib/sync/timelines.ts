@@ -436,11 +436,12 @@ export class Timelines {
       notices: (timeline?.notices ?? []).filter((n) => n.seq >= firstShown),
       pending: pending
         .filter((p) => p.change.kind === 'message' && !ownIds.has(p.clientMsgId))
-        .map(({ conversationId, clientMsgId, body, replyToSeq, createdAt, state, error }): PendingMessage => ({
+        .map(({ conversationId, clientMsgId, body, replyToSeq, files, createdAt, state, error }): PendingMessage => ({
           conversationId,
           clientMsgId,
           body,
           replyToSeq,
+          files,
           createdAt,
           state,
           error,

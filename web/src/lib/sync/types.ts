@@ -9,6 +9,7 @@ import type {
   ConversationId,
   ConversationKind,
   ConversationMember,
+  FileInfo,
   Message,
   Page,
   User,
@@ -105,6 +106,8 @@ export interface PendingMessage {
   body: string;
   /** The message this one replies to. */
   replyToSeq: number | null;
+  /** Uploaded already; the message carries their ids. */
+  files: readonly FileInfo[];
   createdAt: string;
   state: PendingState;
   error: string | null;
