@@ -49,7 +49,11 @@ fn search(tx: &Connection, user: UserId, query: &SearchQuery) -> Result<SearchPa
         SearchOrder::Relevance => {
             "bm25(message_search), e.created_at_ns DESC, e.conversation_id, e.seq DESC"
         }
-        SearchOrder::Recent => "e.created_at_ns DESC, e.conversation_id, e.seq DESC",
+        // Newest stored first: FTS5 walks its index backwards and stops once the page is
+        // full, instead of sorting every match (a common word matches hundreds of thousands).
+        // Stored order is each conversation's seq order, and across conversations the order
+        // the persister stored them in, which follows acceptance.
+        SearchOrder::Recent => "message_search.rowid DESC",
     };
     let sql = format!(
         "SELECT e.conversation_id, e.seq, e.sender_id, e.created_at_ns, e.edited_at_ns,
