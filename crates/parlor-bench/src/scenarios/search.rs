@@ -204,11 +204,16 @@ pub async fn run(
     let mut http = Http::connect(&server.address).await?;
     let cpu = CpuMeter::start(&server);
     // Each kind of query: (key, label, how to make one for a searcher in a group of theirs).
-    let kinds: [(&str, &str, MakeQuery); 7] = [
+    let kinds: [(&str, &str, MakeQuery); 9] = [
         (
             "very_common",
             "one of the 5 commonest words",
             |words, rng, _| words.words[rng.below(5)].clone() + " ",
+        ),
+        (
+            "very_common_recent",
+            "one of the 5 commonest, newest first",
+            |words, rng, _| format!("{} &sort=recent", words.words[rng.below(5)]),
         ),
         ("rare", "a rare word", |words, rng, _| {
             words.words[5_000 + rng.below(10_000)].clone() + " "
@@ -239,6 +244,17 @@ pub async fn run(
             },
         ),
         (
+            "prefix_recent",
+            "a 3-letter prefix, newest first",
+            |words, rng, _| {
+                let prefix: String = words.words[200 + rng.below(2_000)]
+                    .chars()
+                    .take(3)
+                    .collect();
+                format!("{prefix}&sort=recent")
+            },
+        ),
+        (
             "in_conversation",
             "a common word in one conversation",
             |words, rng, group| {
@@ -249,6 +265,7 @@ pub async fn run(
             },
         ),
     ];
+    let kinds_count = kinds.len();
     let mut all = histogram();
     let mut hits_total = 0usize;
     for (key, label, make) in kinds {
@@ -276,7 +293,7 @@ pub async fn run(
     report.add(
         "hits_per_query",
         "hits per query (page of 20)",
-        hits_total as f64 / (7 * queries) as f64,
+        hits_total as f64 / (kinds_count * queries) as f64,
     );
     cpu.finish(&server, &mut report);
     drop(server);
