@@ -5,6 +5,7 @@
 //! message scenarios at a Parlor that runs elsewhere instead (a cluster behind HAProxy, say).
 
 mod client;
+mod delay_proxy;
 mod report;
 mod scenarios;
 mod server;
@@ -109,6 +110,17 @@ enum Scenario {
         #[arg(long, default_value_t = 300)]
         queries: usize,
     },
+    /// A TCP forwarder that delays every chunk each way (to put a network between the
+    /// cluster's roles and NATS or PostgreSQL on one machine); runs until stopped.
+    DelayProxy {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        target: String,
+        /// Each way, in microseconds (500: within one availability zone).
+        #[arg(long, default_value_t = 500)]
+        delay_us: u64,
+    },
     #[command(hide = true)]
     Hold {
         #[arg(long)]
@@ -136,6 +148,14 @@ async fn main() -> anyhow::Result<()> {
     let target = &cli.target;
     match cli.command {
         Scenario::Hold { addr, source } => connections::hold(&addr, source).await,
+        Scenario::DelayProxy {
+            listen,
+            target,
+            delay_us,
+        } => {
+            let delay = std::time::Duration::from_micros(delay_us);
+            tokio::task::spawn_blocking(move || delay_proxy::run(&listen, &target, delay)).await?
+        }
         Scenario::FillInbound {
             data_dir,
             conversation,
