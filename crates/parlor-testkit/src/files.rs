@@ -16,7 +16,7 @@ use parlor_core::ports::{Appended, NewEvent, Page, Store};
 use parlor_core::protocol::Message;
 use time::{Duration, OffsetDateTime};
 
-use crate::store::StoreFixture;
+use crate::store::{StoreFixture, user};
 
 /// One `#[tokio::test]` per contract check, each on a fresh fixture from `$fixture`.
 #[macro_export]
@@ -56,15 +56,6 @@ fn next() -> u64 {
 /// A blob key of its own (tests trust keys, as stores do).
 fn key(n: u64) -> BlobKey {
     BlobKey::parse(&format!("{n:064x}")).expect("64 hex digits")
-}
-
-async fn user(store: &dyn Store, name: &str) -> UserId {
-    store
-        .create_user(name, "hash")
-        .await
-        .expect("create user")
-        .expect("name is free")
-        .id
 }
 
 /// A file of `owner` with bytes in `blob`, `size` bytes, created at `created_at`.
@@ -526,22 +517,28 @@ pub async fn uploads_never_attached_expire_and_attached_ones_stay(fixture: impl 
     assert_eq!(store.expire_uploads(cutoff, 2).await.unwrap(), 1);
 }
 
-pub async fn a_claimed_blob_takes_no_new_file_until_it_is_forgotten(fixture: impl StoreFixture) {
-    let store = fixture.store();
-    let s = &*store;
-    let ann = user(s, "ann").await;
+/// A blob no file uses any more: uploaded two days ago by `owner`, never attached, expired.
+async fn unused_blob(store: &dyn Store, owner: UserId) -> BlobKey {
     let blob = key(next());
     let old = upload(
-        ann,
+        owner,
         blob.clone(),
         10,
         OffsetDateTime::now_utc() - Duration::days(2),
     );
-    record(s, &old).await;
+    record(store, &old).await;
     store
         .expire_uploads(OffsetDateTime::now_utc() - Duration::days(1), 10)
         .await
         .unwrap();
+    blob
+}
+
+pub async fn a_claimed_blob_takes_no_new_file_until_it_is_forgotten(fixture: impl StoreFixture) {
+    let store = fixture.store();
+    let s = &*store;
+    let ann = user(s, "ann").await;
+    let blob = unused_blob(s, ann).await;
 
     // Not unused for long enough yet.
     let past = OffsetDateTime::now_utc() - Duration::hours(1);
@@ -581,18 +578,7 @@ pub async fn a_claimed_blob_takes_no_new_file_until_it_is_forgotten(fixture: imp
     );
 
     // A blob used again before its claim is never claimed.
-    let reused = key(next());
-    let first = upload(
-        ann,
-        reused.clone(),
-        10,
-        OffsetDateTime::now_utc() - Duration::days(2),
-    );
-    record(s, &first).await;
-    store
-        .expire_uploads(OffsetDateTime::now_utc() - Duration::days(1), 10)
-        .await
-        .unwrap();
+    let reused = unused_blob(s, ann).await;
     record(s, &upload(ann, reused, 10, OffsetDateTime::now_utc())).await;
     assert!(
         store
@@ -607,21 +593,7 @@ pub async fn a_claim_left_unfinished_is_claimed_again_later(fixture: impl StoreF
     let store = fixture.store();
     let s = &*store;
     let ann = user(s, "ann").await;
-    let blob = key(next());
-    record(
-        s,
-        &upload(
-            ann,
-            blob.clone(),
-            10,
-            OffsetDateTime::now_utc() - Duration::days(2),
-        ),
-    )
-    .await;
-    store
-        .expire_uploads(OffsetDateTime::now_utc() - Duration::days(1), 10)
-        .await
-        .unwrap();
+    let blob = unused_blob(s, ann).await;
     let future = OffsetDateTime::now_utc() + Duration::hours(1);
     assert_eq!(
         store.claim_unused_blobs(future, 10).await.unwrap(),

@@ -17,7 +17,7 @@ use parlor_core::ports::{Appended, NewEvent, Store};
 use parlor_core::search::{Search, SearchHit, SearchOrder, SearchPage, SearchQuery};
 use time::{Duration, OffsetDateTime};
 
-use crate::store::StoreFixture;
+use crate::store::{StoreFixture, user};
 
 /// A store and the search over it.
 pub trait SearchFixture: StoreFixture {
@@ -53,15 +53,6 @@ macro_rules! search_contract {
 
 /// Distinct client message ids for every change a check stores.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-async fn user(store: &dyn Store, name: &str) -> UserId {
-    store
-        .create_user(name, "hash")
-        .await
-        .expect("create user")
-        .expect("name is free")
-        .id
-}
 
 /// Stores `change` from `sender` at `accepted_at`; its seq.
 async fn store_at(

@@ -112,7 +112,8 @@ macro_rules! store_contract {
 /// A fixed instant with nanoseconds, to check that times round-trip exactly.
 const T0: OffsetDateTime = datetime!(2025-03-04 05:06:07.123456789 UTC);
 
-async fn user(store: &dyn Store, name: &str) -> UserId {
+/// A new user named `name`, for the suites of this crate.
+pub(crate) async fn user(store: &dyn Store, name: &str) -> UserId {
     store
         .create_user(name, "hash")
         .await

@@ -31,7 +31,7 @@ use time::OffsetDateTime;
 
 use super::Gateway;
 use super::extract::Caller;
-use super::http::HttpError;
+use super::http::{HttpError, query_of};
 use crate::metrics as m;
 
 /// How long one upload may take in all, and between two chunks of it: a client that
@@ -75,7 +75,7 @@ pub async fn upload(
     params: Result<Query<UploadParams>, QueryRejection>,
     request: Request,
 ) -> Result<Response, HttpError> {
-    let Query(params) = params.map_err(|rejection| invalid(rejection.body_text()))?;
+    let params = query_of(params)?;
     let config = &gateway.config.files;
     gateway
         .limits
@@ -285,7 +285,7 @@ pub async fn download(
     params: Result<Query<DownloadParams>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, HttpError> {
-    let Query(params) = params.map_err(|rejection| invalid(rejection.body_text()))?;
+    let params = query_of(params)?;
     let file = readable(&gateway, &caller, &id).await?;
     let inline = file.info.image.is_some() && params.download.is_none();
     let disposition = parlor_media::content_disposition(

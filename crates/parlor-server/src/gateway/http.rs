@@ -365,7 +365,7 @@ pub struct HistoryQuery {
 pub const HISTORY_LIMIT_MAX: u16 = parlor_core::ports::HISTORY_PAGE_MAX;
 
 /// A query string's fields, or the protocol's `invalid_input` (never axum's plain text).
-fn query_of<T>(
+pub(super) fn query_of<T>(
     query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, HttpError> {
     query

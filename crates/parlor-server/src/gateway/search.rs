@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 use super::Gateway;
 use super::actions::MembershipCache;
 use super::extract::Caller;
-use super::http::HttpError;
+use super::http::{HttpError, query_of};
 
 #[derive(Deserialize)]
 pub struct SearchParams {
@@ -78,8 +78,7 @@ pub async fn search(
             "search is not available on this server",
         ));
     };
-    let Query(params) = params
-        .map_err(|rejection| HttpError::new(ErrorCode::InvalidInput, rejection.body_text()))?;
+    let params = query_of(params)?;
     gateway
         .limits
         .searches
