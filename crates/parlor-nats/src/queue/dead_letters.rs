@@ -2,10 +2,10 @@
 //! own): moving an entry there with its reason, attempts and time, and the operator's side,
 //! list, redrive and purge. A dead letter's id is its stream sequence.
 
+use async_nats::HeaderMap;
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{self, DeleteMessageErrorKind, LastRawMessageErrorKind};
-use async_nats::jetstream::{AckKind, ErrorCode};
-use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use parlor_core::BackendError;
 use parlor_core::ports::{DeadLetter, DeadLetterSelection};
@@ -139,11 +139,10 @@ impl JsQueue {
         }
     }
 
-    /// Publishes a dead letter (awaiting its ack), then acknowledges the original: a crash in
-    /// between leaves the entry twice, never lost.
-    pub(super) async fn move_to_dead(
+    /// Publishes a dead letter, awaiting its ack; the caller acknowledges the original after
+    /// it: a crash in between leaves the entry twice, never lost.
+    pub(super) async fn publish_dead(
         &self,
-        reply: &Subject,
         payload: Bytes,
         attempts: u32,
         reason: &str,
@@ -161,8 +160,7 @@ impl JsQueue {
             "publish a dead letter",
             self.publish(&self.dead_subject, vec![(payload, Some(headers))]),
         )
-        .await?;
-        self.settle(reply, AckKind::Ack.into()).await
+        .await
     }
 
     /// Up to `limit` dead letters in sequence order, from sequence `from` to `up_to`.
@@ -244,14 +242,16 @@ impl JsQueue {
         &self,
         letters: Vec<(u64, StreamMessage)>,
     ) -> Result<usize, BackendError> {
+        // One message per letter, not a pack: each is an entry of its own again, as before
+        // it failed, and `depth` counts them.
         let payloads = letters
             .iter()
-            .map(|(_, message)| message.payload.clone())
+            .map(|(_, message)| (message.payload.clone(), None))
             .collect();
         timed(
             self.options.append_timeout,
             "redrive",
-            self.publish_batches(&self.subject, payloads),
+            self.publish(&self.subject, payloads),
         )
         .await?;
         let mut moved = 0;

@@ -68,6 +68,13 @@ impl JsQueue {
             return Ok(());
         };
         pinning.released.store(true, Ordering::SeqCst);
+        // What it still holds goes back first, without what it settled.
+        let resolutions = self
+            .packs
+            .lock()
+            .expect("queue lock")
+            .give_back_all(std::time::Instant::now());
+        self.resolve(resolutions).await?;
         let held = pinning.pin.lock().expect("pin lock").take();
         if held.is_none() {
             return Ok(());

@@ -43,13 +43,12 @@
 mod consume;
 mod dead_letters;
 mod exclusive;
+mod packs;
 mod publish;
 mod trim;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::pull;
@@ -63,8 +62,8 @@ use parlor_core::ports::{
 };
 use tokio::sync::Semaphore;
 
-use consume::Held;
 use exclusive::Pinning;
+use packs::Packs;
 use publish::PUBLISH_WINDOW;
 
 const CONSUMER: &str = "parlor";
@@ -86,12 +85,14 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, BackendError> {
 /// last one to open it sets the consumer's.
 #[derive(Clone, Debug)]
 pub struct JsQueueOptions {
-    /// How long a consumer may hold an entry before it is delivered again (`ack_wait`).
+    /// How long a consumer may hold an entry before it is delivered again. The handle
+    /// enforces it entry by entry; the server's `ack_wait` is a little longer (see
+    /// `server_visibility_timeout`), for the messages of a handle that died.
     pub visibility_timeout: Duration,
     /// Deliveries after which an entry that keeps timing out goes to the dead-letter queue.
     pub attempts_max: u32,
-    /// Entries handed out and not yet acknowledged, at most, over all processes
-    /// (`max_ack_pending`).
+    /// Messages handed out and not yet settled, at most, over all processes
+    /// (`max_ack_pending`): an append is one message (a pack) when its entries fit in one.
     pub in_flight_max: usize,
     /// Bounds every call to the server, so that an outage fails `append` instead of hanging.
     pub append_timeout: Duration,
@@ -148,8 +149,10 @@ pub struct JsQueue {
     dead_subject: Subject,
     options: JsQueueOptions,
     next_id: AtomicU64,
-    /// Deliveries handed out by this handle and not yet settled, by id.
-    held: Mutex<HashMap<DeliveryId, Held>>,
+    /// The messages this handle pulled and has not settled, entry by entry.
+    packs: Mutex<Packs>,
+    /// Entries per message pulled, in sixteenths, smoothed: how many messages to pull.
+    entries_per_message: AtomicU64,
     publish_window: Semaphore,
     /// With `exclusive`: the pull subject and this handle's pin.
     pinning: Option<Pinning>,
@@ -223,7 +226,7 @@ impl JsQueue {
             description: Some(format!("Parlor consumers of queue {name}")),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
-            ack_wait: options.visibility_timeout,
+            ack_wait: server_visibility_timeout(options.visibility_timeout),
             max_deliver: -1,
             max_ack_pending: i64::try_from(options.in_flight_max).unwrap_or(i64::MAX),
             ..Default::default()
@@ -262,7 +265,7 @@ impl JsQueue {
         let (entries, dead, consumer) = timed(options.append_timeout * 4, "open", setup).await?;
         let pinning = options.exclusive.then(|| Pinning::new(&stream_name));
 
-        Ok(Arc::new(Self {
+        let queue = Arc::new(Self {
             name: name.to_string(),
             jetstream,
             entries,
@@ -272,12 +275,15 @@ impl JsQueue {
             dead_subject: Subject::from(dead_subject),
             options,
             next_id: AtomicU64::new(1),
-            held: Mutex::new(HashMap::new()),
+            packs: Mutex::new(Packs::default()),
+            entries_per_message: AtomicU64::new(16),
             publish_window: Semaphore::new(PUBLISH_WINDOW),
             pinning,
             trimmed_at: Mutex::new(Instant::now()),
             redelivered_at: Mutex::new(None),
-        }))
+        });
+        tokio::spawn(keep(Arc::downgrade(&queue)));
+        Ok(queue)
     }
 
     pub fn name(&self) -> &str {
@@ -350,6 +356,62 @@ impl Queue for JsQueue {
             in_flight: consumer.num_ack_pending as u64,
             dead: dead.messages,
         })
+    }
+}
+
+/// The handle's keeper: gives back the entries of held packs whose visibility timeout ran
+/// out, until the handle is dropped.
+async fn keep(queue: Weak<JsQueue>) {
+    let Some(tick) = queue
+        .upgrade()
+        .map(|queue| keeper_tick(queue.options.visibility_timeout))
+    else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(queue) = queue.upgrade() else {
+            return;
+        };
+        queue.expire_held().await;
+    }
+}
+
+fn keeper_tick(visibility_timeout: Duration) -> Duration {
+    (visibility_timeout / 10).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
+
+/// The server's visibility timeout (`ack_wait`): a little longer than the handle's own, so
+/// that a live handle gives back a pack's unsettled entries (without those settled beside
+/// them) before the server would redeliver the whole pack. The server's is what brings
+/// back the packs of a handle that died.
+fn server_visibility_timeout(visibility_timeout: Duration) -> Duration {
+    let margin = (visibility_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    visibility_timeout + margin + keeper_tick(visibility_timeout)
+}
+
+impl Drop for JsQueue {
+    /// A handle that closes gives back what it holds, without what it settled, so that
+    /// another handle gets exactly the unsettled entries; at once, rather than after the
+    /// visibility timeout, unless no runtime is left to do it.
+    fn drop(&mut self) {
+        let resolutions = self
+            .packs
+            .get_mut()
+            .map(|packs| packs.give_back_all(Instant::now()))
+            .unwrap_or_default();
+        if resolutions.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let settler = consume::Settler::of(self);
+        runtime.spawn(async move {
+            if let Err(error) = settler.resolve(resolutions).await {
+                tracing::warn!(%error, "a closed queue handle could not give back its entries");
+            }
+        });
     }
 }
 

@@ -225,7 +225,8 @@ async fn outage_fails_within_the_timeout(exclusive: bool) {
     let _ = direct.delete().await;
 }
 
-/// `in_flight_max` is the consumer's `max_ack_pending`: a bound over all processes.
+/// `in_flight_max` is the consumer's `max_ack_pending`: a bound on messages over all
+/// processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_max_bounds_what_is_handed_out() {
     in_flight_max_bounds(false).await;
@@ -249,8 +250,10 @@ async fn in_flight_max_bounds(exclusive: bool) {
     let queue = JsQueue::open(client, &name, options)
         .await
         .expect("open the queue");
-    let entries = (0..5u8).map(|i| vec![i]).collect();
-    queue.append(entries).await.expect("append");
+    // One message each: the bound counts messages, and an append of several is one pack.
+    for i in 0..5u8 {
+        queue.append(vec![vec![i]]).await.expect("append");
+    }
 
     let first = queue
         .receive(10, Duration::from_secs(1))
