@@ -8,7 +8,8 @@
 //!
 //! Durability rests on the server: run it with `sync_interval: always`, so a publish ack
 //! means the entry is on disk (see `scripts/services`). An append of several entries is one
-//! atomic batch (all or nothing, and a few fsyncs instead of one per entry).
+//! message, a pack (see `packs`), or when they do not fit in one, an atomic batch of packs:
+//! all or nothing either way, and the server's work is per message, not per entry.
 //!
 //! The entries stream keeps what was acknowledged (limits retention) until a trim purges it
 //! below the consumer's ack floor, at most once per [`TRIM_EVERY`](trim::TRIM_EVERY). With work-queue
@@ -21,8 +22,10 @@
 //! - `attempts` survives restarts (the server counts deliveries), and a delivery after a
 //!   `retry_later` counts towards `attempts_max` like one after a timeout: an entry
 //!   delivered more than `attempts_max` times is dead-lettered by `receive` either way.
-//! - `depth().in_flight` is the consumer's ack-pending count, which includes entries
-//!   waiting out a `retry_later` delay.
+//! - `depth()` counts messages, not entries (one per append, as a rule), and `in_flight` is
+//!   the consumer's ack-pending count, which includes entries waiting out a `retry_later`.
+//! - An acknowledged entry comes back after a crash of its handle if others in its pack
+//!   were not settled yet: a duplicate, which the port allows.
 //! - A delivery id is fresh for every delivery, and known only to the handle that
 //!   received it.
 //!
@@ -32,9 +35,10 @@
 //! process at a time. See [`JsQueueOptions::exclusive`] for how the pin is held and how it
 //! moves.
 //!
-//! The code is cut by concern, one file each: `publish` (append: atomic batches, the
-//! entry-by-entry fallback, which refusals are `Rejected` or `StorageFull`), `consume` (pull,
-//! hand out, ack, retry later, dead-lettering of entries delivered too often), `exclusive`
+//! The code is cut by concern, one file each: `packs` (the pack format, and what a handle
+//! holds of each pack, entry by entry), `publish` (append: packs, atomic batches, the
+//! message-by-message fallback, which refusals are `Rejected` or `StorageFull`), `consume` (pull,
+//! hand out, ack, retry later, timeouts, dead-lettering of entries delivered too often), `exclusive`
 //! (the pinned-client priority group: pinned pulls, standby, release), `trim` (purging
 //! acknowledged entries below the ack floor) and `dead_letters` (the dead-letter stream:
 //! move, list, redrive, purge). This file holds the options, the opening of the streams and
