@@ -21,9 +21,18 @@ use crate::embedded::QueueName;
 /// Where the cluster's shared services are. Flags or environment only.
 #[derive(Args, Clone, Debug)]
 pub struct ClusterSettings {
-    /// The NATS server (JetStream enabled, `sync_interval: always` for durability).
+    /// The NATS server (JetStream enabled, `sync_interval: always` for durability), or the
+    /// servers of a NATS cluster, comma-separated: the process connects to one that answers
+    /// and moves to another when it goes away.
     #[arg(long, env = "PARLOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// Copies of every stream and bucket this creates (the queues' streams and the registry's
+    /// bucket): 1 on a single server; 3 (or 5) on a NATS cluster of at least that many
+    /// servers, where a publish is acknowledged once a majority has it on disk, so that one
+    /// (or two) servers may be lost. An odd number, since a majority of an even one tolerates
+    /// no more losses than one replica fewer. Streams and buckets that exist keep theirs.
+    #[arg(long, env = "PARLOR_NATS_REPLICAS", default_value_t = 1, value_parser = replicas)]
+    pub nats_replicas: usize,
     /// The PostgreSQL database; the schema is migrated at start.
     #[arg(
         long,
@@ -64,7 +73,7 @@ impl Cluster {
         if !valid {
             anyhow::bail!("the namespace must be lower-case letters, digits and '-'");
         }
-        let client = parlor_nats::queue::connect(&settings.nats_url).await?;
+        let client = parlor_nats::client::connect(&settings.nats_url).await?;
         let store = PgStore::connect(&settings.postgres_url, settings.postgres_pool)
             .await
             .context("cannot open the PostgreSQL store")?;
@@ -78,6 +87,7 @@ impl Cluster {
             exclusive: true,
             visibility_timeout: Duration::from_secs(4),
             takeover_after: Duration::from_secs(6),
+            replicas: settings.nats_replicas,
             ..JsQueueOptions::default()
         };
         let inbound = JsQueue::open(
@@ -94,9 +104,14 @@ impl Cluster {
         )
         .await
         .context("cannot open the notification queue")?;
-        let registry = NatsRegistry::open(client.clone(), &namespace.replace('-', "_"), node)
-            .await
-            .context("cannot open the connection registry")?;
+        let registry = NatsRegistry::open(
+            client.clone(),
+            &namespace.replace('-', "_"),
+            node,
+            settings.nats_replicas,
+        )
+        .await
+        .context("cannot open the connection registry")?;
         let relay = Arc::new(NatsRelay::new(client, namespace));
         Ok(Cluster {
             store: Arc::new(store),
@@ -126,6 +141,14 @@ impl Cluster {
             QueueName::Inbound => &self.inbound,
             QueueName::Notifications => &self.notifications,
         }
+    }
+}
+
+/// `--nats-replicas`: 1, 3 or 5.
+fn replicas(value: &str) -> Result<usize, String> {
+    match value.parse() {
+        Ok(replicas @ (1 | 3 | 5)) => Ok(replicas),
+        _ => Err("1, 3 or 5 (an odd number, at most JetStream's 5)".into()),
     }
 }
 
