@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use parlor_core::NodeId;
 use parlor_core::blobs::BlobStore;
 use parlor_core::ports::Queue;
+use parlor_core::{BackendError, BackendErrorKind, NodeId};
 use parlor_nats::queue::{JsQueue, JsQueueOptions};
 use parlor_nats::registry::NatsRegistry;
 use parlor_nats::relay::NatsRelay;
@@ -90,26 +90,24 @@ impl Cluster {
             replicas: settings.nats_replicas,
             ..JsQueueOptions::default()
         };
-        let inbound = JsQueue::open(
-            client.clone(),
-            &queue_name(namespace, QueueName::Inbound),
-            options.clone(),
-        )
+        let (inbound_name, notifications_name, prefix) = (
+            queue_name(namespace, QueueName::Inbound),
+            queue_name(namespace, QueueName::Notifications),
+            namespace.replace('-', "_"),
+        );
+        let inbound = retrying("the inbound queue", || {
+            JsQueue::open(client.clone(), &inbound_name, options.clone())
+        })
         .await
         .context("cannot open the inbound queue")?;
-        let notifications = JsQueue::open(
-            client.clone(),
-            &queue_name(namespace, QueueName::Notifications),
-            options,
-        )
+        let notifications = retrying("the notification queue", || {
+            JsQueue::open(client.clone(), &notifications_name, options.clone())
+        })
         .await
         .context("cannot open the notification queue")?;
-        let registry = NatsRegistry::open(
-            client.clone(),
-            &namespace.replace('-', "_"),
-            node,
-            settings.nats_replicas,
-        )
+        let registry = retrying("the connection registry", || {
+            NatsRegistry::open(client.clone(), &prefix, node, settings.nats_replicas)
+        })
         .await
         .context("cannot open the connection registry")?;
         let relay = Arc::new(NatsRelay::new(client, namespace));
@@ -140,6 +138,30 @@ impl Cluster {
         match name {
             QueueName::Inbound => &self.inbound,
             QueueName::Notifications => &self.notifications,
+        }
+    }
+}
+
+/// How long opening a stream or bucket is tried again while NATS answers `unavailable`: a
+/// NATS cluster that has just started, or lost a node, elects leaders for a few seconds.
+const OPEN_RETRY_FOR: Duration = Duration::from_secs(30);
+
+async fn retrying<T, F, Fut>(what: &str, mut open: F) -> Result<T, BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BackendError>>,
+{
+    let deadline = tokio::time::Instant::now() + OPEN_RETRY_FOR;
+    loop {
+        match open().await {
+            Err(error)
+                if error.kind == BackendErrorKind::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(%error, "cannot open {what} yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
         }
     }
 }
