@@ -182,3 +182,17 @@ fn queue_name(namespace: &str, queue: QueueName) -> String {
     };
     format!("{namespace}-{queue}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_are_1_3_or_5() {
+        let parsed: Vec<_> = ["1", "3", "5"].iter().map(|v| replicas(v)).collect();
+        assert_eq!(parsed, [Ok(1), Ok(3), Ok(5)]);
+        for refused in ["0", "2", "4", "7", "three", ""] {
+            assert!(replicas(refused).is_err(), "{refused:?}");
+        }
+    }
+}
