@@ -79,10 +79,13 @@ struct Own {
 impl NatsRegistry {
     /// Opens (creating it if needed, from any number of processes at once) the bucket
     /// `<bucket_prefix>_registry` and waits until the local view holds its current state.
+    /// `replicas` is the bucket's (1 for a single server, 3 or 5 in a NATS cluster); a bucket
+    /// that exists already keeps its own.
     pub async fn open(
         client: async_nats::Client,
         bucket_prefix: &str,
         node: NodeId,
+        replicas: usize,
     ) -> Result<Arc<NatsRegistry>, BackendError> {
         let jetstream = jetstream::new(client);
         let bucket = format!("{bucket_prefix}_registry");
@@ -92,6 +95,7 @@ impl NatsRegistry {
             history: 1,
             storage: jetstream::stream::StorageType::File,
             limit_markers: Some(MARKER_TTL),
+            num_replicas: replicas,
             ..Default::default()
         };
         let kv = match jetstream.create_key_value(config).await {

@@ -415,7 +415,9 @@ impl Ws {
             .expect("websocket connect")
     }
 
-    /// Connects with the bearer token (and `Origin`, if given), and reads the `hello`.
+    /// Connects with the bearer token (and `Origin`, if given), and reads the `hello`. A
+    /// refusal after the upgrade (an `error` frame, as when the registry is unavailable) is
+    /// an `Err`, as a refused upgrade is.
     pub async fn try_connect(
         address: &str,
         token: &str,
@@ -428,7 +430,14 @@ impl Ws {
         }
         let stream = upgrade(address, "/api/v1/ws", &headers, None, None).await?;
         let mut ws = Ws { stream };
-        let hello = ws.next().await;
+        let Some(hello) = ws.try_next(Duration::from_secs(10)).await else {
+            return Err(tungstenite::Error::ConnectionClosed);
+        };
+        if hello["type"] == "error" {
+            return Err(tungstenite::Error::Io(std::io::Error::other(format!(
+                "refused: {hello}"
+            ))));
+        }
         assert_eq!(hello["type"], "hello", "first frame is hello: {hello}");
         Ok(ws)
     }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use parlor_core::NodeId;
 use parlor_core::blobs::BlobStore;
 use parlor_core::ports::Queue;
+use parlor_core::{BackendError, BackendErrorKind, NodeId};
 use parlor_nats::queue::{JsQueue, JsQueueOptions};
 use parlor_nats::registry::NatsRegistry;
 use parlor_nats::relay::NatsRelay;
@@ -21,9 +21,18 @@ use crate::embedded::QueueName;
 /// Where the cluster's shared services are. Flags or environment only.
 #[derive(Args, Clone, Debug)]
 pub struct ClusterSettings {
-    /// The NATS server (JetStream enabled, `sync_interval: always` for durability).
+    /// The NATS server (JetStream enabled, `sync_interval: always` for durability), or the
+    /// servers of a NATS cluster, comma-separated: the process connects to one that answers
+    /// and moves to another when it goes away.
     #[arg(long, env = "PARLOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// Copies of every stream and bucket this creates (the queues' streams and the registry's
+    /// bucket): 1 on a single server; 3 (or 5) on a NATS cluster of at least that many
+    /// servers, where a publish is acknowledged once a majority has it on disk, so that one
+    /// (or two) servers may be lost. An odd number, since a majority of an even one tolerates
+    /// no more losses than one replica fewer. Streams and buckets that exist keep theirs.
+    #[arg(long, env = "PARLOR_NATS_REPLICAS", default_value_t = 1, value_parser = replicas)]
+    pub nats_replicas: usize,
     /// The PostgreSQL database; the schema is migrated at start.
     #[arg(
         long,
@@ -64,7 +73,7 @@ impl Cluster {
         if !valid {
             anyhow::bail!("the namespace must be lower-case letters, digits and '-'");
         }
-        let client = parlor_nats::queue::connect(&settings.nats_url).await?;
+        let client = parlor_nats::client::connect(&settings.nats_url).await?;
         let store = PgStore::connect(&settings.postgres_url, settings.postgres_pool)
             .await
             .context("cannot open the PostgreSQL store")?;
@@ -78,25 +87,29 @@ impl Cluster {
             exclusive: true,
             visibility_timeout: Duration::from_secs(4),
             takeover_after: Duration::from_secs(6),
+            replicas: settings.nats_replicas,
             ..JsQueueOptions::default()
         };
-        let inbound = JsQueue::open(
-            client.clone(),
-            &queue_name(namespace, QueueName::Inbound),
-            options.clone(),
-        )
+        let (inbound_name, notifications_name, prefix) = (
+            queue_name(namespace, QueueName::Inbound),
+            queue_name(namespace, QueueName::Notifications),
+            namespace.replace('-', "_"),
+        );
+        let inbound = retrying("the inbound queue", || {
+            JsQueue::open(client.clone(), &inbound_name, options.clone())
+        })
         .await
         .context("cannot open the inbound queue")?;
-        let notifications = JsQueue::open(
-            client.clone(),
-            &queue_name(namespace, QueueName::Notifications),
-            options,
-        )
+        let notifications = retrying("the notification queue", || {
+            JsQueue::open(client.clone(), &notifications_name, options.clone())
+        })
         .await
         .context("cannot open the notification queue")?;
-        let registry = NatsRegistry::open(client.clone(), &namespace.replace('-', "_"), node)
-            .await
-            .context("cannot open the connection registry")?;
+        let registry = retrying("the connection registry", || {
+            NatsRegistry::open(client.clone(), &prefix, node, settings.nats_replicas)
+        })
+        .await
+        .context("cannot open the connection registry")?;
         let relay = Arc::new(NatsRelay::new(client, namespace));
         Ok(Cluster {
             store: Arc::new(store),
@@ -129,6 +142,38 @@ impl Cluster {
     }
 }
 
+/// How long opening a stream or bucket is tried again while NATS answers `unavailable`: a
+/// NATS cluster that has just started, or lost a node, elects leaders for a few seconds.
+const OPEN_RETRY_FOR: Duration = Duration::from_secs(30);
+
+async fn retrying<T, F, Fut>(what: &str, mut open: F) -> Result<T, BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BackendError>>,
+{
+    let deadline = tokio::time::Instant::now() + OPEN_RETRY_FOR;
+    loop {
+        match open().await {
+            Err(error)
+                if error.kind == BackendErrorKind::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(%error, "cannot open {what} yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// `--nats-replicas`: 1, 3 or 5.
+fn replicas(value: &str) -> Result<usize, String> {
+    match value.parse() {
+        Ok(replicas @ (1 | 3 | 5)) => Ok(replicas),
+        _ => Err("1, 3 or 5 (an odd number, at most JetStream's 5)".into()),
+    }
+}
+
 /// `parlor-inbound`, `parlor-notifications`, …
 fn queue_name(namespace: &str, queue: QueueName) -> String {
     let queue = match queue {
@@ -136,4 +181,18 @@ fn queue_name(namespace: &str, queue: QueueName) -> String {
         QueueName::Notifications => "notifications",
     };
     format!("{namespace}-{queue}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_are_1_3_or_5() {
+        let parsed: Vec<_> = ["1", "3", "5"].iter().map(|v| replicas(v)).collect();
+        assert_eq!(parsed, [Ok(1), Ok(3), Ok(5)]);
+        for refused in ["0", "2", "4", "7", "three", ""] {
+            assert!(replicas(refused).is_err(), "{refused:?}");
+        }
+    }
 }

@@ -31,7 +31,7 @@ async fn nodes() -> Nodes {
     let node = |prefix: String| async move {
         let client = connect().await;
         let id = NodeId::new();
-        let registry = NatsRegistry::open(client.clone(), &prefix, id)
+        let registry = NatsRegistry::open(client.clone(), &prefix, id, 1)
             .await
             .unwrap_or_else(|error| panic!("cannot open the registry: {error}"));
         Node {

@@ -209,6 +209,16 @@ async fn serve(gateway: Arc<Gateway>, mut socket: WebSocket, session: Session, t
     }
 }
 
+/// What becomes of a socket after a turn's replies are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterTurn {
+    KeepOpen,
+    Close,
+    /// Closed with 1013 (try again later): an append failed and the frames after it must not
+    /// be handled before the client sends it again.
+    Reconnect,
+}
+
 fn text(frame: ServerFrame) -> Message {
     Message::Text(frame.to_json().into())
 }
@@ -311,9 +321,12 @@ impl Connection {
                     // Boxed: its future is the largest this loop awaits, and an unboxed one
                     // would be part of every idle connection's memory (measured: 976 bytes
                     // of each connection's 2.8 KiB future).
-                    let (replies, keep_open) = Box::pin(self.handle(batch)).await;
-                    let replies = replies.into_iter().map(text).collect();
-                    if !self.write(socket, replies).await || !keep_open {
+                    let (replies, after) = Box::pin(self.handle(batch)).await;
+                    let mut replies: Vec<Message> = replies.into_iter().map(text).collect();
+                    if after == AfterTurn::Reconnect {
+                        replies.push(close_frame(close_code::AGAIN, "unavailable"));
+                    }
+                    if !self.write(socket, replies).await || after != AfterTurn::KeepOpen {
                         return;
                     }
                 }
@@ -336,12 +349,12 @@ impl Connection {
         )
     }
 
-    /// Handles frames in order; returns the replies and whether to keep the socket open.
-    async fn handle(&mut self, messages: Vec<Message>) -> (Vec<ServerFrame>, bool) {
+    /// Handles frames in order; returns the replies and what becomes of the socket.
+    async fn handle(&mut self, messages: Vec<Message>) -> (Vec<ServerFrame>, AfterTurn) {
         if OffsetDateTime::now_utc() >= self.session_expires_at {
             // The timer closes the socket; nothing read meanwhile may act.
             let error = ApiError::new(ErrorCode::Unauthorized, "the session has expired");
-            return (vec![ServerFrame::error(error, None)], false);
+            return (vec![ServerFrame::error(error, None)], AfterTurn::Close);
         }
         let mut replies = Vec::new();
         let mut entries: Vec<InboundEntry> = Vec::new();
@@ -354,7 +367,7 @@ impl Connection {
                     replies.push(ServerFrame::error(error, None));
                     continue;
                 }
-                Message::Close(_) => return (replies, false),
+                Message::Close(_) => return (replies, AfterTurn::Close),
                 Message::Ping(_) | Message::Pong(_) => continue,
             };
             let frame = match decode_client_frame(text.as_str()) {
@@ -422,6 +435,7 @@ impl Connection {
             .iter()
             .map(|entry| (entry.client_msg_id.clone(), entry.conversation_id))
             .collect();
+        let mut after = AfterTurn::KeepOpen;
         match self.gateway.accept(entries).await {
             Ok(()) => {
                 replies.extend(pending.into_iter().map(|(client_msg_id, conversation_id)| {
@@ -432,6 +446,13 @@ impl Connection {
                 }))
             }
             Err(error) => {
+                // What the client sent behind these is not appended before them: with the
+                // queue failing over (a NATS leader elected, say) a later append could
+                // succeed, and the client's resends would then come after it. Closed, the
+                // client reconnects and sends these again first, then the rest.
+                if error.code == ErrorCode::Unavailable && !pending.is_empty() {
+                    after = AfterTurn::Reconnect;
+                }
                 replies.extend(pending.into_iter().map(|(client_msg_id, _)| {
                     ServerFrame::error(error.clone(), Some(client_msg_id))
                 }))
@@ -440,7 +461,7 @@ impl Connection {
         if self.markers.retry_at.is_none() {
             replies.extend(self.write_markers().await);
         }
-        (replies, true)
+        (replies, after)
     }
 
     /// A send or another change, checked; the error frame names its `client_msg_id`.

@@ -17,6 +17,8 @@ pub struct Cluster {
     pub address: String,
     pub gateways: Vec<Server>,
     pub persisters: Vec<Server>,
+    /// Prefixes its streams, buckets and subjects on NATS.
+    pub namespace: String,
     haproxy: Child,
     admin_url: String,
     database: String,
@@ -27,14 +29,23 @@ impl Cluster {
     pub async fn start() -> Cluster {
         let nats = std::env::var("PARLOR_TEST_NATS_URL")
             .unwrap_or_else(|_| "nats://127.0.0.1:4223".into());
-        let admin_url = std::env::var("PARLOR_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        Cluster::start_on(&nats, &admin_url).await
+        Cluster::start_on(&nats, &shared_postgres()).await
     }
 
     /// A cluster on the given NATS server and PostgreSQL server (`admin_url` names a database
     /// where this one can create its own).
     pub async fn start_on(nats: &str, admin_url: &str) -> Cluster {
+        Cluster::start_sized(nats, admin_url, 2, 1).await
+    }
+
+    /// A cluster of 2 gateways and `persisters` persisters on the given NATS servers
+    /// (comma-separated) with streams and buckets of `replicas`, and PostgreSQL server.
+    pub async fn start_sized(
+        nats: &str,
+        admin_url: &str,
+        persisters: usize,
+        replicas: usize,
+    ) -> Cluster {
         let admin_url = admin_url.to_string();
         // The random end of a v7 uuid: tests that start in the same millisecond differ.
         let id = &uuid::Uuid::now_v7().simple().to_string()[20..];
@@ -43,7 +54,10 @@ impl Cluster {
         let (server, _) = admin_url.rsplit_once('/').expect("a database URL");
         let postgres = format!("{server}/{database}");
         let namespace = format!("it-{id}");
+        let replicas = replicas.to_string();
         let shared = [
+            "--nats-replicas",
+            replicas.as_str(),
             "--nats-url",
             nats,
             "--postgres-url",
@@ -62,7 +76,7 @@ impl Cluster {
         let gateways: Vec<Server> = (0..2)
             .map(|_| spawn("gateway", &["--trusted-proxies", "127.0.0.1"]))
             .collect();
-        let persisters: Vec<Server> = (0..2).map(|_| spawn("persister", &[])).collect();
+        let persisters: Vec<Server> = (0..persisters).map(|_| spawn("persister", &[])).collect();
 
         let (listen, stats) = (free_address(), free_address());
         let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/haproxy.cfg");
@@ -79,6 +93,7 @@ impl Cluster {
             address: listen,
             gateways,
             persisters,
+            namespace,
             haproxy,
             admin_url,
             database,
@@ -112,6 +127,12 @@ impl Drop for Cluster {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// The PostgreSQL that scripts/services runs, as a URL where a test creates its database.
+pub fn shared_postgres() -> String {
+    std::env::var("PARLOR_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Waits until HAProxy, whose stats listen on `stats`, sees both gateways up: a test may

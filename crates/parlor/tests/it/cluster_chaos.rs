@@ -14,8 +14,9 @@ use crate::cluster::Cluster;
 use crate::harness::{Http, Ws};
 
 /// Sends `count` messages on as many connections as `senders`, reconnecting through the
-/// balancer whenever a connection breaks and resending what was not yet accepted (as the web
-/// client does), until every one is accepted. Calls `chaos` once `trigger` are accepted.
+/// balancer whenever a connection breaks or a send is refused (`unavailable` while a backend
+/// fails over) and resending what was not yet accepted, in order, until every one is
+/// accepted. Calls `chaos` once `trigger` are accepted.
 pub async fn burst_through_chaos(
     address: &str,
     token: &str,
@@ -82,6 +83,10 @@ pub async fn burst_through_chaos(
                             next = count;
                             break;
                         }
+                    } else if frame["type"] == "error" && frame["client_msg_id"].is_string() {
+                        // Refused, not lost: sent again, with what follows it, after a pause.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        break;
                     }
                 }
                 writer.abort();
