@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parlor_core::ports::Queue;
-use parlor_nats::queue::{JsQueue, JsQueueOptions, connect};
+use parlor_nats::client::connect;
+use parlor_nats::queue::{JsQueue, JsQueueOptions};
 
 const BATCH: usize = 64;
 const RECEIVE_MAX: usize = 512;

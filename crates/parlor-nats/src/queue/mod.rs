@@ -72,19 +72,6 @@ use publish::PUBLISH_WINDOW;
 
 const CONSUMER: &str = "parlor";
 
-/// Connects to NATS, failing (not retrying for ever) when the server cannot be reached.
-pub async fn connect(url: &str) -> Result<async_nats::Client, BackendError> {
-    async_nats::ConnectOptions::new()
-        .name("parlor")
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|error| {
-            BackendError::unavailable(format!("cannot connect to NATS at {url}: {error}"))
-                .with_source(error)
-        })
-}
-
 /// Tuning of one queue. Every process that opens the queue should use the same values: the
 /// last one to open it sets the consumer's.
 #[derive(Clone, Debug)]

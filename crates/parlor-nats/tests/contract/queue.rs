@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use parlor_core::ports::Queue;
-use parlor_nats::queue::{JsQueue, JsQueueOptions, connect};
+use parlor_nats::client::connect;
+use parlor_nats::queue::{JsQueue, JsQueueOptions};
 use parlor_testkit::queue::{QueueFactory, QueueOptions};
 
 const DEFAULT_URL: &str = "nats://127.0.0.1:4223";
