@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
-use scenarios::{catchup, connections, fanout, latency, restart, search, throughput};
+use scenarios::{catchup, connections, fanout, hold, latency, restart, search, throughput};
 use server::Server;
 
 #[derive(Parser)]
@@ -33,8 +33,8 @@ struct Target {
     /// The parlor binary each scenario starts.
     #[arg(long, global = true, default_value = "target/release/parlor")]
     server: PathBuf,
-    /// Use the Parlor at this address instead of starting one (not for `connections`,
-    /// `restart` or `all`).
+    /// Use the Parlor at this address instead of starting one (not for `restart`, `search`
+    /// or `all`).
     #[arg(long, global = true)]
     addr: Option<String>,
     /// The pid of the Parlor at `--addr`, if on this machine, for memory and CPU figures.
@@ -60,6 +60,26 @@ enum Scenario {
         /// Connections per generator process (each has its own source address).
         #[arg(long, default_value_t = 5_000)]
         per_process: usize,
+        /// The pids of the processes that hold them (a cluster's gateways), comma-separated,
+        /// for memory, sockets and CPU of each; with `--addr`.
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+        /// The pids of the load balancers in front of them (HAProxy), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        balancer_pids: Vec<u32>,
+        /// NATS's monitoring address, for the traffic the connections cause (`/varz`).
+        #[arg(long)]
+        nats_monitor: Option<String>,
+        /// Seconds held idle while CPU and traffic are measured.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+        /// Seconds held afterwards with a line per second (kill gateways meanwhile).
+        #[arg(long, default_value_t = 0)]
+        hold_secs: u64,
+        /// A file of session tokens reused across runs against one cluster (written when it
+        /// holds too few).
+        #[arg(long)]
+        tokens: Option<PathBuf>,
     },
     /// 1:1 pairs with a window of sends in flight: accepted/stored/delivered per second.
     Throughput {
@@ -147,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
     connections::raise_open_files_limit();
     let target = &cli.target;
     match cli.command {
-        Scenario::Hold { addr, source } => connections::hold(&addr, source).await,
+        Scenario::Hold { addr, source } => hold::run(&addr, source).await,
         Scenario::DelayProxy {
             listen,
             target,
@@ -163,9 +183,28 @@ async fn main() -> anyhow::Result<()> {
             count,
         } => restart::fill_inbound(&data_dir, &conversation, &sender, count).await,
         Scenario::All => all(target).await,
-        Scenario::Connections { count, per_process } => {
-            let (server, _dir) = own_server(target, "connections")?;
-            connections::run(&server, count, per_process, &target.out).await
+        Scenario::Connections {
+            count,
+            per_process,
+            pids,
+            balancer_pids,
+            nats_monitor,
+            idle_secs,
+            hold_secs,
+            tokens,
+        } => {
+            let (server, _dir) = server_for(target, "connections")?;
+            let options = connections::Options {
+                count,
+                per_process,
+                pids,
+                balancer_pids,
+                nats_monitor,
+                idle_secs,
+                hold_secs,
+                tokens,
+            };
+            connections::run(&server, &options, &target.out).await
         }
         Scenario::Throughput {
             pairs,
@@ -238,7 +277,17 @@ async fn all(target: &Target) -> anyhow::Result<()> {
     let out = &target.out;
     {
         let (server, _dir) = own_server(target, "connections")?;
-        connections::run(&server, 19_000, 5_000, out).await?;
+        let options = connections::Options {
+            count: 19_000,
+            per_process: 5_000,
+            pids: Vec::new(),
+            balancer_pids: Vec::new(),
+            nats_monitor: None,
+            idle_secs: 10,
+            hold_secs: 0,
+            tokens: None,
+        };
+        connections::run(&server, &options, out).await?;
     }
     let sustained = {
         let (server, _dir) = own_server(target, "throughput")?;

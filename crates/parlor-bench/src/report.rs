@@ -43,6 +43,11 @@ impl Report {
         self.json.insert(key.to_string(), value);
     }
 
+    /// A value for the JSON only (a timeline, say).
+    pub fn attach(&mut self, key: &str, value: Value) {
+        self.json.insert(key.to_string(), value);
+    }
+
     /// p50, p99, p99.9 and max of a latency histogram recorded in microseconds, in ms.
     pub fn latency(&mut self, key: &str, label: &str, histogram: &Histogram<u64>) {
         let ms = |us: u64| us as f64 / 1000.0;

@@ -83,6 +83,10 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
     pub fn rss_kib(&self) -> Option<u64> {
         self.pid.and_then(rss_kib)
     }

@@ -44,8 +44,13 @@ const CHANGES_BUFFERED_MAX: usize = 4096;
 const MARKER_TTL: Duration = Duration::from_secs(3600);
 /// How often expired leases are looked for: bounds the delay of an offline change.
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How long `open` waits for the first snapshot of the bucket.
-const SNAPSHOT_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long `open` waits for the first snapshot of the bucket to advance: it waits as long as
+/// entries keep coming, since the bucket holds an entry per live connection of the whole
+/// cluster plus an hour of purge markers (147,612 after 95,000 connections and their
+/// reconnects, which a loaded machine read in more than 10 s).
+const SNAPSHOT_STALL_MAX: Duration = Duration::from_secs(10);
+/// The snapshot's progress is announced every this many entries.
+const SNAPSHOT_PROGRESS_EVERY: u64 = 1024;
 /// Purges of a dead node's connections in flight at once.
 const PURGES_CONCURRENT_MAX: usize = 64;
 
@@ -113,18 +118,43 @@ impl NatsRegistry {
             changes: broadcast::channel(CHANGES_BUFFERED_MAX).0,
             own: Mutex::new(Own::default()),
         });
-        let (loaded_sender, mut loaded) = watch::channel(false);
+        let (loaded_sender, loaded) = watch::channel(Snapshot::default());
         let follow = tokio::spawn(Arc::clone(&shared).follow(loaded_sender));
         let expire = tokio::spawn(Arc::clone(&shared).expire_leases());
         let registry = Arc::new(NatsRegistry {
             shared,
             tasks: vec![follow.abort_handle(), expire.abort_handle()],
         });
-        match tokio::time::timeout(SNAPSHOT_WAIT_MAX, loaded.wait_for(|loaded| *loaded)).await {
-            Ok(Ok(_)) => Ok(registry),
-            _ => Err(BackendError::unavailable(format!(
-                "cannot read bucket {bucket} within {SNAPSHOT_WAIT_MAX:?}"
+        match wait_for_snapshot(loaded, SNAPSHOT_STALL_MAX).await {
+            Ok(()) => Ok(registry),
+            Err(entries) => Err(BackendError::unavailable(format!(
+                "cannot read bucket {bucket}: {entries} entries read, then none for {SNAPSHOT_STALL_MAX:?}"
             ))),
+        }
+    }
+}
+
+/// How far the first read of the bucket got.
+#[derive(Clone, Copy, Debug, Default)]
+struct Snapshot {
+    entries: u64,
+    done: bool,
+}
+
+/// Waits until the snapshot is done, as long as it never stalls for `stall_max`; else the
+/// entries read so far.
+async fn wait_for_snapshot(
+    mut snapshot: watch::Receiver<Snapshot>,
+    stall_max: Duration,
+) -> Result<(), u64> {
+    loop {
+        let now = *snapshot.borrow_and_update();
+        if now.done {
+            return Ok(());
+        }
+        match tokio::time::timeout(stall_max, snapshot.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return Err(now.entries),
         }
     }
 }
@@ -159,7 +189,7 @@ impl Shared {
 
     /// Keeps the view in step with the bucket, forever; a broken watch is reopened and the
     /// view rebuilt from its snapshot.
-    async fn follow(self: Arc<Self>, loaded: watch::Sender<bool>) {
+    async fn follow(self: Arc<Self>, loaded: watch::Sender<Snapshot>) {
         loop {
             if let Err(error) = self.follow_once(&loaded).await {
                 tracing::warn!(%error, "registry watch failed; reopening it");
@@ -168,7 +198,7 @@ impl Shared {
         }
     }
 
-    async fn follow_once(&self, loaded: &watch::Sender<bool>) -> Result<(), BackendError> {
+    async fn follow_once(&self, loaded: &watch::Sender<Snapshot>) -> Result<(), BackendError> {
         let mut watch = self
             .kv
             .watch_with_history(">")
@@ -178,12 +208,17 @@ impl Shared {
         // The snapshot ends with the entry that was current when the watch began; an empty
         // bucket sends none, which only the stream's message count tells.
         let mut snapshot_done = self.bucket_is_empty().await?;
+        let mut entries = 0;
         while !snapshot_done {
             match tokio::time::timeout(Duration::from_secs(1), watch.next()).await {
                 Ok(Some(entry)) => {
                     let entry = entry.map_err(|e| unavailable("registry watch", e))?;
                     snapshot_done = entry.seen_current;
                     apply(&mut fresh, &entry, self.node);
+                    entries += 1;
+                    if entries % SNAPSHOT_PROGRESS_EVERY == 0 {
+                        loaded.send_modify(|snapshot| snapshot.entries = entries);
+                    }
                 }
                 Ok(None) => return Err(BackendError::unavailable("registry watch ended")),
                 Err(_) => snapshot_done = self.bucket_is_empty().await?,
@@ -191,7 +226,10 @@ impl Shared {
         }
         let changes = self.view().replace_bucket_state(fresh, now_ms(), self.node);
         self.publish(changes);
-        loaded.send_replace(true);
+        loaded.send_replace(Snapshot {
+            entries,
+            done: true,
+        });
         while let Some(entry) = watch.next().await {
             let entry = entry.map_err(|e| unavailable("registry watch", e))?;
             let change = apply(&mut self.view(), &entry, self.node);
@@ -420,5 +458,51 @@ impl Presence for NatsRegistry {
                 Some((change, receiver))
             },
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn open_waits_for_a_long_snapshot_while_it_advances() {
+        let (sender, receiver) = watch::channel(Snapshot::default());
+        tokio::spawn(async move {
+            // 30 s in all, never more than 1 s without progress.
+            for entries in 1..=30 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                sender.send_replace(Snapshot {
+                    entries,
+                    done: entries == 30,
+                });
+            }
+            std::future::pending::<()>().await;
+        });
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            wait_for_snapshot(receiver, Duration::from_secs(10)).await,
+            Ok(())
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_gives_up_when_the_snapshot_stalls() {
+        let (sender, receiver) = watch::channel(Snapshot::default());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            sender.send_replace(Snapshot {
+                entries: 1024,
+                done: false,
+            });
+            std::future::pending::<()>().await;
+        });
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            wait_for_snapshot(receiver, Duration::from_secs(10)).await,
+            Err(1024)
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(13));
     }
 }

@@ -138,6 +138,12 @@ pub struct LimitsConfig {
     pub connections_per_user_max: usize,
     /// Argon2id hashes computed at once (each holds 19 MiB).
     pub password_hashes_concurrent_max: usize,
+    /// WebSocket handshakes (session lookup, registration) in progress at once; more wait
+    /// their turn briefly, then are answered 503. When a gateway dies its clients all come
+    /// back within a second or two: unbounded, their handshakes queued on the store's pool
+    /// past its timeout and failed after doing most of the work, and a new gateway
+    /// connected ~80 of them a second; refused early, they retry after their backoff.
+    pub handshakes_concurrent_max: usize,
 }
 
 impl Default for LimitsConfig {
@@ -154,6 +160,7 @@ impl Default for LimitsConfig {
             searches_burst_per_user: n(20),
             connections_per_user_max: 32,
             password_hashes_concurrent_max: 4,
+            handshakes_concurrent_max: 64,
         }
     }
 }

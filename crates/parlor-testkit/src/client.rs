@@ -362,6 +362,33 @@ impl Connection {
 /// A WebSocket connection to Parlor.
 pub type Socket = tokio_tungstenite::WebSocketStream<TcpStream>;
 
+/// Has a `bind` to a source address leave the port to `connect`, which picks one free for
+/// that destination only. A plain `bind(address, 0)` takes a port from the ephemeral range
+/// for every destination: ~28,000 sockets bound so (whatever their addresses) leave none for
+/// anyone's `connect` on the machine, HAProxy's to the gateways and its health checks
+/// included.
+#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
+fn bind_address_no_port(socket: &TcpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let enable: libc::c_int = 1;
+    // SAFETY: the descriptor is the socket's own and open; the option value is a c_int that
+    // lives across the call, and its size is passed with it.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const enable).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Opens a WebSocket at `path` (`/api/v1/ws`, perhaps with a query) with these request
 /// headers, from `source` if given (each source address has its own ephemeral ports), with
 /// `config` if given; `TCP_NODELAY`. An upgrade the server refuses is
@@ -386,6 +413,7 @@ pub async fn upgrade(
                 SocketAddr::V4(_) => TcpSocket::new_v4()?,
                 SocketAddr::V6(_) => TcpSocket::new_v6()?,
             };
+            bind_address_no_port(&socket)?;
             socket.bind(SocketAddr::new(source, 0))?;
             socket.connect(remote).await?
         }

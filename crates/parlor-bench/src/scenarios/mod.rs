@@ -3,6 +3,7 @@
 pub mod catchup;
 pub mod connections;
 pub mod fanout;
+pub mod hold;
 pub mod latency;
 pub mod restart;
 pub mod search;

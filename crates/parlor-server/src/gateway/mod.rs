@@ -59,6 +59,8 @@ pub struct Gateway {
     /// Open WebSockets per client address: behind a trusted proxy the listener sees only the
     /// proxy, so this is where one client's connections are capped.
     websockets_per_ip: Arc<ConnectionsPerAddress>,
+    /// WebSocket handshakes in progress (`LimitsConfig::handshakes_concurrent_max`).
+    handshakes: Arc<tokio::sync::Semaphore>,
     metrics: PrometheusHandle,
     shutdown: Shutdown,
 }
@@ -82,6 +84,9 @@ pub async fn run(
         ),
         hub: Hub::default(),
         websockets_per_ip: ConnectionsPerAddress::new(config.listener.connections_per_ip_max),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.handshakes_concurrent_max,
+        )),
         deps,
         config,
         metrics,

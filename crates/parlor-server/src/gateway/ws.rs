@@ -17,7 +17,7 @@ use parlor_core::queue::InboundEntry;
 use parlor_core::{ConnectionId, ConversationId, ErrorCode, Seq};
 use serde::Deserialize;
 use time::OffsetDateTime;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 
 use super::Gateway;
@@ -41,6 +41,11 @@ pub struct WsQuery {
     token: Option<String>,
 }
 
+/// How long a handshake waits for its turn (`handshakes_concurrent_max`) before it is
+/// answered 503: long enough to keep the gateway busy through a burst, short enough that a
+/// client refused retries (after its backoff) before its own timeout.
+const HANDSHAKE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
     Peer(peer): Peer,
@@ -62,6 +67,19 @@ pub async fn upgrade(
         .map(|(token, _)| token)
         .or(query.token)
         .ok_or_else(HttpError::unauthorized)?;
+    // Held until the connection is registered (see `handshakes_concurrent_max`).
+    let waited = tokio::time::timeout(
+        HANDSHAKE_WAIT_MAX,
+        Arc::clone(&gateway.handshakes).acquire_owned(),
+    )
+    .await;
+    let Ok(Ok(handshake)) = waited else {
+        metrics::counter!(m::RATE_LIMITED, "what" => "handshakes").increment(1);
+        return Err(HttpError::new(
+            ErrorCode::Unavailable,
+            "busy; reconnect later",
+        ));
+    };
     let (session, token) = gateway
         .session(&token)
         .await?
@@ -74,7 +92,7 @@ pub async fn upgrade(
         .max_message_size(frame_bytes_max)
         .max_frame_size(frame_bytes_max)
         .on_upgrade(move |socket| async move {
-            serve(gateway, socket, session, token).await;
+            serve(gateway, socket, session, token, handshake).await;
             drop(client_slot);
         })
         .into_response())
@@ -155,7 +173,13 @@ impl Markers {
     }
 }
 
-async fn serve(gateway: Arc<Gateway>, mut socket: WebSocket, session: Session, token: TokenHash) {
+async fn serve(
+    gateway: Arc<Gateway>,
+    mut socket: WebSocket,
+    session: Session,
+    token: TokenHash,
+    handshake: OwnedSemaphorePermit,
+) {
     let user = session.user;
     let (frames_sender, mut frames) = mpsc::channel(gateway.config.connection_frames_queued_max);
     let close = Arc::new(Notify::new());
@@ -195,6 +219,7 @@ async fn serve(gateway: Arc<Gateway>, mut socket: WebSocket, session: Session, t
             .await;
         return;
     }
+    drop(handshake);
     let mut connection = Connection {
         gateway: Arc::clone(&gateway),
         user,
