@@ -54,33 +54,7 @@ enum Scenario {
     /// Every scenario with the sizes of BENCHMARKS.md.
     All,
     /// N idle authenticated WebSockets: memory per connection, handshakes/s.
-    Connections {
-        #[arg(long, default_value_t = 19_000)]
-        count: usize,
-        /// Connections per generator process (each has its own source address).
-        #[arg(long, default_value_t = 5_000)]
-        per_process: usize,
-        /// The pids of the processes that hold them (a cluster's gateways), comma-separated,
-        /// for memory, sockets and CPU of each; with `--addr`.
-        #[arg(long, value_delimiter = ',')]
-        pids: Vec<u32>,
-        /// The pids of the load balancers in front of them (HAProxy), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        balancer_pids: Vec<u32>,
-        /// NATS's monitoring address, for the traffic the connections cause (`/varz`).
-        #[arg(long)]
-        nats_monitor: Option<String>,
-        /// Seconds held idle while CPU and traffic are measured.
-        #[arg(long, default_value_t = 10)]
-        idle_secs: u64,
-        /// Seconds held afterwards with a line per second (kill gateways meanwhile).
-        #[arg(long, default_value_t = 0)]
-        hold_secs: u64,
-        /// A file of session tokens reused across runs against one cluster (written when it
-        /// holds too few).
-        #[arg(long)]
-        tokens: Option<PathBuf>,
-    },
+    Connections(connections::Options),
     /// 1:1 pairs with a window of sends in flight: accepted/stored/delivered per second.
     Throughput {
         #[arg(long, default_value_t = 50)]
@@ -183,27 +157,8 @@ async fn main() -> anyhow::Result<()> {
             count,
         } => restart::fill_inbound(&data_dir, &conversation, &sender, count).await,
         Scenario::All => all(target).await,
-        Scenario::Connections {
-            count,
-            per_process,
-            pids,
-            balancer_pids,
-            nats_monitor,
-            idle_secs,
-            hold_secs,
-            tokens,
-        } => {
+        Scenario::Connections(options) => {
             let (server, _dir) = server_for(target, "connections")?;
-            let options = connections::Options {
-                count,
-                per_process,
-                pids,
-                balancer_pids,
-                nats_monitor,
-                idle_secs,
-                hold_secs,
-                tokens,
-            };
             connections::run(&server, &options, &target.out).await
         }
         Scenario::Throughput {

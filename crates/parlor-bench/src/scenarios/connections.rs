@@ -29,23 +29,32 @@ const ESTABLISH_WAIT_MAX: Duration = Duration::from_secs(900);
 /// Before memory is read: allocations settle, the registry's writes land.
 const SETTLE: Duration = Duration::from_secs(5);
 
+#[derive(clap::Args, Debug)]
 pub struct Options {
+    #[arg(long, default_value_t = 19_000)]
     pub count: usize,
+    /// Connections per generator process (each has its own source address).
+    #[arg(long, default_value_t = 5_000)]
     pub per_process: usize,
-    /// The processes that hold the connections (a cluster's gateways); the server's own
-    /// when empty.
+    /// The pids of the processes that hold them (a cluster's gateways), comma-separated,
+    /// for memory, sockets and CPU of each; with `--addr`. The server's own when empty.
+    #[arg(long, value_delimiter = ',')]
     pub pids: Vec<u32>,
-    /// Load balancers in front of them (HAProxy), for their memory and CPU.
+    /// The pids of the load balancers in front of them (HAProxy), comma-separated.
+    #[arg(long, value_delimiter = ',')]
     pub balancer_pids: Vec<u32>,
-    /// NATS's monitoring address (`/varz`), for the registry's and presence's traffic.
+    /// NATS's monitoring address, for the traffic the connections cause (`/varz`).
+    #[arg(long)]
     pub nats_monitor: Option<String>,
-    /// How long the connections are held idle while CPU and traffic are measured.
+    /// Seconds held idle while CPU and traffic are measured.
+    #[arg(long, default_value_t = 10)]
     pub idle_secs: u64,
-    /// How long they are held afterwards, with a line per second (for kills and restarts
-    /// done meanwhile from outside).
+    /// Seconds held afterwards with a line per second (kill gateways meanwhile).
+    #[arg(long, default_value_t = 0)]
     pub hold_secs: u64,
-    /// A file of session tokens to reuse across runs against one cluster (written if it
+    /// A file of session tokens reused across runs against one cluster (written when it
     /// holds too few).
+    #[arg(long)]
     pub tokens: Option<PathBuf>,
 }
 

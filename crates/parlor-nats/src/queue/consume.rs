@@ -17,6 +17,7 @@ use parlor_core::ports::{Delivery, DeliveryId};
 
 use super::exclusive::STANDBY_POLL;
 use super::packs::{self, ATTEMPTS_BEFORE, NOT_BEFORE, Resolution, Settle};
+use super::publish::message_bytes_max;
 use super::{JsQueue, nats_error, timed};
 
 /// The shortest expiry of a pull, so that `receive` with no wait still gets an answer.
@@ -405,7 +406,6 @@ pub(super) struct Settler {
     jetstream: jetstream::Context,
     subject: Subject,
     append_timeout: Duration,
-    message_bytes_max: usize,
 }
 
 impl Settler {
@@ -414,7 +414,6 @@ impl Settler {
             jetstream: queue.jetstream.clone(),
             subject: queue.subject.clone(),
             append_timeout: queue.options.append_timeout,
-            message_bytes_max: queue.message_bytes_max(),
         }
     }
 
@@ -499,7 +498,7 @@ impl Settler {
             attempts.saturating_sub(1)
         };
         headers.insert(ATTEMPTS_BEFORE, before.to_string().as_str());
-        let messages: Vec<_> = packs::pack(entries, self.message_bytes_max)
+        let messages: Vec<_> = packs::pack(entries, message_bytes_max(&self.jetstream.client()))
             .into_iter()
             .map(|(payload, pack_headers)| {
                 let mut headers = headers.clone();

@@ -85,7 +85,7 @@ impl JsQueue {
         subject: &Subject,
         entries: Vec<Bytes>,
     ) -> Result<(), BackendError> {
-        let messages = packs::pack(entries, self.message_bytes_max());
+        let messages = packs::pack(entries, message_bytes_max(&self.jetstream.client()));
         if messages.len() == 1 {
             return self.publish(subject, messages).await;
         }
@@ -99,12 +99,6 @@ impl JsQueue {
             }
         }
         Ok(())
-    }
-
-    /// The largest message this handle publishes: the server's limit, less room for headers.
-    pub(super) fn message_bytes_max(&self) -> usize {
-        let max_payload = self.jetstream.client().server_info().max_payload;
-        max_payload.saturating_sub(HEADER_ROOM).max(HEADER_ROOM)
     }
 
     /// One atomic batch: the messages without a reply, then a commit that the server answers
@@ -150,6 +144,12 @@ impl JsQueue {
         }
         Ok(Ok(()))
     }
+}
+
+/// The largest message a handle publishes: the server's limit, less room for headers.
+pub(super) fn message_bytes_max(client: &async_nats::Client) -> usize {
+    let max_payload = client.server_info().max_payload;
+    max_payload.saturating_sub(HEADER_ROOM).max(HEADER_ROOM)
 }
 
 /// A publish the server refused for lack of storage (its disk, or the account's or stream's
