@@ -285,8 +285,14 @@ impl JsQueue {
     /// Turns pulled messages into held packs and hands out up to `max` of their entries:
     /// a message delivered more than `attempts_max` times goes to the dead letters instead,
     /// and one that waits out a retry is handed back until it is due.
-    async fn hand_out(&self, messages: Vec<jetstream::Message>, max: usize) -> Vec<Delivery> {
+    async fn hand_out(&self, mut messages: Vec<jetstream::Message>, max: usize) -> Vec<Delivery> {
         let now = Instant::now();
+        // In append order. A pull brings redelivered messages first, but in the server's
+        // order, not the stream's: after a leader change it redelivered stream sequences
+        // 13, 10, 11, 12, 7, 8, 9 in one pull, and handed out so, a sender's messages were
+        // stored out of order.
+        messages
+            .sort_by_key(|message| message.info().map_or(u64::MAX, |info| info.stream_sequence));
         for message in messages {
             let delivered = match message.info() {
                 Ok(info) => u32::try_from(info.delivered).unwrap_or(u32::MAX),

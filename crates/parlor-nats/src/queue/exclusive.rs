@@ -175,6 +175,7 @@ impl JsQueue {
                     {
                         let mut pin = pinning.pin.lock().expect("pin lock");
                         if pin.as_deref() != Some(id.as_str()) {
+                            tracing::info!(queue = %self.name, pin = id.as_str(), "this handle holds the queue's pin");
                             *pin = Some(id.as_str().to_string());
                         }
                     }
@@ -189,6 +190,7 @@ impl JsQueue {
                 Some(StatusCode::PIN_ID_MISMATCH) => {
                     let mut current = pinning.pin.lock().expect("pin lock");
                     if *current == pin {
+                        tracing::info!(queue = %self.name, "this handle lost the queue's pin");
                         *current = None;
                     }
                     break;

@@ -100,22 +100,20 @@ async fn store_until_shutdown(
             tracing::warn!("persister drain timed out; the rest is redelivered on restart");
             return Ok(());
         }
-        // Entries that failed before are stored one by one, so that one poison message
-        // cannot hold its batch-mates hostage, and first: they are older than the fresh ones.
-        let (fresh, retried): (Vec<_>, Vec<_>) = deliveries
+        // Redelivered entries first: they are older than the fresh ones. One batch all the
+        // same: after a failover most of a batch is redelivered, and storing those one by
+        // one (as this did, to keep a poison entry from holding its batch-mates back) was
+        // slow enough that held entries timed out and came back again, without end. A batch
+        // that fails is tried entry by entry instead (see `store`).
+        let (mut deliveries, fresh): (Vec<_>, Vec<_>) = deliveries
             .into_iter()
-            .partition(|delivery| delivery.attempts == 1);
-        let batches = retried
-            .into_iter()
-            .map(|delivery| vec![delivery])
-            .chain(std::iter::once(fresh));
-        for deliveries in batches {
-            if let Some(batch) = store(deps, inbound, deliveries, &shutdown).await?
-                && stored.send(batch).await.is_err()
-            {
-                // The announcer stopped on a poisoned queue; its error is the one to report.
-                return Ok(());
-            }
+            .partition(|delivery| delivery.attempts > 1);
+        deliveries.extend(fresh);
+        if let Some(batch) = store(deps, inbound, deliveries, &shutdown, false).await?
+            && stored.send(batch).await.is_err()
+        {
+            // The announcer stopped on a poisoned queue; its error is the one to report.
+            return Ok(());
         }
     }
 }
@@ -128,11 +126,15 @@ struct Stored {
 }
 
 /// Stores a batch; `None` when nothing is left to announce (all failed or dead-lettered).
+/// A batch the store refuses while it still answers may be one entry's fault: its entries
+/// are tried alone, in order, at once, and only those that fail alone are handed back or
+/// dead-lettered. `failed_before`: the entries were part of a batch that failed just now.
 async fn store(
     deps: &Deps,
     inbound: &Consumer,
     deliveries: Vec<Delivery>,
     shutdown: &Shutdown,
+    failed_before: bool,
 ) -> Result<Option<Stored>, BackendError> {
     if deliveries.is_empty() {
         return Ok(None);
@@ -162,7 +164,7 @@ async fn store(
     // A store whose batch spans several transactions (DynamoDB: one per conversation) may
     // have stored part of a batch that failed: after a failure, a duplicate is announced to
     // everyone, as a redelivered one is.
-    let mut failed_before = false;
+    let mut failed_before = failed_before;
     let results = loop {
         let error = match deps.store.append_events(&batch).await {
             Ok(results) => {
@@ -179,6 +181,18 @@ async fn store(
         let backend_down = error.kind == BackendErrorKind::Unavailable
             && !shutdown.is_fired()
             && deps.store.ping().await.is_err();
+        if batch.len() > 1
+            && !backend_down
+            && error.kind != BackendErrorKind::StorageFull
+            && !crate::consumer::stops(&error)
+        {
+            tracing::warn!(%error, entries = batch.len(), "a batch failed: its entries are tried alone");
+            let decoded = deliveries
+                .into_iter()
+                .filter(|delivery| batch_ids.contains(&delivery.id))
+                .collect();
+            return store_each(deps, inbound, decoded, shutdown).await;
+        }
         let entries = attempts(&deliveries, &batch_ids, backend_down, shutdown);
         let Some(error) = inbound.apply(error, &entries).await? else {
             return Ok(None);
@@ -216,6 +230,31 @@ async fn store(
         notifications,
         done,
     }))
+}
+
+/// Stores each of `deliveries` alone, in order, after their batch failed: one stored batch
+/// of all that were stored.
+async fn store_each(
+    deps: &Deps,
+    inbound: &Consumer,
+    deliveries: Vec<Delivery>,
+    shutdown: &Shutdown,
+) -> Result<Option<Stored>, BackendError> {
+    let mut all = Stored {
+        deliveries: Vec::new(),
+        notifications: Vec::new(),
+        done: Vec::new(),
+    };
+    for delivery in deliveries {
+        // Boxed: `store` calls this, so its future would contain itself.
+        let one = Box::pin(store(deps, inbound, vec![delivery], shutdown, true)).await?;
+        if let Some(one) = one {
+            all.deliveries.extend(one.deliveries);
+            all.notifications.extend(one.notifications);
+            all.done.extend(one.done);
+        }
+    }
+    Ok((!all.deliveries.is_empty()).then_some(all))
 }
 
 /// What the store's answer for `new` (delivered for the `attempts`th time) tells its

@@ -13,7 +13,7 @@ use parlor_core::queue::{Audience, Notification};
 use crate::harness::{Harness, entry, lock};
 
 #[tokio::test(start_paused = true)]
-async fn redelivered_entries_are_stored_alone_and_before_fresh_ones() {
+async fn redelivered_entries_are_stored_before_fresh_ones_in_one_batch() {
     let h = Harness::new();
     let (users, chat) = h.conversation(&["alice", "bob"]).await;
     // An earlier persister took `old` and handed it back; `new1` and `new2` came after.
@@ -35,7 +35,7 @@ async fn redelivered_entries_are_stored_alone_and_before_fresh_ones() {
     let persister = h.persister(Harness::config());
     h.until(|| async { h.history(chat).await.len() == 3 }).await;
 
-    assert_eq!(h.store.batches(), [vec!["old"], vec!["new1", "new2"]]);
+    assert_eq!(h.store.batches(), [vec!["old", "new1", "new2"]]);
     let seqs: Vec<_> = h.history(chat).await;
     assert_eq!(
         seqs,
@@ -63,7 +63,8 @@ async fn a_poison_message_is_retried_then_dead_lettered_with_its_reason_and_spar
     h.until(|| async { h.inbound.dead().await.len() == 2 })
         .await;
 
-    // The first batch fails as a whole; its entries come back and are tried one by one.
+    // The first batch fails as a whole; its entries are tried alone at once: m1 and m4 are
+    // stored, the poison ones handed back, and so on each time they come back.
     let history = h.history(chat).await;
     assert_eq!(history, [(1, "m1".into()), (2, "m4".into())]);
     let reason = "failed 3 times, last: Unavailable: scripted: a poison body";
@@ -72,13 +73,14 @@ async fn a_poison_message_is_retried_then_dead_lettered_with_its_reason_and_spar
         [(reason.to_string(), 3), (reason.to_string(), 3)]
     );
     let batches = h.store.batches();
-    assert_eq!(batches[0], ["m1", "m2", "m3", "m4"]);
-    assert!(
-        batches[1..].iter().all(|batch| batch.len() == 1),
-        "{batches:?}"
-    );
-    // Handed back twice each (after attempts 1 and 2), m1 and m4 once (after attempt 1).
-    assert_eq!(h.inbound.retries().len(), 2 + 2 + 1 + 1);
+    let poison = || vec![vec!["m2", "m3"], vec!["m2"], vec!["m3"]];
+    let mut expected = vec![vec!["m1", "m2", "m3", "m4"], vec!["m1"], vec!["m2"]];
+    expected.extend([vec!["m3"], vec!["m4"]]);
+    expected.extend(poison());
+    expected.extend(poison());
+    assert_eq!(batches, expected);
+    // The poison ones handed back twice each (after attempts 1 and 2), the others never.
+    assert_eq!(h.inbound.retries().len(), 2 + 2);
     assert!(
         metrics
             .render()
@@ -97,7 +99,8 @@ async fn entries_that_can_never_be_stored_are_dead_lettered_without_retries() {
     let (carol, _) = h.conversation(&["carol", "dave"]).await;
     let persister = h.persister(Harness::config());
 
-    // A batch the store rejects as a whole: each entry comes back and is rejected alone.
+    // A batch the store rejects as a whole: each entry is tried alone at once, and rejected
+    // alone, on its first delivery.
     *lock(&h.store.fail_appends) = Some(BackendErrorKind::Rejected);
     h.send(chat, users[0], &[("x", "x"), ("y", "y")]).await;
     h.until(|| async { h.inbound.dead().await.len() == 2 })
@@ -105,8 +108,10 @@ async fn entries_that_can_never_be_stored_are_dead_lettered_without_retries() {
     let rejected = "Rejected: scripted: the store fails appends".to_string();
     assert_eq!(
         h.inbound.dead().await,
-        [(rejected.clone(), 2), (rejected.clone(), 2)]
+        [(rejected.clone(), 1), (rejected.clone(), 1)]
     );
+    assert_eq!(h.store.batches(), [vec!["x", "y"], vec!["x"], vec!["y"]]);
+    assert!(h.inbound.retries().is_empty());
 
     // One entry the store's rules refuse (not a member), one that does not decode, one fine.
     *lock(&h.store.fail_appends) = None;
@@ -148,8 +153,8 @@ async fn entries_that_can_never_be_stored_are_dead_lettered_without_retries() {
     assert_eq!(h.history(chat).await, [(1, "fine".into())]);
     assert_eq!(
         h.inbound.retries().len(),
-        2,
-        "only the rejected batch was handed back"
+        0,
+        "nothing handed back: each entry was dead-lettered or stored alone at once"
     );
     assert!(h.stop(persister).await.is_ok());
 }

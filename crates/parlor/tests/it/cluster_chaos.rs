@@ -37,6 +37,9 @@ pub async fn burst_through_chaos(
         let accepted = Arc::clone(&accepted);
         tasks.push(tokio::spawn(async move {
             let mut next = 0;
+            // Why the last connection ended, printed with the next: a failure's story.
+            let mut ended = String::from("first connection");
+            let mut connection = 0;
             while next < count {
                 let Ok(ws) = Ws::try_connect(&address, &token, None).await else {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -48,6 +51,13 @@ pub async fn burst_through_chaos(
                     .find(|i| !accepted.lock().unwrap().contains(&format!("s{sender}-{i}")))
                     .unwrap_or(count);
                 let start = next;
+                connection += 1;
+                if connection > 1 {
+                    eprintln!(
+                        "s{sender}: connection {connection} sends from {start}; the last {ended}"
+                    );
+                }
+                ended = String::from("ended without an error");
                 let writer = {
                     let conversation = conversation.clone();
                     tokio::spawn(async move {
@@ -71,6 +81,9 @@ pub async fn burst_through_chaos(
                     })
                 };
                 while let Some(Ok(message)) = stream.next().await {
+                    if let Message::Close(close) = &message {
+                        ended = format!("was closed: {close:?}");
+                    }
                     let Message::Text(text) = message else {
                         continue;
                     };
@@ -84,6 +97,7 @@ pub async fn burst_through_chaos(
                             break;
                         }
                     } else if frame["type"] == "error" && frame["client_msg_id"].is_string() {
+                        ended = format!("was refused: {frame}");
                         // Refused, not lost: sent again, with what follows it, after a pause.
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         break;

@@ -27,7 +27,6 @@ fn inbound_stream(cluster: &Cluster) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "send order broke under NATS leader failover in 2 of 3 full-suite runs once packs were merged (issue 15, open): run with --run-ignored all"]
 async fn the_inbound_streams_nats_leader_killed_mid_burst_loses_nothing_and_keeps_send_order() {
     let mut nats = NatsCluster::start().await;
     let cluster = Cluster::start_sized(&nats.urls(), &shared_postgres(), 3, 3).await;
@@ -54,7 +53,6 @@ async fn the_inbound_streams_nats_leader_killed_mid_burst_loses_nothing_and_keep
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "send order broke under NATS leader failover in 2 of 3 full-suite runs once packs were merged (issue 15, open): run with --run-ignored all"]
 async fn the_inbound_streams_nats_leader_cut_off_mid_burst_loses_nothing_and_keeps_send_order() {
     // Declared first, dropped last: the node in it is killed before it goes.
     let netns = Netns::create();
