@@ -131,6 +131,9 @@ pub enum BackendErrorKind {
     /// The backend is out of space: an outage, not a bad input; nothing was written. Retry
     /// later without spending attempts (the same input succeeds once space is freed).
     StorageFull,
+    /// The write was made under a [`Lease`](crate::ports::Lease) that lapsed or changed
+    /// hands: nothing was written, and the writer must stop (another process consumes now).
+    Fenced,
 }
 
 /// The error of every port method.
@@ -158,6 +161,10 @@ impl BackendError {
 
     pub fn storage_full(message: impl Into<String>) -> Self {
         Self::new(BackendErrorKind::StorageFull, message)
+    }
+
+    pub fn fenced(message: impl Into<String>) -> Self {
+        Self::new(BackendErrorKind::Fenced, message)
     }
 
     pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {

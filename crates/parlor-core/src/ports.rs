@@ -293,6 +293,19 @@ pub trait Store: Send + Sync {
     /// mentions, and removes its files (each counts one user less of its blobs); a departure of
     /// the last admin makes the longest-standing remaining member one.
     async fn append_events(&self, batch: &[NewEvent]) -> Result<Vec<Appended>, BackendError>;
+    /// [`Store::append_events`] in the same transaction as a check of `lease`, which holds
+    /// the lease against a takeover until the transaction ends: `Fenced`, and nothing
+    /// stored, when the lease lapsed or changed hands, so that a persister that lost its
+    /// partition (paused past its lease, cut off) never commits behind the new owner. A
+    /// store without [`Leases`] refuses it.
+    async fn append_events_fenced(
+        &self,
+        batch: &[NewEvent],
+        lease: &Lease,
+    ) -> Result<Vec<Appended>, BackendError> {
+        let _ = (batch, lease);
+        Err(BackendError::rejected("this store keeps no leases"))
+    }
     /// The error [`Store::append_events`] would answer for `event` now, if any: the
     /// gateway's check before it accepts a change.
     async fn refusal(&self, event: &NewEvent) -> Result<Option<ApiError>, BackendError>;
@@ -382,6 +395,39 @@ pub struct ConnectionInfo {
 }
 
 /// Where users are connected.
+/// The right to consume one partition of the inbound queue: one process at a time, for a
+/// while, renewed as it goes (see [`Leases`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub partition: u32,
+    pub owner: String,
+    /// Grows whenever the lease is taken after it lapsed or was released: a write fenced
+    /// with an older epoch is refused.
+    pub epoch: u64,
+}
+
+/// Leases on the inbound queue's partitions, kept where the persisters store (so that a
+/// batch is checked against its lease in its own transaction, see
+/// [`Store::append_events_fenced`]). Time is the backend's clock, one for all processes.
+#[async_trait]
+pub trait Leases: Send + Sync {
+    /// Takes `partition` for `owner` for `ttl`, if nobody holds it (never taken, lapsed,
+    /// released) or `owner` does; `None` while another holds it. Taking it after it lapsed
+    /// or was released starts a new epoch; taking one's own live lease again renews it.
+    async fn acquire(
+        &self,
+        partition: u32,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, BackendError>;
+    /// Extends `lease` to `ttl` from now; false when it lapsed or changed hands meanwhile:
+    /// the holder must stop consuming at once.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, BackendError>;
+    /// Gives `lease` up at once (a clean stop), so that another process takes the partition
+    /// without waiting for it to lapse. Does nothing if it is no longer held.
+    async fn release(&self, lease: &Lease) -> Result<(), BackendError>;
+}
+
 #[async_trait]
 pub trait Registry: Send + Sync {
     async fn register(&self, connection: ConnectionInfo) -> Result<(), BackendError>;

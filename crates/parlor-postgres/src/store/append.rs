@@ -16,7 +16,7 @@ use futures::future::{try_join, try_join3, try_join4};
 use parlor_core::error::BackendError;
 use parlor_core::events::{Change, Event, EventData, ReplyPreview, Role, excerpt};
 use parlor_core::ids::{ConversationId, MessageId, Seq, UserId};
-use parlor_core::ports::{Appended, NewEvent, Stored};
+use parlor_core::ports::{Appended, Lease, NewEvent, Stored};
 use parlor_core::protocol::{ConversationKind, Message};
 use parlor_core::rules::{self, Facts, Target};
 use parlor_core::storage::{mentions_text, nanos, seq_param};
@@ -57,10 +57,11 @@ pub(super) type LockedConversations = HashMap<ConversationId, Locked>;
 pub(super) async fn append_events(
     store: &PgStore,
     batch: &[NewEvent],
+    lease: Option<&Lease>,
 ) -> Result<Vec<Appended>, BackendError> {
     let mut attempt = 1;
     loop {
-        match append_once(store, batch).await {
+        match append_once(store, batch, lease).await {
             Ok(results) => return Ok(results),
             Err(failure) if attempt < APPEND_ATTEMPTS && is_conflict(&failure) => {
                 tracing::debug!(attempt, ?failure, "append conflicted, trying again");
@@ -82,9 +83,17 @@ fn message_run(batch: &[NewEvent]) -> usize {
 }
 
 /// One attempt at the batch, in one transaction.
-async fn append_once(store: &PgStore, batch: &[NewEvent]) -> Result<Vec<Appended>, Failure> {
+async fn append_once(
+    store: &PgStore,
+    batch: &[NewEvent],
+    lease: Option<&Lease>,
+) -> Result<Vec<Appended>, Failure> {
     let mut client = store.client().await?;
     let tx = client.transaction().await?;
+    // First, so that a fenced batch holds its lease before it locks anything else.
+    if let Some(lease) = lease {
+        super::leases::hold(&tx, lease).await?;
+    }
     // ORDER BY: rows are locked in id order, so two transactions that share conversations
     // wait for each other instead of deadlocking. Every event of a conversation takes this
     // lock, so its events (and the member and role changes among them) are applied one at

@@ -19,6 +19,8 @@ pub(super) enum Failure {
     Rejected(String),
     /// A stored value this build cannot read (an event's `data` that does not parse).
     Unreadable(String),
+    /// The lease a fenced write was made under is no longer current.
+    Fenced(String),
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -53,6 +55,7 @@ impl Failure {
                 BackendError::unavailable(message).with_source(error)
             }
             Failure::Rejected(reason) => BackendError::rejected(format!("{operation}: {reason}")),
+            Failure::Fenced(reason) => BackendError::fenced(format!("{operation}: {reason}")),
             // As a column the driver cannot decode (an unknown kind or role): the caller's
             // input is not at fault, so it is not `Rejected`.
             Failure::Unreadable(reason) => {

@@ -37,7 +37,7 @@
 //! [`facts`] (what the rules look at, and `refusal`), [`history`] (pages of messages and
 //! events), [`conversations`] (conversations, members, markers, muting), [`files`]
 //! (uploads, attachments and the blobs they count, and how that stays right under
-//! concurrency), [`users`] (users and sessions), [`codec`] (values and rows in and out of
+//! concurrency), [`users`] (users and sessions), [`leases`] (who consumes each partition, and fencing), [`codec`] (values and rows in and out of
 //! SQL) and [`failure`] (error classification). This file holds the store, its pool, and the [`Store`] impl that runs
 //! each method's body and names it in its error.
 
@@ -49,6 +49,7 @@ mod facts;
 mod failure;
 mod files;
 mod history;
+mod leases;
 mod schema;
 mod search;
 #[cfg(test)]
@@ -65,7 +66,9 @@ use parlor_core::error::{ApiError, BackendError};
 use parlor_core::events::Event;
 use parlor_core::files::{StoredFile, UploadRecorded};
 use parlor_core::ids::{ConversationId, FileId, Seq, UserId};
-use parlor_core::ports::{Appended, ConversationView, NewEvent, Page, Session, Store, TokenHash};
+use parlor_core::ports::{
+    Appended, ConversationView, Lease, NewEvent, Page, Session, Store, TokenHash,
+};
 use parlor_core::protocol::{Message, User};
 use parlor_core::storage::{check_direct_pair, distinct, group_members};
 use time::OffsetDateTime;
@@ -344,7 +347,20 @@ impl Store for PgStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        append::append_events(self, batch).await
+        append::append_events(self, batch, None).await
+    }
+
+    /// As `append_events`, after taking `lease`'s row `FOR SHARE` in the same transaction
+    /// (see [`leases`]): `Fenced` when the lease is no longer current.
+    async fn append_events_fenced(
+        &self,
+        batch: &[NewEvent],
+        lease: &Lease,
+    ) -> Result<Vec<Appended>, BackendError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        append::append_events(self, batch, Some(lease)).await
     }
 
     async fn refusal(&self, event: &NewEvent) -> Result<Option<ApiError>, BackendError> {

@@ -18,6 +18,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_events.sql"),
     include_str!("../migrations/0004_search.sql"),
     include_str!("../migrations/0005_files.sql"),
+    include_str!("../migrations/0006_partition_leases.sql"),
 ];
 
 /// Applies the migrations the database has not seen yet, in one transaction; a database

@@ -19,6 +19,7 @@ use super::PgStore;
 use super::schema::MIGRATIONS;
 
 mod files;
+mod leases;
 
 /// A fresh database on the test server (`PARLOR_TEST_PG_URL`), dropped at the end.
 struct TestDatabase {

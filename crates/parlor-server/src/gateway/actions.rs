@@ -44,6 +44,14 @@ pub(super) fn backend(error: BackendError) -> ApiError {
                 "the server cannot accept writes; it must restart",
             )
         }
+        // Not a gateway's error (a persister's only), but told as what it is to a client.
+        BackendErrorKind::Fenced => {
+            tracing::warn!(%error, "backend fenced a write");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "temporarily unavailable; nothing was changed, retry later",
+            )
+        }
         BackendErrorKind::StorageFull => {
             tracing::error!(%error, "backend out of space");
             ApiError::new(
