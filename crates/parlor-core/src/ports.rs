@@ -394,7 +394,6 @@ pub struct ConnectionInfo {
     pub node: NodeId,
 }
 
-/// Where users are connected.
 /// The right to consume one partition of the inbound queue: one process at a time, for a
 /// while, renewed as it goes (see [`Leases`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -428,6 +427,7 @@ pub trait Leases: Send + Sync {
     async fn release(&self, lease: &Lease) -> Result<(), BackendError>;
 }
 
+/// Where users are connected.
 #[async_trait]
 pub trait Registry: Send + Sync {
     async fn register(&self, connection: ConnectionInfo) -> Result<(), BackendError>;

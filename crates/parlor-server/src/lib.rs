@@ -20,7 +20,7 @@ mod shutdown;
 use std::sync::Arc;
 
 use parlor_core::blobs::BlobStore;
-use parlor_core::ports::{Presence, Queue, Registry, Relay, Store};
+use parlor_core::ports::{Leases, Presence, Queue, Registry, Relay, Store};
 use parlor_core::search::Search;
 
 pub use shutdown::{Shutdown, ShutdownSignal};
@@ -41,4 +41,16 @@ pub struct Deps {
     pub search: Option<Arc<dyn Search>>,
     /// The bytes of files shared in conversations.
     pub blobs: Arc<dyn BlobStore>,
+    /// Where several persisters may consume the inbound queue (the cluster): the lease that
+    /// lets one at a time, and fences the others' batches. `None`: this one alone.
+    pub inbound_lease: Option<InboundLease>,
+}
+
+/// How a persister holds the inbound queue where others may be waiting to take it over.
+#[derive(Clone)]
+pub struct InboundLease {
+    pub leases: Arc<dyn Leases>,
+    /// How long the lease lasts unless renewed (every quarter of it): about how soon a
+    /// standby takes over after the holder died.
+    pub ttl: std::time::Duration,
 }

@@ -28,6 +28,9 @@ pub const STORE_OUTAGES: &str = "parlor_store_outages_total";
 /// Times a persister step (`step` label) found the disk full and held its batch until space
 /// was freed.
 pub const STORAGE_FULL: &str = "parlor_storage_full_total";
+/// Batches the store refused because this persister's lease on the inbound queue had
+/// lapsed or passed to another (it stopped consuming then).
+pub const BATCHES_FENCED: &str = "parlor_batches_fenced_total";
 pub const QUEUE_PENDING: &str = "parlor_queue_pending";
 pub const QUEUE_IN_FLIGHT: &str = "parlor_queue_in_flight";
 pub const QUEUE_DEAD: &str = "parlor_queue_dead_letters";

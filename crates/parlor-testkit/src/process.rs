@@ -101,6 +101,29 @@ impl ParlorProcess {
         self.child.wait()
     }
 
+    /// `SIGSTOP`: the process stops where it is, as in a long pause, until `resume`.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// `SIGCONT` after `pause`.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    #[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid, which stays ours until we wait for it.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            sent,
+            0,
+            "signal {signal} to {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// A client of its HTTP API.
     pub fn http(&self) -> Http {
         Http {

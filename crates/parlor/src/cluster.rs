@@ -14,7 +14,12 @@ use parlor_nats::queue::{JsQueue, JsQueueOptions};
 use parlor_nats::registry::NatsRegistry;
 use parlor_nats::relay::NatsRelay;
 use parlor_postgres::PgStore;
-use parlor_server::Deps;
+use parlor_server::{Deps, InboundLease};
+
+/// How long a crashed or cut-off persister holds the inbound queue: its pin and its lease
+/// lapse after this, and a standby takes over. Longer than the queues' visibility timeout
+/// and the server's `ack_wait` (4 s and 5.25 s), so what it held is due again by then.
+const TAKEOVER_AFTER: Duration = Duration::from_secs(6);
 
 use crate::embedded::QueueName;
 
@@ -86,7 +91,7 @@ impl Cluster {
             attempts_max,
             exclusive: true,
             visibility_timeout: Duration::from_secs(4),
-            takeover_after: Duration::from_secs(6),
+            takeover_after: TAKEOVER_AFTER,
             replicas: settings.nats_replicas,
             ..JsQueueOptions::default()
         };
@@ -131,6 +136,11 @@ impl Cluster {
             relay: self.relay.clone(),
             search: Some(self.store.clone()),
             blobs,
+            // Lapses as the queue's pin does: a standby takes over in both at about the same time.
+            inbound_lease: Some(InboundLease {
+                leases: self.store.clone(),
+                ttl: TAKEOVER_AFTER,
+            }),
         }
     }
 

@@ -89,6 +89,8 @@ impl Embedded {
             relay: self.relay.clone(),
             search: Some(self.store.clone()),
             blobs: self.blobs.clone(),
+            // One process: its persister alone consumes the queue.
+            inbound_lease: None,
         }
     }
 

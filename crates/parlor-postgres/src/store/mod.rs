@@ -137,7 +137,13 @@ impl PgStore {
         // planned for the data at hand. A generic plan cached while a table was small (a
         // fresh database) scans it whole ever after: with 75 000 messages, the duplicate
         // lookup of one batch took 15 ms instead of well under one.
-        let ours = "-c synchronous_commit=on -c plan_cache_mode=force_custom_plan";
+        //
+        // idle_in_transaction_session_timeout = 5 s: a process paused or cut off in the
+        // middle of a transaction (whose statements are otherwise sent back to back) would
+        // hold its locks, a persister's lease row among them, for as long as it is gone,
+        // and the standby's takeover would wait on it; the server ends such a transaction.
+        let ours = "-c synchronous_commit=on -c plan_cache_mode=force_custom_plan \
+                    -c idle_in_transaction_session_timeout=5000";
         let options = match config.get_options() {
             Some(given) => format!("{given} {ours}"),
             None => ours.to_owned(),

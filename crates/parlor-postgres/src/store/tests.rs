@@ -201,6 +201,11 @@ async fn every_pooled_connection_commits_synchronously_whatever_the_default() {
             .await
             .unwrap();
         assert_eq!(row.get::<_, String>(0), "force_custom_plan");
+        let row = connection
+            .query_one("SHOW idle_in_transaction_session_timeout", &[])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "5s");
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use parlor_core::events::EventData;
 use parlor_core::ids::ConversationId;
-use parlor_core::ports::{Appended, Delivery, DeliveryId, NewEvent, Stored as StoredEvent};
+use parlor_core::ports::{Appended, Delivery, DeliveryId, Lease, NewEvent, Stored as StoredEvent};
 use parlor_core::protocol::ServerFrame;
 use parlor_core::queue::{Audience, InboundEntry, Notification};
 use parlor_core::{BackendError, BackendErrorKind};
@@ -21,8 +21,10 @@ use crate::config::ConsumerConfig;
 use crate::consumer::{Attempt, Consumer};
 use crate::metrics as m;
 use crate::{Deps, Shutdown};
+use hold::{Hold, STANDBY_POLL};
 
 mod batch;
+mod hold;
 
 pub use batch::{BatchOutcome, persist_batch};
 
@@ -53,10 +55,15 @@ pub async fn run(
             Ok(())
         })
     };
-    let storing = store_until_shutdown(&deps, &inbound, shutdown, stored_tx).await;
+    let mut hold = deps.inbound_lease.clone().map(Hold::new);
+    let storing = store_until_shutdown(&deps, &inbound, shutdown, stored_tx, hold.as_mut()).await;
     let announcing = announcer.await.unwrap_or_else(|panic| {
         std::panic::resume_unwind(panic.into_panic());
     });
+    // Once what was stored is acknowledged: a standby takes over now, with nothing twice.
+    if let Some(hold) = &mut hold {
+        hold.release().await;
+    }
     storing.and(announcing)
 }
 
@@ -65,6 +72,7 @@ async fn store_until_shutdown(
     inbound: &Consumer,
     shutdown: Shutdown,
     stored: tokio::sync::mpsc::Sender<Stored>,
+    mut hold: Option<&mut Hold>,
 ) -> Result<(), BackendError> {
     let config = inbound.config();
     let mut draining_until = None;
@@ -72,6 +80,21 @@ async fn store_until_shutdown(
         if draining_until.is_none() && shutdown.is_fired() {
             draining_until = Some(tokio::time::Instant::now() + config.drain_timeout);
         }
+        let lease = match hold.as_deref_mut() {
+            None => None,
+            Some(hold) => match hold.current().await {
+                Some(lease) => Some(lease),
+                // A standby has nothing to drain.
+                None if draining_until.is_some() => return Ok(()),
+                None => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(STANDBY_POLL) => {}
+                        _ = shutdown.clone().wait() => {}
+                    }
+                    continue;
+                }
+            },
+        };
         let wait = if draining_until.is_some() {
             Duration::ZERO
         } else {
@@ -109,7 +132,20 @@ async fn store_until_shutdown(
             .into_iter()
             .partition(|delivery| delivery.attempts > 1);
         deliveries.extend(fresh);
-        if let Some(batch) = store(deps, inbound, deliveries, &shutdown, false).await?
+        let batch = match store(deps, inbound, deliveries, &shutdown, false, lease.as_ref()).await {
+            Ok(batch) => batch,
+            Err(error) if error.kind == BackendErrorKind::Fenced => {
+                // Another persister holds the queue now and gets these entries again from
+                // the queue: they are neither acknowledged nor handed back here.
+                metrics::counter!(m::BATCHES_FENCED).increment(1);
+                if let Some(hold) = hold.as_deref_mut() {
+                    hold.lose(&error.to_string());
+                }
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        if let Some(batch) = batch
             && stored.send(batch).await.is_err()
         {
             // The announcer stopped on a poisoned queue; its error is the one to report.
@@ -129,12 +165,14 @@ struct Stored {
 /// A batch the store refuses while it still answers may be one entry's fault: its entries
 /// are tried alone, in order, at once, and only those that fail alone are handed back or
 /// dead-lettered. `failed_before`: the entries were part of a batch that failed just now.
+/// Under `lease`, a batch the store fences is `Err(Fenced)`: nothing of it was stored.
 async fn store(
     deps: &Deps,
     inbound: &Consumer,
     deliveries: Vec<Delivery>,
     shutdown: &Shutdown,
     failed_before: bool,
+    lease: Option<&Lease>,
 ) -> Result<Option<Stored>, BackendError> {
     if deliveries.is_empty() {
         return Ok(None);
@@ -166,11 +204,16 @@ async fn store(
     // everyone, as a redelivered one is.
     let mut failed_before = failed_before;
     let results = loop {
-        let error = match deps.store.append_events(&batch).await {
+        let appended = match lease {
+            Some(lease) => deps.store.append_events_fenced(&batch, lease).await,
+            None => deps.store.append_events(&batch).await,
+        };
+        let error = match appended {
             Ok(results) => {
                 full.ended();
                 break results;
             }
+            Err(error) if error.kind == BackendErrorKind::Fenced => return Err(error),
             Err(error) => error,
         };
         failed_before = true;
@@ -191,7 +234,7 @@ async fn store(
                 .into_iter()
                 .filter(|delivery| batch_ids.contains(&delivery.id))
                 .collect();
-            return store_each(deps, inbound, decoded, shutdown).await;
+            return store_each(deps, inbound, decoded, shutdown, lease).await;
         }
         let entries = attempts(&deliveries, &batch_ids, backend_down, shutdown);
         let Some(error) = inbound.apply(error, &entries).await? else {
@@ -239,6 +282,7 @@ async fn store_each(
     inbound: &Consumer,
     deliveries: Vec<Delivery>,
     shutdown: &Shutdown,
+    lease: Option<&Lease>,
 ) -> Result<Option<Stored>, BackendError> {
     let mut all = Stored {
         deliveries: Vec::new(),
@@ -247,7 +291,7 @@ async fn store_each(
     };
     for delivery in deliveries {
         // Boxed: `store` calls this, so its future would contain itself.
-        let one = Box::pin(store(deps, inbound, vec![delivery], shutdown, true)).await?;
+        let one = Box::pin(store(deps, inbound, vec![delivery], shutdown, true, lease)).await?;
         if let Some(one) = one {
             all.deliveries.extend(one.deliveries);
             all.notifications.extend(one.notifications);

@@ -89,6 +89,7 @@ impl Harness {
             relay: self.relay.clone(),
             search: None,
             blobs: self.blobs.clone(),
+            inbound_lease: None,
         }
     }
 

@@ -170,6 +170,8 @@ impl Aws {
             // DynamoDB has no full-text index: the gateway answers `not_available`.
             search: None,
             blobs,
+            // SQS FIFO orders per conversation: persisters (Lambdas) need no lease.
+            inbound_lease: None,
         }
     }
 }

@@ -7,6 +7,7 @@ mod cluster;
 mod cluster_chaos;
 mod cluster_outage;
 mod cluster_replicated;
+mod cluster_takeover;
 mod connections;
 mod convergence;
 mod disk;
