@@ -206,6 +206,8 @@ async fn every_pooled_connection_commits_synchronously_whatever_the_default() {
             .await
             .unwrap();
         assert_eq!(row.get::<_, String>(0), "5s");
+        let row = connection.query_one("SHOW jit", &[]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "off");
     }
 }
 
