@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod ids;
+pub mod partitions;
 pub mod ports;
 pub mod protocol;
 pub mod queue;

@@ -103,6 +103,13 @@ pub trait Queue: Send + Sync {
     /// Deletes the selected dead letters for good; returns how many.
     async fn purge(&self, selection: DeadLetterSelection) -> Result<usize, BackendError>;
     async fn depth(&self) -> Result<QueueDepth, BackendError>;
+    /// Where consumers take turns (a queue held by one consumer at a time): gives up this
+    /// handle's turn at once, with what it holds and has not acknowledged, so that the next
+    /// consumer goes on now instead of after a timeout. A later `receive` takes a turn again.
+    /// Does nothing where consumers share entries instead.
+    async fn hand_over(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// A change as the persister hands it to the store.
@@ -425,6 +432,18 @@ pub trait Leases: Send + Sync {
     /// Gives `lease` up at once (a clean stop), so that another process takes the partition
     /// without waiting for it to lapse. Does nothing if it is no longer held.
     async fn release(&self, lease: &Lease) -> Result<(), BackendError>;
+    /// Renews `owner`'s place among the live members of `group` for `ttl`, joining it if
+    /// need be, and returns every live member, `owner` included, sorted: the processes that
+    /// share a queue's partitions each take their share of this list
+    /// ([`crate::partitions::assign`]).
+    async fn group_members(
+        &self,
+        group: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, BackendError>;
+    /// Leaves `group` at once (a clean stop), so that the others take its share now.
+    async fn leave_group(&self, group: &str, owner: &str) -> Result<(), BackendError>;
 }
 
 /// Where users are connected.

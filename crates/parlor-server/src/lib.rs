@@ -46,11 +46,15 @@ pub struct Deps {
     pub inbound_lease: Option<InboundLease>,
 }
 
-/// How a persister holds the inbound queue where others may be waiting to take it over.
+/// How the persisters share the inbound queue where several run (the cluster): its
+/// partitions, each held by one persister at a time through a lease that also fences the
+/// others' batches, and divided among the live persisters.
 #[derive(Clone)]
 pub struct InboundLease {
     pub leases: Arc<dyn Leases>,
-    /// How long the lease lasts unless renewed (every quarter of it): about how soon a
-    /// standby takes over after the holder died.
+    /// How long a lease or a membership lasts unless renewed (every quarter of it): about
+    /// how soon the others take over a persister that died.
     pub ttl: std::time::Duration,
+    /// The inbound queue's partitions, by number (`Deps::inbound` appends to them all).
+    pub partitions: Vec<Arc<dyn Queue>>,
 }

@@ -31,6 +31,10 @@ pub const STORAGE_FULL: &str = "parlor_storage_full_total";
 /// Batches the store refused because this persister's lease on the inbound queue had
 /// lapsed or passed to another (it stopped consuming then).
 pub const BATCHES_FENCED: &str = "parlor_batches_fenced_total";
+/// Partitions of the inbound queue this persister holds now.
+pub const PARTITIONS_HELD: &str = "parlor_inbound_partitions_held";
+/// Persisters sharing the inbound queue, as this one last read them.
+pub const PERSISTERS_LIVE: &str = "parlor_persisters_live";
 pub const QUEUE_PENDING: &str = "parlor_queue_pending";
 pub const QUEUE_IN_FLIGHT: &str = "parlor_queue_in_flight";
 pub const QUEUE_DEAD: &str = "parlor_queue_dead_letters";

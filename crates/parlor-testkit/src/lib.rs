@@ -10,6 +10,7 @@ pub mod blobs;
 pub mod client;
 pub mod files;
 pub mod images;
+pub mod partitions;
 pub mod process;
 pub mod queue;
 pub mod registry;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use parlor_core::blobs::BlobStore;
+use parlor_core::partitions::Partitioned;
 use parlor_core::ports::Queue;
 use parlor_core::{BackendError, BackendErrorKind, NodeId};
 use parlor_nats::queue::{JsQueue, JsQueueOptions};
@@ -16,10 +17,14 @@ use parlor_nats::relay::NatsRelay;
 use parlor_postgres::PgStore;
 use parlor_server::{Deps, InboundLease};
 
-/// How long a crashed or cut-off persister holds the inbound queue: its pin and its lease
-/// lapse after this, and a standby takes over. Longer than the queues' visibility timeout
-/// and the server's `ack_wait` (4 s and 5.25 s), so what it held is due again by then.
-const TAKEOVER_AFTER: Duration = Duration::from_secs(6);
+/// How long a crashed or cut-off persister holds its partitions of the inbound queue: its
+/// pins, leases and membership lapse after this, and the others take over (within 0.7 s
+/// more: one membership poll and one standby poll). Longer than the queues' visibility
+/// timeout and the server's `ack_wait` (3.5 s and 4.625 s), so what it held is due again
+/// by then.
+const TAKEOVER_AFTER: Duration = Duration::from_secs(5);
+/// How long an entry handed to a consumer stays its own before it is handed out again.
+const VISIBILITY_TIMEOUT: Duration = Duration::from_millis(3500);
 
 use crate::embedded::QueueName;
 
@@ -45,6 +50,12 @@ pub struct ClusterSettings {
         default_value = "postgres://postgres@127.0.0.1:5432/parlor"
     )]
     pub postgres_url: String,
+    /// Partitions of the inbound queue, for a cluster being created: the persisters share
+    /// them, one persister storing each at a time. Recorded in the database by the first
+    /// process; later processes use the recorded count, and one given another count refuses
+    /// to start (a conversation must stay in one partition). Default for a new cluster: 8.
+    #[arg(long, env = "PARLOR_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub partitions: Option<u32>,
     /// Database connections per process.
     #[arg(long, env = "PARLOR_POSTGRES_POOL", default_value_t = 8)]
     pub postgres_pool: usize,
@@ -54,9 +65,15 @@ pub struct ClusterSettings {
     pub namespace: String,
 }
 
+/// The inbound queue's partitions in a cluster whose database recorded none yet.
+const PARTITIONS_DEFAULT: u32 = 8;
+
 pub struct Cluster {
     pub store: Arc<PgStore>,
-    pub inbound: Arc<JsQueue>,
+    /// The inbound queue's partitions, by number.
+    pub inbound: Vec<Arc<JsQueue>>,
+    /// All of them as one queue: where gateways append, and what operators see.
+    inbound_whole: Arc<Partitioned>,
     pub notifications: Arc<JsQueue>,
     registry: Arc<NatsRegistry>,
     relay: Arc<NatsRelay>,
@@ -90,7 +107,7 @@ impl Cluster {
         let options = JsQueueOptions {
             attempts_max,
             exclusive: true,
-            visibility_timeout: Duration::from_secs(4),
+            visibility_timeout: VISIBILITY_TIMEOUT,
             takeover_after: TAKEOVER_AFTER,
             replicas: settings.nats_replicas,
             ..JsQueueOptions::default()
@@ -100,11 +117,38 @@ impl Cluster {
             queue_name(namespace, QueueName::Notifications),
             namespace.replace('-', "_"),
         );
-        let inbound = retrying("the inbound queue", || {
-            JsQueue::open(client.clone(), &inbound_name, options.clone())
-        })
-        .await
-        .context("cannot open the inbound queue")?;
+        let partitions = store
+            .queue_partitions(
+                &inbound_name,
+                settings.partitions.unwrap_or(PARTITIONS_DEFAULT),
+            )
+            .await
+            .context("cannot read the inbound queue's partitions")?;
+        if let Some(asked) = settings.partitions
+            && asked != partitions
+        {
+            anyhow::bail!(
+                "the inbound queue has {partitions} partitions, recorded when the cluster was \
+                 created; this process was given --partitions {asked}: give it {partitions}, \
+                 or none"
+            );
+        }
+        let mut inbound = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            let name = partition_name(&inbound_name, partition);
+            let queue = retrying("the inbound queue", || {
+                JsQueue::open(client.clone(), &name, options.clone())
+            })
+            .await
+            .with_context(|| format!("cannot open the inbound queue's partition {partition}"))?;
+            inbound.push(queue);
+        }
+        let inbound_whole = Arc::new(Partitioned::new(
+            inbound
+                .iter()
+                .map(|queue| queue.clone() as Arc<dyn Queue>)
+                .collect(),
+        ));
         let notifications = retrying("the notification queue", || {
             JsQueue::open(client.clone(), &notifications_name, options.clone())
         })
@@ -119,6 +163,7 @@ impl Cluster {
         Ok(Cluster {
             store: Arc::new(store),
             inbound,
+            inbound_whole,
             notifications,
             registry,
             relay,
@@ -129,7 +174,7 @@ impl Cluster {
     pub fn deps(&self, blobs: Arc<dyn BlobStore>) -> Deps {
         Deps {
             store: self.store.clone(),
-            inbound: self.inbound.clone() as Arc<dyn Queue>,
+            inbound: self.inbound_whole.clone(),
             notifications: self.notifications.clone() as Arc<dyn Queue>,
             registry: self.registry.clone(),
             presence: self.registry.clone(),
@@ -140,15 +185,21 @@ impl Cluster {
             inbound_lease: Some(InboundLease {
                 leases: self.store.clone(),
                 ttl: TAKEOVER_AFTER,
+                partitions: self.inbound_whole.parts().to_vec(),
             }),
         }
     }
 
-    pub fn queue(&self, name: QueueName) -> &Arc<JsQueue> {
+    pub fn queue(&self, name: QueueName) -> Arc<dyn Queue> {
         match name {
-            QueueName::Inbound => &self.inbound,
-            QueueName::Notifications => &self.notifications,
+            QueueName::Inbound => self.inbound_whole.clone(),
+            QueueName::Notifications => self.notifications.clone(),
         }
+    }
+
+    /// Every queue this process consumes, for a clean stop's hand-over.
+    pub fn consumed_queues(&self) -> impl Iterator<Item = &Arc<JsQueue>> {
+        self.inbound.iter().chain([&self.notifications])
     }
 }
 
@@ -181,6 +232,15 @@ fn replicas(value: &str) -> Result<usize, String> {
     match value.parse() {
         Ok(replicas @ (1 | 3 | 5)) => Ok(replicas),
         _ => Err("1, 3 or 5 (an odd number, at most JetStream's 5)".into()),
+    }
+}
+
+/// Partition 0 keeps the queue's own name (`parlor-inbound`), as before partitions were;
+/// the others are `parlor-inbound-p1`, `parlor-inbound-p2`, …
+fn partition_name(queue: &str, partition: u32) -> String {
+    match partition {
+        0 => queue.to_string(),
+        _ => format!("{queue}-p{partition}"),
     }
 }
 

@@ -440,7 +440,7 @@ async fn cluster_persister(
     let failure = roles.run().await;
     // Hand the queues to a standby persister at once rather than after the takeover delay
     // (if this fails, the standby takes over after it anyway).
-    for queue in [&backends.inbound, &backends.notifications] {
+    for queue in backends.consumed_queues() {
         if let Err(error) = queue.release().await {
             tracing::warn!(%error, queue = queue.name(), "cannot hand the queue over");
         }
@@ -548,7 +548,7 @@ async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             parlor_server::config::ConsumerConfig::default().attempts_max,
         )
         .await?;
-        let queue: Arc<dyn Queue> = backends.queue(target.queue).clone();
+        let queue = backends.queue(target.queue);
         return dlq_run(queue.as_ref(), target.queue, action).await;
     }
     let backends = Embedded::open(&target.data_dir)?;

@@ -62,3 +62,15 @@ impl QueueFactory for WalQueues {
 }
 
 parlor_testkit::queue_contract!(factory);
+
+/// The contract again with every queue cut into partitions, and what partitions add.
+mod partitioned {
+    use parlor_testkit::partitions::Partitions;
+
+    async fn factory() -> Partitions<super::WalQueues> {
+        Partitions::new(super::factory().await)
+    }
+
+    parlor_testkit::queue_contract!(factory);
+    parlor_testkit::partitioned_queue_contract!(factory);
+}

@@ -27,7 +27,7 @@ pub(super) struct Pinning {
     next: Subject,
     /// The `Nats-Pin-Id` the server gave this handle, while it holds the pin.
     pin: Mutex<Option<String>>,
-    /// Set by [`JsQueue::release`]: the handle never pulls again.
+    /// Set by [`JsQueue::release`]: the handle never pulls again (unless it was a hand-over).
     released: AtomicBool,
 }
 
@@ -86,6 +86,17 @@ impl JsQueue {
                 .map_err(|error| nats_error("release the queue", error))
         })
         .await
+    }
+
+    /// [`Queue::hand_over`](parlor_core::ports::Queue::hand_over) with `exclusive`: as
+    /// [`JsQueue::release`], except that a later `receive` pulls, and is pinned, again (a
+    /// persister gives a partition to another and may be given it back).
+    pub(super) async fn hand_over_pin(&self) -> Result<(), BackendError> {
+        let released = self.release().await;
+        if let Some(pinning) = &self.pinning {
+            pinning.released.store(false, Ordering::SeqCst);
+        }
+        released
     }
 
     /// Whether this handle was released: it never pulls again.

@@ -348,6 +348,10 @@ impl Queue for JsQueue {
             dead: dead.messages,
         })
     }
+
+    async fn hand_over(&self) -> Result<(), BackendError> {
+        self.hand_over_pin().await
+    }
 }
 
 /// The handle's keeper: gives back the entries of held packs whose visibility timeout ran

@@ -117,6 +117,19 @@ mod exclusive {
     parlor_testkit::queue_contract!(factory);
 }
 
+/// The contract again with every queue cut into partitions, exclusive as the cluster's
+/// are, and what partitions add.
+mod partitioned {
+    use parlor_testkit::partitions::Partitions;
+
+    async fn factory() -> Partitions<super::JsQueues> {
+        Partitions::new(super::factory_with(true).await)
+    }
+
+    parlor_testkit::queue_contract!(factory);
+    parlor_testkit::partitioned_queue_contract!(factory);
+}
+
 /// Forwards TCP connections to `upstream` until the returned task is aborted, which drops
 /// every forwarded connection: a NATS outage as the client sees it.
 async fn proxy(upstream: std::net::SocketAddr) -> (String, tokio::task::JoinHandle<()>) {

@@ -107,6 +107,83 @@ impl Leases for PgStore {
         })
         .await
     }
+
+    async fn group_members(
+        &self,
+        group: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, BackendError> {
+        run("renew a membership", async {
+            let client = self.client().await?;
+            // The statement's snapshot does not see its own upsert: `owner` is added apart.
+            let statement = client
+                .prepare_cached(
+                    "WITH renewed AS (
+                         INSERT INTO lease_members (group_name, owner, expires_at)
+                         VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond')
+                         ON CONFLICT (group_name, owner) DO UPDATE SET expires_at = excluded.expires_at
+                     ), swept AS (
+                         DELETE FROM lease_members
+                         WHERE group_name = $1 AND owner <> $2
+                           AND expires_at < now() - interval '1 hour'
+                     )
+                     SELECT owner FROM lease_members
+                     WHERE group_name = $1 AND owner <> $2 AND expires_at > now()
+                     UNION SELECT $2
+                     ORDER BY 1",
+                )
+                .await?;
+            let rows = client
+                .query(&statement, &[&group, &owner, &millis(ttl)])
+                .await?;
+            rows.iter()
+                .map(|row| row.try_get::<_, String>(0).map_err(Failure::from))
+                .collect()
+        })
+        .await
+    }
+
+    async fn leave_group(&self, group: &str, owner: &str) -> Result<(), BackendError> {
+        run("leave a group", async {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached("DELETE FROM lease_members WHERE group_name = $1 AND owner = $2")
+                .await?;
+            client.execute(&statement, &[&group, &owner]).await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl PgStore {
+    /// The partitions `queue` has: `proposed` if this is the first process to ask, else
+    /// what the first one recorded. A caller whose count differs must not run: the same
+    /// conversation would go to two partitions.
+    pub async fn queue_partitions(&self, queue: &str, proposed: u32) -> Result<u32, BackendError> {
+        run("read a queue's partitions", async {
+            let client = self.client().await?;
+            let proposed = i32::try_from(proposed)
+                .map_err(|_| Failure::Rejected(format!("{proposed} partitions is too many")))?;
+            client
+                .execute(
+                    "INSERT INTO queue_partitions (queue, partitions) VALUES ($1, $2)
+                     ON CONFLICT (queue) DO NOTHING",
+                    &[&queue, &proposed],
+                )
+                .await?;
+            let row = client
+                .query_one(
+                    "SELECT partitions FROM queue_partitions WHERE queue = $1",
+                    &[&queue],
+                )
+                .await?;
+            let partitions: i32 = row.try_get(0)?;
+            Ok(u32::try_from(partitions).unwrap_or(1))
+        })
+        .await
+    }
 }
 
 /// Inside a batch's transaction: holds `lease` against a takeover until the transaction

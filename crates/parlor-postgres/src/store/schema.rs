@@ -19,6 +19,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_search.sql"),
     include_str!("../migrations/0005_files.sql"),
     include_str!("../migrations/0006_partition_leases.sql"),
+    include_str!("../migrations/0007_lease_members.sql"),
 ];
 
 /// Applies the migrations the database has not seen yet, in one transaction; a database

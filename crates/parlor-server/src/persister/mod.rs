@@ -21,10 +21,11 @@ use crate::config::ConsumerConfig;
 use crate::consumer::{Attempt, Consumer};
 use crate::metrics as m;
 use crate::{Deps, Shutdown};
-use hold::{Hold, STANDBY_POLL};
+use hold::Hold;
 
 mod batch;
 mod hold;
+mod share;
 
 pub use batch::{BatchOutcome, persist_batch};
 
@@ -38,12 +39,63 @@ const STORED_BATCHES_QUEUED_MAX: usize = 2;
 
 /// Runs until `shutdown`, then drains what is queued for up to `drain_timeout`.
 /// Returns an error only when durability is lost (a poisoned queue): the process must exit.
+/// Where several persisters share the inbound queue (`Deps::inbound_lease`), this one
+/// stores the partitions that are its share, one task each (`share.rs`).
 pub async fn run(
     deps: Deps,
     config: ConsumerConfig,
     shutdown: Shutdown,
 ) -> Result<(), BackendError> {
+    match deps.inbound_lease.clone() {
+        Some(sharing) => share::run(deps, config, shutdown, sharing).await,
+        None => run_partition(deps, config, shutdown, None).await,
+    }
+}
+
+/// Stores what `deps.inbound` holds: alone (`hold` is `None`) until `shutdown`; or, under
+/// `hold`, in tenures, each from taking the partition's lease to handing it over.
+async fn run_partition(
+    deps: Deps,
+    config: ConsumerConfig,
+    shutdown: Shutdown,
+    mut hold: Option<Hold>,
+) -> Result<(), BackendError> {
     let inbound = Consumer::new(deps.inbound.clone(), "inbound", config);
+    loop {
+        if let Some(hold) = &mut hold
+            && !share::wait_for_lease(hold, &shutdown).await
+        {
+            return Ok(());
+        }
+        let outcome = tenure(&deps, &inbound, &shutdown, hold.as_mut()).await;
+        let Some(hold) = &mut hold else {
+            return outcome;
+        };
+        outcome?;
+        // What was stored is acknowledged: the next holder takes over now, with nothing
+        // twice. Entries still held go back to the queue first, in order.
+        if let Err(error) = inbound.queue().hand_over().await {
+            tracing::warn!(%error, "cannot hand the partition's queue over; it passes after a timeout");
+        }
+        hold.release().await;
+        metrics::gauge!(m::PARTITIONS_HELD).decrement(1);
+        if shutdown.is_fired() {
+            return Ok(());
+        }
+    }
+}
+
+/// Stores and announces until `shutdown` (then drains), or until `hold` ends: the partition
+/// is another persister's share now, or its lease was lost.
+async fn tenure(
+    deps: &Deps,
+    inbound: &Consumer,
+    shutdown: &Shutdown,
+    hold: Option<&mut Hold>,
+) -> Result<(), BackendError> {
+    if hold.is_some() {
+        metrics::gauge!(m::PARTITIONS_HELD).increment(1);
+    }
     let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel(STORED_BATCHES_QUEUED_MAX);
     let announcer = {
         let (deps, inbound, shutdown) = (deps.clone(), inbound.clone(), shutdown.clone());
@@ -55,15 +107,10 @@ pub async fn run(
             Ok(())
         })
     };
-    let mut hold = deps.inbound_lease.clone().map(Hold::new);
-    let storing = store_until_shutdown(&deps, &inbound, shutdown, stored_tx, hold.as_mut()).await;
+    let storing = store_until_shutdown(deps, inbound, shutdown.clone(), stored_tx, hold).await;
     let announcing = announcer.await.unwrap_or_else(|panic| {
         std::panic::resume_unwind(panic.into_panic());
     });
-    // Once what was stored is acknowledged: a standby takes over now, with nothing twice.
-    if let Some(hold) = &mut hold {
-        hold.release().await;
-    }
     storing.and(announcing)
 }
 
@@ -82,17 +129,11 @@ async fn store_until_shutdown(
         }
         let lease = match hold.as_deref_mut() {
             None => None,
+            // Another persister's share now: hand over after what is stored is announced.
+            Some(hold) if draining_until.is_none() && !hold.is_share() => return Ok(()),
             Some(hold) => match hold.current().await {
                 Some(lease) => Some(lease),
-                // A standby has nothing to drain.
-                None if draining_until.is_some() => return Ok(()),
-                None => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(STANDBY_POLL) => {}
-                        _ = shutdown.clone().wait() => {}
-                    }
-                    continue;
-                }
+                None => return Ok(()),
             },
         };
         let wait = if draining_until.is_some() {

@@ -22,6 +22,9 @@ pub struct Cluster {
     haproxy: Child,
     admin_url: String,
     database: String,
+    /// What every process of this cluster is started with: flags, then environment.
+    shared: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -65,14 +68,9 @@ impl Cluster {
             "--namespace",
             namespace.as_str(),
         ];
-        let s3 = crate::harness::s3_env(&namespace);
-        let env: Vec<(&str, &str)> = s3.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let spawn = |role: &str, extra: &[&str]| {
-            let mut args = vec![role, "--listen", "127.0.0.1:0"];
-            args.extend_from_slice(&shared);
-            args.extend_from_slice(extra);
-            Server::spawn(&args, &env)
-        };
+        let shared: Vec<String> = shared.iter().map(|arg| arg.to_string()).collect();
+        let env = crate::harness::s3_env(&namespace);
+        let spawn = |role: &str, extra: &[&str]| spawn_role(&shared, &env, role, extra);
         let gateways: Vec<Server> = (0..2)
             .map(|_| spawn("gateway", &["--trusted-proxies", "127.0.0.1"]))
             .collect();
@@ -97,9 +95,18 @@ impl Cluster {
             haproxy,
             admin_url,
             database,
+            shared,
+            env,
         };
         wait_for_both_gateways(&stats).await;
         cluster
+    }
+
+    /// Starts one more persister; its index in `persisters`.
+    pub fn add_persister(&mut self) -> usize {
+        let persister = spawn_role(&self.shared, &self.env, "persister", &[]);
+        self.persisters.push(persister);
+        self.persisters.len() - 1
     }
 
     pub fn http(&self) -> Http {
@@ -107,6 +114,14 @@ impl Cluster {
             address: self.address.clone(),
         }
     }
+}
+
+fn spawn_role(shared: &[String], env: &[(String, String)], role: &str, extra: &[&str]) -> Server {
+    let mut args = vec![role, "--listen", "127.0.0.1:0"];
+    args.extend(shared.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Server::spawn(&args, &env)
 }
 
 impl Drop for Cluster {

@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod cluster_chaos;
 mod cluster_outage;
+mod cluster_partitions;
 mod cluster_replicated;
 mod cluster_takeover;
 mod connections;

@@ -170,3 +170,55 @@ async fn a_takeover_waits_for_the_batch_that_holds_the_lease() {
         .unwrap();
     assert!(matches!(&stored[..], [Appended::New(_)]));
 }
+
+#[tokio::test]
+async fn members_see_each_other_until_one_leaves_or_lapses_and_groups_are_apart() {
+    let db = TestDatabase::create().await;
+    let store = db.store(2).await;
+    let short = Duration::from_millis(300);
+    assert_eq!(store.group_members("g", "b", TTL).await.unwrap(), ["b"]);
+    assert_eq!(
+        store.group_members("g", "a", short).await.unwrap(),
+        ["a", "b"]
+    );
+    assert_eq!(
+        store.group_members("g", "c", TTL).await.unwrap(),
+        ["a", "b", "c"]
+    );
+    assert_eq!(
+        store.group_members("other", "z", TTL).await.unwrap(),
+        ["z"],
+        "another group's members are its own"
+    );
+    store.leave_group("g", "c").await.unwrap();
+    assert_eq!(
+        store.group_members("g", "b", TTL).await.unwrap(),
+        ["a", "b"]
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        store.group_members("g", "b", TTL).await.unwrap(),
+        ["b"],
+        "a lapsed member is gone"
+    );
+    // One that comes back is a member again.
+    assert_eq!(
+        store.group_members("g", "a", TTL).await.unwrap(),
+        ["a", "b"]
+    );
+}
+
+#[tokio::test]
+async fn a_queue_keeps_the_partitions_it_was_created_with() {
+    let db = TestDatabase::create().await;
+    let store = db.store(2).await;
+    assert_eq!(store.queue_partitions("q", 8).await.unwrap(), 8);
+    assert_eq!(
+        store.queue_partitions("q", 32).await.unwrap(),
+        8,
+        "the first count stays"
+    );
+    assert_eq!(store.queue_partitions("other", 1).await.unwrap(), 1);
+    let error = store.queue_partitions("q", u32::MAX).await.unwrap_err();
+    assert_eq!(error.kind, BackendErrorKind::Rejected);
+}

@@ -1,0 +1,147 @@
+//! The inbound queue's partitions shared by the persisters (8 partitions, the default):
+//! persisters that join, stop cleanly or are killed in the middle of a burst take their share
+//! and hand it over without losing, duplicating or reordering a message, and a killed
+//! persister's partitions are taken over within the bound its leases set.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cluster::{Cluster, shared_postgres};
+use crate::cluster_chaos::{assert_stored_exactly_once, burst_through_chaos};
+use crate::cluster_takeover::counter;
+use crate::harness::Ws;
+
+const PARTITIONS: u64 = 8;
+
+fn nats() -> String {
+    std::env::var("PARLOR_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4223".into())
+}
+
+/// Waits until the live persisters (`live`) hold every partition between them, each its
+/// share: `PARTITIONS / live` or one more.
+async fn wait_for_balance(cluster: &Cluster, live: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut held = Vec::new();
+        for index in live {
+            held.push(
+                counter(
+                    &cluster.persisters[*index],
+                    "parlor_inbound_partitions_held",
+                )
+                .await,
+            );
+        }
+        let share = PARTITIONS / live.len() as u64;
+        if held.iter().sum::<u64>() == PARTITIONS
+            && held.iter().all(|h| *h == share || *h == share + 1)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "partitions held: {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisters_that_join_stop_and_die_mid_burst_share_the_partitions_and_lose_nothing() {
+    let mut cluster = Cluster::start_sized(&nats(), &shared_postgres(), 2, 1).await;
+    wait_for_balance(&cluster, &[0, 1]).await;
+    let http = cluster.http();
+    let (alice_id, alice) = http.register("alice").await;
+    // Each conversation has its own sender (client_msg_id is unique per sender); six
+    // conversations land in several partitions.
+    let mut conversations = Vec::new();
+    for name in ["bob", "carol", "dave", "erin", "frank", "grace"] {
+        let (_, sender) = http.register(name).await;
+        conversations.push((http.direct(&sender, &alice_id).await, sender));
+    }
+    let address = cluster.address.clone();
+    let bursts_done = AtomicBool::new(false);
+    let bursts = async {
+        let bursts = conversations.iter().map(|(conversation, sender)| {
+            burst_through_chaos(&address, sender, conversation, 2, 3000, 0, || {})
+        });
+        let accepted = futures::future::join_all(bursts).await;
+        bursts_done.store(true, Ordering::SeqCst);
+        accepted
+    };
+    let chaos = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let joined = cluster.add_persister();
+        eprintln!("a third persister joined");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(cluster.persisters[0].terminate().success());
+        eprintln!("the first persister stopped cleanly");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mid_burst = !bursts_done.load(Ordering::SeqCst);
+        cluster.persisters[1].kill();
+        eprintln!("the second persister was killed (mid-burst: {mid_burst})");
+        (joined, mid_burst)
+    };
+    let (accepted, (joined, mid_burst)) = tokio::join!(bursts, chaos);
+    assert!(
+        mid_burst,
+        "the bursts ended before the kill: make them longer"
+    );
+    for ((conversation, _), accepted) in conversations.iter().zip(&accepted) {
+        assert_eq!(accepted.len(), 6000);
+        assert_stored_exactly_once(&http, &alice, conversation, accepted).await;
+    }
+    let survivor = &cluster.persisters[joined];
+    assert!(counter(survivor, "parlor_messages_stored_total").await > 0);
+    assert_eq!(
+        counter(survivor, "parlor_messages_duplicate_total").await,
+        0
+    );
+    wait_for_balance(&cluster, &[joined]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_persisters_partitions_are_taken_over_within_6_seconds() {
+    let mut cluster = Cluster::start_sized(&nats(), &shared_postgres(), 2, 1).await;
+    wait_for_balance(&cluster, &[0, 1]).await;
+    let http = cluster.http();
+    let (_, alice) = http.register("alice").await;
+    // A conversation stored by the first persister: one message at a time, until its stored
+    // counter moves.
+    let mut ws = Ws::connect(&cluster.address, &alice).await;
+    let mut stored_before = 0;
+    let mut chosen = None;
+    for round in 0..40 {
+        let (other_id, _) = http.register(&format!("user{round}")).await;
+        let conversation = http.direct(&alice, &other_id).await;
+        ws.send_message(&conversation, &format!("m{round}"), "hello")
+            .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http.history(&alice, &conversation).await.is_empty() {
+            assert!(Instant::now() < deadline, "never stored");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let stored = counter(&cluster.persisters[0], "parlor_messages_stored_total").await;
+        if stored > stored_before {
+            chosen = Some(conversation);
+            break;
+        }
+        stored_before = stored;
+    }
+    let conversation = chosen.expect("the first persister stores one of 40 conversations");
+
+    cluster.persisters[0].kill();
+    let killed_at = Instant::now();
+    ws.send_message(&conversation, "after", "after the kill")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.history(&alice, &conversation).await.len() < 2 {
+        assert!(Instant::now() < deadline, "never taken over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = killed_at.elapsed();
+    eprintln!("stored by the survivor {took:?} after the kill");
+    // 5 s for the leases, pins and membership to lapse, then one membership poll (0.5 s)
+    // and one standby poll (0.2 s); a little more on a busy machine.
+    assert!(took < Duration::from_secs(7), "{took:?}");
+    wait_for_balance(&cluster, &[1]).await;
+}
