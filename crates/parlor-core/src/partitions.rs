@@ -196,6 +196,20 @@ impl Queue for Partitioned {
         }
     }
 
+    async fn receive_held(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        let mut got = Vec::new();
+        for (partition, part) in self.parts.iter().enumerate() {
+            if got.len() >= max {
+                break;
+            }
+            for mut delivery in part.receive_held(max - got.len()).await? {
+                delivery.id = DeliveryId(joined(partition, delivery.id.0)?);
+                got.push(delivery);
+            }
+        }
+        Ok(got)
+    }
+
     async fn ack(&self, ids: &[DeliveryId]) -> Result<(), BackendError> {
         if let Some(only) = self.single() {
             return only.ack(ids).await;

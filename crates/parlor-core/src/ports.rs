@@ -103,6 +103,15 @@ pub trait Queue: Send + Sync {
     /// Deletes the selected dead letters for good; returns how many.
     async fn purge(&self, selection: DeadLetterSelection) -> Result<usize, BackendError>;
     async fn depth(&self) -> Result<QueueDepth, BackendError>;
+    /// Entries this handle already took from the backend and has not handed out (the rest
+    /// of what one pull brought), up to `max`, without asking the backend for more. A
+    /// consumer that ends its turn takes these before [`Queue::hand_over`]: handed back,
+    /// they could only be appended again, behind newer entries. Empty for a handle that
+    /// holds nothing back.
+    async fn receive_held(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        let _ = max;
+        Ok(Vec::new())
+    }
     /// Where consumers take turns (a queue held by one consumer at a time): gives up this
     /// handle's turn at once, with what it holds and has not acknowledged, so that the next
     /// consumer goes on now instead of after a timeout. A later `receive` takes a turn again.

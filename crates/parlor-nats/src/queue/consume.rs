@@ -188,7 +188,7 @@ impl JsQueue {
     }
 
     /// Hands out waiting entries of packs pulled before, if there are any.
-    async fn take_waiting(&self, max: usize) -> Option<Vec<Delivery>> {
+    pub(super) async fn take_waiting(&self, max: usize) -> Option<Vec<Delivery>> {
         let (deliveries, restart) = {
             let mut packs = self.packs.lock().expect("queue lock");
             if !packs.has_waiting() {

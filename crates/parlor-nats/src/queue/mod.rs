@@ -349,6 +349,10 @@ impl Queue for JsQueue {
         })
     }
 
+    async fn receive_held(&self, max: usize) -> Result<Vec<Delivery>, BackendError> {
+        Ok(self.take_waiting(max).await.unwrap_or_default())
+    }
+
     async fn hand_over(&self) -> Result<(), BackendError> {
         self.hand_over_pin().await
     }

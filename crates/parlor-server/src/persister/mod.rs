@@ -127,10 +127,15 @@ async fn store_until_shutdown(
         if draining_until.is_none() && shutdown.is_fired() {
             draining_until = Some(tokio::time::Instant::now() + config.drain_timeout);
         }
+        // A partition's holder that stops, or whose partition is another's share now, pulls
+        // nothing more: it stores what the queue handle already holds back (the rest of a
+        // pack it pulled), then hands over. Handed back instead, those entries would be
+        // appended again behind newer ones, out of order.
+        let finishing = hold
+            .as_deref()
+            .is_some_and(|hold| draining_until.is_some() || !hold.is_share());
         let lease = match hold.as_deref_mut() {
             None => None,
-            // Another persister's share now: hand over after what is stored is announced.
-            Some(hold) if draining_until.is_none() && !hold.is_share() => return Ok(()),
             Some(hold) => match hold.current().await {
                 Some(lease) => Some(lease),
                 None => return Ok(()),
@@ -141,9 +146,17 @@ async fn store_until_shutdown(
         } else {
             RECEIVE_WAIT
         };
-        let deliveries = tokio::select! {
-            deliveries = inbound.queue().receive(config.batch_max, wait) => deliveries,
-            _ = shutdown.clone().wait(), if draining_until.is_none() => continue,
+        let deliveries = if finishing {
+            inbound.queue().receive_held(config.batch_max).await
+        } else {
+            // A partition's holder lets a receive finish (it waits 0.5 s at most): a pull
+            // cut short can still be answered, to nobody, and what it brought would come
+            // back only after the visibility timeout, behind what the next holder stored.
+            let interruptible = draining_until.is_none() && hold.is_none();
+            tokio::select! {
+                deliveries = inbound.queue().receive(config.batch_max, wait) => deliveries,
+                _ = shutdown.clone().wait(), if interruptible => continue,
+            }
         };
         let deliveries = match deliveries {
             Ok(deliveries) => deliveries,
@@ -153,7 +166,7 @@ async fn store_until_shutdown(
             }
         };
         if deliveries.is_empty() {
-            if draining_until.is_some() {
+            if draining_until.is_some() || finishing {
                 return Ok(());
             }
             continue;

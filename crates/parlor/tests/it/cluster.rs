@@ -102,6 +102,19 @@ impl Cluster {
         cluster
     }
 
+    /// `parlor ROLE` with this cluster's flags and `extra`, run to its end: its exit status
+    /// and what it wrote to stderr (for a process that must refuse to start).
+    pub fn run_to_exit(&self, role: &str, extra: &[&str]) -> std::process::Output {
+        std::process::Command::new(crate::harness::BIN)
+            .args([role, "--listen", "127.0.0.1:0"])
+            .args(&self.shared)
+            .args(extra)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run parlor")
+    }
+
     /// Starts one more persister; its index in `persisters`.
     pub fn add_persister(&mut self) -> usize {
         let persister = spawn_role(&self.shared, &self.env, "persister", &[]);
