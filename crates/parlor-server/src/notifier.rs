@@ -65,12 +65,16 @@ pub async fn run(
     let notifications = Consumer::new(deps.notifications.clone(), "notifications", config);
     let mut members = MembersCache::default();
     loop {
-        let deliveries = tokio::select! {
-            deliveries = notifications
-                .queue()
-                .receive(notifications.config().batch_max, RECEIVE_WAIT) => deliveries,
-            _ = shutdown.clone().wait() => return Ok(()),
-        };
+        if shutdown.is_fired() {
+            return Ok(());
+        }
+        // A receive runs to its end (0.5 s at most), then what it brought is delivered: cut
+        // short, its pull could still be answered (NATS), to nobody, and those notifications
+        // would come back a visibility timeout later, behind newer ones.
+        let deliveries = notifications
+            .queue()
+            .receive(notifications.config().batch_max, RECEIVE_WAIT)
+            .await;
         match deliveries {
             Ok(deliveries) => notify(&deps, &notifications, &mut members, deliveries).await?,
             Err(error) => notifications.queue_failed(error).await?,
