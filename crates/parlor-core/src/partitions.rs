@@ -95,10 +95,10 @@ impl Partitioned {
     }
 
     /// The partition and the partition's own id inside an id of the whole.
-    fn split(&self, id: u64) -> Result<(&dyn Queue, u64), BackendError> {
+    fn split(&self, id: u64) -> Result<(usize, u64), BackendError> {
         let partition = (id >> INNER_BITS) as usize;
         match self.parts.get(partition) {
-            Some(part) => Ok((part.as_ref(), id & INNER_MASK)),
+            Some(_) => Ok((partition, id & INNER_MASK)),
             None => Err(BackendError::rejected(format!(
                 "id {id} names partition {partition}, of {}",
                 self.parts.len()
@@ -115,6 +115,17 @@ fn joined(partition: usize, inner: u64) -> Result<u64, BackendError> {
         )));
     }
     Ok(((partition as u64) << INNER_BITS) | inner)
+}
+
+/// A partition's deliveries with ids of the whole.
+fn tagged(partition: usize, deliveries: Vec<Delivery>) -> Result<Vec<Delivery>, BackendError> {
+    deliveries
+        .into_iter()
+        .map(|mut delivery| {
+            delivery.id = DeliveryId(joined(partition, delivery.id.0)?);
+            Ok(delivery)
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -167,13 +178,9 @@ impl Queue for Partitioned {
                     break;
                 }
                 let partition = (start + offset) % self.parts.len();
-                for mut delivery in self.parts[partition]
-                    .receive(max - got.len(), Duration::ZERO)
-                    .await?
-                {
-                    delivery.id = DeliveryId(joined(partition, delivery.id.0)?);
-                    got.push(delivery);
-                }
+                let part = &self.parts[partition];
+                let deliveries = part.receive(max - got.len(), Duration::ZERO).await?;
+                got.extend(tagged(partition, deliveries)?);
             }
             let left = give_up.saturating_duration_since(Instant::now());
             if !got.is_empty() || left.is_zero() {
@@ -185,13 +192,7 @@ impl Queue for Partitioned {
                 .receive(max, left.min(RECEIVE_POLL))
                 .await?;
             if !waited.is_empty() {
-                return waited
-                    .into_iter()
-                    .map(|mut delivery| {
-                        delivery.id = DeliveryId(joined(partition, delivery.id.0)?);
-                        Ok(delivery)
-                    })
-                    .collect();
+                return tagged(partition, waited);
             }
         }
     }
@@ -202,10 +203,10 @@ impl Queue for Partitioned {
             if got.len() >= max {
                 break;
             }
-            for mut delivery in part.receive_held(max - got.len()).await? {
-                delivery.id = DeliveryId(joined(partition, delivery.id.0)?);
-                got.push(delivery);
-            }
+            got.extend(tagged(
+                partition,
+                part.receive_held(max - got.len()).await?,
+            )?);
         }
         Ok(got)
     }
@@ -216,8 +217,7 @@ impl Queue for Partitioned {
         }
         let mut by_partition: BTreeMap<usize, Vec<DeliveryId>> = BTreeMap::new();
         for id in ids {
-            let partition = (id.0 >> INNER_BITS) as usize;
-            let (_, inner) = self.split(id.0)?;
+            let (partition, inner) = self.split(id.0)?;
             by_partition
                 .entry(partition)
                 .or_default()
@@ -230,13 +230,17 @@ impl Queue for Partitioned {
     }
 
     async fn retry_later(&self, id: DeliveryId, delay: Duration) -> Result<(), BackendError> {
-        let (part, inner) = self.split(id.0)?;
-        part.retry_later(DeliveryId(inner), delay).await
+        let (partition, inner) = self.split(id.0)?;
+        self.parts[partition]
+            .retry_later(DeliveryId(inner), delay)
+            .await
     }
 
     async fn dead_letter(&self, id: DeliveryId, reason: &str) -> Result<(), BackendError> {
-        let (part, inner) = self.split(id.0)?;
-        part.dead_letter(DeliveryId(inner), reason).await
+        let (partition, inner) = self.split(id.0)?;
+        self.parts[partition]
+            .dead_letter(DeliveryId(inner), reason)
+            .await
     }
 
     /// The oldest of every partition's, merged by when they failed.
@@ -303,11 +307,8 @@ impl Partitioned {
             DeadLetterSelection::Ids(ids) => {
                 let mut by_partition: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
                 for id in ids {
-                    let (_, inner) = self.split(id)?;
-                    by_partition
-                        .entry((id >> INNER_BITS) as usize)
-                        .or_default()
-                        .push(inner);
+                    let (partition, inner) = self.split(id)?;
+                    by_partition.entry(partition).or_default().push(inner);
                 }
                 Ok(by_partition
                     .into_iter()

@@ -20,11 +20,10 @@ use parlor_core::ConversationId;
 use parlor_core::partitions::{Partitioned, partition_of};
 use parlor_core::ports::{DeadLetterSelection, Delivery, Queue};
 
-use crate::queue::{QueueFactory, QueueOptions};
+use crate::queue::{QueueFactory, QueueOptions, SLACK, options, receive_n};
 
 /// Partitions of every queue [`Partitions`] opens.
 pub const PARTS: u32 = 3;
-const SLACK: Duration = Duration::from_secs(5);
 
 /// A factory whose queue `name` is the partitioned whole of the inner factory's queues
 /// `name-p0`, `name-p1`, …
@@ -119,13 +118,6 @@ macro_rules! partitioned_queue_contract {
     };
 }
 
-fn options() -> QueueOptions {
-    QueueOptions {
-        visibility_timeout: Duration::from_millis(400),
-        attempts_max: 5,
-    }
-}
-
 /// Conversations enough that every partition has some.
 fn conversations() -> Vec<ConversationId> {
     let conversations: Vec<ConversationId> = (0..24).map(|_| ConversationId::new()).collect();
@@ -159,27 +151,6 @@ fn conversation_index(payload: &str) -> usize {
     payload[1..payload.find('-').expect("a dash")]
         .parse()
         .expect("an index")
-}
-
-async fn receive_n(queue: &dyn Queue, count: usize) -> Vec<Delivery> {
-    let give_up = Instant::now() + SLACK;
-    let mut got = Vec::new();
-    while got.len() < count && Instant::now() < give_up {
-        let left = give_up.saturating_duration_since(Instant::now());
-        got.extend(
-            queue
-                .receive(count - got.len(), left)
-                .await
-                .expect("receive"),
-        );
-    }
-    assert_eq!(
-        got.len(),
-        count,
-        "received {:?}",
-        got.iter().map(payload).collect::<Vec<_>>()
-    );
-    got
 }
 
 /// Keyed appends put each conversation's entries in its partition only, in the order they

@@ -94,9 +94,9 @@ macro_rules! queue_contract {
 
 const VISIBILITY: Duration = Duration::from_millis(400);
 /// Long enough for anything that should happen to happen, on a busy machine.
-const SLACK: Duration = Duration::from_secs(5);
+pub(crate) const SLACK: Duration = Duration::from_secs(5);
 
-fn options() -> QueueOptions {
+pub(crate) fn options() -> QueueOptions {
     QueueOptions {
         visibility_timeout: VISIBILITY,
         attempts_max: 5,
@@ -131,7 +131,7 @@ fn depth(pending: u64, in_flight: u64, dead: u64) -> QueueDepth {
 
 /// Receives until `count` entries came or `SLACK` passed; a backend may hand out fewer than
 /// are there in one call.
-async fn receive_n(queue: &dyn Queue, count: usize) -> Vec<Delivery> {
+pub(crate) async fn receive_n(queue: &dyn Queue, count: usize) -> Vec<Delivery> {
     let give_up = Instant::now() + SLACK;
     let mut got = Vec::new();
     while got.len() < count {

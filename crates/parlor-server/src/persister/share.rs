@@ -78,7 +78,10 @@ pub(super) async fn run(
         }
     }
     membership.abort();
-    if let Err(error) = sharing.leases.leave_group(GROUP, &owner).await {
+    // On a clean stop the membership task left already, at once.
+    if !shutdown.is_fired()
+        && let Err(error) = sharing.leases.leave_group(GROUP, &owner).await
+    {
         tracing::warn!(%error, "cannot leave the persisters' group; the membership lapses");
     }
     outcome
