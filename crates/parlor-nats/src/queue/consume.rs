@@ -158,6 +158,11 @@ impl JsQueue {
             Instant::now(),
             self.options.visibility_timeout,
             self.options.attempts_max,
+            // In line, on an exclusive queue, also after the pin lapsed (a process starved
+            // of CPU past `takeover_after`): where order matters only one handle pulls (a
+            // persister's partition is its lease's), and gets the pin back. A notifier that
+            // hangs keeps its entries until it wakes; the members catch up by `seq`.
+            self.pinning.is_some(),
         );
         let mut resolutions = expired.resolutions;
         self.restart_clocks(expired.restart).await;

@@ -272,16 +272,23 @@ impl Packs {
     }
 
     /// Deals with the packs whose visibility timeout ran out at `now`, as the server would
-    /// with a message, but without the entries settled in them: a pack of which nothing is
-    /// settled goes back to the server whole; in one partly settled, the unsettled entries
-    /// are handed out again by this handle, before anything newer, with one more attempt
-    /// (the restarted packs' server clocks are returned, and the entries that used up
-    /// `attempts_max`, to be dead-lettered).
+    /// with a message, but without the entries settled in them: in a pack partly settled,
+    /// or in any pack when `in_line` (an exclusive queue, whose order matters), the
+    /// unsettled entries are handed out again by this handle, before anything newer, with
+    /// one more attempt (the restarted packs' server clocks are returned, and the entries
+    /// that used up `attempts_max`, to be dead-lettered); otherwise a pack of which nothing
+    /// is settled goes back to the server whole.
+    ///
+    /// Why `in_line`: a pack given back comes back from the server behind the newer packs
+    /// this handle holds, and they would be handed out first. A persister slowed down long
+    /// enough for a pack to wait past the timeout in this handle stored 5 of a sender's
+    /// messages behind 190 later ones so.
     pub(super) fn expire(
         &mut self,
         now: Instant,
         visibility: Duration,
         attempts_max: u32,
+        in_line: bool,
     ) -> Expired {
         let mut expired = Expired::default();
         let mut due: Vec<u64> = self
@@ -297,19 +304,19 @@ impl Packs {
             .map(|(id, _)| *id)
             .collect();
         due.sort_unstable();
+        let mut again = Vec::new();
         for pack_id in due {
             let pack = self.packs.get_mut(&pack_id).expect("listed above");
             let settled = pack
                 .slots
                 .iter()
                 .any(|slot| matches!(slot, Slot::Acked | Slot::Dead));
-            if !settled {
+            if !settled && !in_line {
                 expired
                     .resolutions
                     .extend(self.give_back(vec![pack_id], now));
                 continue;
             }
-            let mut again = Vec::new();
             for (index, slot) in pack.slots.iter_mut().enumerate() {
                 match *slot {
                     Slot::Out(id) => {
@@ -334,11 +341,16 @@ impl Packs {
             }
             pack.clock = now;
             expired.restart.push(pack.reply.clone());
-            // First in line, in their order; drop their old places.
             self.waiting.retain(|place| place.0 != pack_id);
-            for place in again.into_iter().rev() {
-                self.waiting.push_front(place);
-            }
+        }
+        if !again.is_empty() {
+            // In line again in the order they were pulled, before anything pulled after them
+            // (a pack pulled earlier may have timed out later: its clock restarted when part
+            // of it was handed out).
+            self.waiting.extend(again);
+            self.waiting.make_contiguous().sort_unstable();
+            let mut seen = std::collections::HashSet::new();
+            self.waiting.retain(|place| seen.insert(*place));
         }
         expired
     }
@@ -597,11 +609,11 @@ mod tests {
         let visibility = Duration::from_millis(400);
         assert!(
             packs
-                .expire(start + visibility, visibility, 5)
+                .expire(start + visibility, visibility, 5, false)
                 .restart
                 .is_empty()
         );
-        let expired = packs.expire(later + visibility, visibility, 5);
+        let expired = packs.expire(later + visibility, visibility, 5, false);
         assert!(expired.resolutions.is_empty() && expired.exhausted.is_empty());
         assert_eq!(expired.restart.len(), 1);
         assert!(packs.settle(b[0].id, Settle::Ack).is_none(), "timed out");
@@ -615,9 +627,57 @@ mod tests {
         let (mut packs, got) = held(&["a", "b"]);
         let visibility = Duration::from_millis(1);
         std::thread::sleep(visibility);
-        let expired = packs.expire(Instant::now(), visibility, 5);
+        let expired = packs.expire(Instant::now(), visibility, 5, false);
         assert!(matches!(&expired.resolutions[..], [Resolution::Nak(_, _)]));
         assert!(packs.settle(got[0].id, Settle::Ack).is_none());
+    }
+
+    #[test]
+    fn in_line_expired_packs_are_handed_out_again_before_newer_ones_in_pull_order() {
+        let mut packs = Packs::default();
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut next = 0;
+        let mut id = || {
+            next += 1;
+            DeliveryId(next)
+        };
+        let visibility = Duration::from_millis(400);
+        packs.add(Subject::from("first"), entries(&["a", "b", "x"]), 1, start);
+        let (a, _) = packs.take(1, &mut id, start);
+        packs.add(Subject::from("second"), entries(&["c"]), 1, at(100));
+        // Handing "b" out restarts the first pack's clock: the second times out first.
+        let (b, _) = packs.take(1, &mut id, at(300));
+        assert_eq!(b[0].payload, b"b");
+        let expired = packs.expire(at(500), visibility, 5, true);
+        assert!(
+            expired.resolutions.is_empty(),
+            "nothing goes back to the server"
+        );
+        assert_eq!(expired.restart, [Subject::from("second")]);
+        let (waited, _) = packs.take(10, &mut id, at(500));
+        let got: Vec<&[u8]> = waited.iter().map(|d| &d.payload[..]).collect();
+        assert_eq!(got, [&b"x"[..], &b"c"[..]], "the older pack's entry first");
+        // Both handed out at 500 ms, both time out together.
+        let expired = packs.expire(at(900), visibility, 5, true);
+        assert!(
+            expired.resolutions.is_empty(),
+            "nothing goes back to the server"
+        );
+        assert_eq!(expired.restart.len(), 2);
+        assert!(packs.settle(a[0].id, Settle::Ack).is_none(), "timed out");
+        let (again, _) = packs.take(10, &mut id, at(900));
+        let got: Vec<(&[u8], u32)> = again.iter().map(|d| (&d.payload[..], d.attempts)).collect();
+        assert_eq!(
+            got,
+            [
+                (&b"a"[..], 2),
+                (&b"b"[..], 2),
+                (&b"x"[..], 2),
+                (&b"c"[..], 2)
+            ],
+            "in the order pulled, each once"
+        );
     }
 
     #[test]
@@ -626,7 +686,7 @@ mod tests {
         packs.settle(got[1].id, Settle::Ack);
         let visibility = Duration::from_millis(1);
         std::thread::sleep(visibility);
-        let expired = packs.expire(Instant::now(), visibility, 1);
+        let expired = packs.expire(Instant::now(), visibility, 1, false);
         assert_eq!(expired.exhausted.len(), 1);
         let exhausted = &expired.exhausted[0];
         assert_eq!((&exhausted.payload[..], exhausted.attempts), (&b"a"[..], 1));
