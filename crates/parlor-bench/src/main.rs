@@ -44,6 +44,10 @@ struct Target {
     /// they are not `--addr` (a cluster's persisters).
     #[arg(long, global = true, value_delimiter = ',')]
     metrics: Vec<String>,
+    /// A process whose CPU to report, with everything under it, as NAME=PID (repeat it):
+    /// each role of a cluster, NATS, PostgreSQL's postmaster. With `--addr` only.
+    #[arg(long, global = true, value_parser = name_and_pid)]
+    cpu: Vec<(String, u32)>,
     /// Where each scenario writes its JSON.
     #[arg(long, global = true, default_value = "bench-results")]
     out: PathBuf,
@@ -288,10 +292,26 @@ fn own_server(target: &Target, name: &str) -> anyhow::Result<(Server, TempDir)> 
     Ok((server, dir))
 }
 
+/// `NAME=PID`, as `--cpu` takes it.
+fn name_and_pid(value: &str) -> Result<(String, u32), String> {
+    let (name, pid) = value
+        .split_once('=')
+        .ok_or_else(|| format!("{value:?} is not NAME=PID"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("{pid:?} is not a process id"))?;
+    Ok((name.to_owned(), pid))
+}
+
 fn server_for(target: &Target, name: &str) -> anyhow::Result<(Server, Option<TempDir>)> {
     match &target.addr {
         Some(address) => Ok((
-            Server::external(address.clone(), target.pid, target.metrics.clone()),
+            Server::external(
+                address.clone(),
+                target.pid,
+                target.metrics.clone(),
+                target.cpu.clone(),
+            ),
             None,
         )),
         None => {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
-use crate::server::{Server, cpu_seconds};
+use crate::server::{Server, cpu_seconds, tree_cpu_seconds};
 
 /// Rows of (what, figure) plus the raw JSON of one scenario.
 pub struct Report {
@@ -95,11 +95,29 @@ impl Report {
     }
 }
 
-/// CPU used by the server and by this generator over an interval, as cores busy.
+/// CPU used by the server, by each named role (`--cpu`) and by this generator over an
+/// interval, as cores busy.
 pub struct CpuMeter {
     started: Instant,
     server: Option<f64>,
     generator: f64,
+    roles: Vec<(String, u32, Option<f64>)>,
+}
+
+/// The CPU seconds each named role used over a meter's interval.
+pub struct RolesCpu(pub Vec<(String, f64)>);
+
+impl RolesCpu {
+    /// Adds each role's CPU-µs per message, so capacity for N machines is arithmetic.
+    pub fn per_message(&self, report: &mut Report, messages: usize) {
+        for (name, seconds) in &self.0 {
+            report.add(
+                &format!("{name}_cpu_us_per_message"),
+                &format!("{name} CPU-µs per message"),
+                seconds * 1e6 / messages as f64,
+            );
+        }
+    }
 }
 
 impl CpuMeter {
@@ -108,12 +126,31 @@ impl CpuMeter {
             started: Instant::now(),
             server: server.cpu_seconds(),
             generator: own_cpu_seconds(),
+            roles: server
+                .roles
+                .iter()
+                .map(|(name, pid)| (name.clone(), *pid, tree_cpu_seconds(*pid)))
+                .collect(),
         }
     }
 
-    /// Adds `server_cores` and `generator_cores` (CPU seconds per wall second) to `report`.
-    pub fn finish(self, server: &Server, report: &mut Report) {
+    /// Adds `server_cores`, `generator_cores` and `<role>_cores` (CPU seconds per wall
+    /// second) to `report`, and answers what each role used.
+    pub fn finish(self, server: &Server, report: &mut Report) -> RolesCpu {
         let wall = self.started.elapsed().as_secs_f64();
+        let mut roles = Vec::new();
+        for (name, pid, before) in self.roles {
+            let (Some(before), Some(after)) = (before, tree_cpu_seconds(pid)) else {
+                eprintln!("no CPU figures for {name}: process {pid} is not there");
+                continue;
+            };
+            report.add(
+                &format!("{name}_cores"),
+                &format!("{name} CPU (cores busy)"),
+                (after - before) / wall,
+            );
+            roles.push((name, after - before));
+        }
         if let (Some(before), Some(after)) = (self.server, server.cpu_seconds()) {
             report.add(
                 "server_cores",
@@ -126,6 +163,7 @@ impl CpuMeter {
             "generator CPU (cores busy, of 2)",
             (own_cpu_seconds() - self.generator) / wall,
         );
+        RolesCpu(roles)
     }
 }
 

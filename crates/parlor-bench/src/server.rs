@@ -47,6 +47,9 @@ pub struct Server {
     pub metrics: Vec<String>,
     process: Option<ParlorProcess>,
     pid: Option<u32>,
+    /// Processes whose CPU a scenario reports by name (`--cpu NAME=PID`): a cluster's roles,
+    /// NATS, PostgreSQL.
+    pub roles: Vec<(String, u32)>,
 }
 
 impl Server {
@@ -66,11 +69,17 @@ impl Server {
             address: process.address.clone(),
             pid: Some(process.child.id()),
             process: Some(process),
+            roles: Vec::new(),
         })
     }
 
     /// A Parlor that runs elsewhere; `pid` (same machine) enables memory and CPU figures.
-    pub fn external(address: String, pid: Option<u32>, metrics: Vec<String>) -> Server {
+    pub fn external(
+        address: String,
+        pid: Option<u32>,
+        metrics: Vec<String>,
+        roles: Vec<(String, u32)>,
+    ) -> Server {
         Server {
             metrics: if metrics.is_empty() {
                 vec![address.clone()]
@@ -80,6 +89,7 @@ impl Server {
             address,
             process: None,
             pid,
+            roles,
         }
     }
 
@@ -144,14 +154,65 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// User + system CPU time a process has used so far, from /proc.
-#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let user: f64 = fields.get(11)?.parse().ok()?;
-    let system: f64 = fields.get(12)?.parse().ok()?;
+    let stat = ProcessStat::read(pid)?;
+    Some((stat.user + stat.system) as f64 / clock_ticks())
+}
+
+/// CPU time used so far by a process and every process under it, including those that have
+/// exited (their time is in their parent's "children" fields once reaped): PostgreSQL's
+/// backends, say, which come and go under the postmaster.
+pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let stats: Vec<ProcessStat> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(ProcessStat::read)
+        .collect();
+    let mut tree = vec![root];
+    let mut ticks = 0;
+    let mut found = false;
+    while let Some(pid) = tree.pop() {
+        for stat in &stats {
+            if stat.pid == pid {
+                found = true;
+                ticks += stat.user + stat.system + stat.children_user + stat.children_system;
+            } else if stat.parent == pid {
+                tree.push(stat.pid);
+            }
+        }
+    }
+    found.then(|| ticks as f64 / clock_ticks())
+}
+
+/// The fields of `/proc/PID/stat` that CPU figures need, in clock ticks.
+struct ProcessStat {
+    pid: u32,
+    parent: u32,
+    user: u64,
+    system: u64,
+    children_user: u64,
+    children_system: u64,
+}
+
+impl ProcessStat {
+    fn read(pid: u32) -> Option<ProcessStat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces; the fields after its closing parenthesis do not.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n)?.parse().ok();
+        Some(ProcessStat {
+            pid,
+            parent: field(1)? as u32,
+            user: field(11)?,
+            system: field(12)?,
+            children_user: field(13)?,
+            children_system: field(14)?,
+        })
+    }
+}
+
+#[allow(unsafe_code)] // a libc call with no safe wrapper; see SAFETY below
+fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some((user + system) / ticks)
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }

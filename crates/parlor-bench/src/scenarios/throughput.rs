@@ -66,15 +66,16 @@ pub async fn run(
         accepted += count;
         accept_time = accept_time.max(elapsed);
     }
-    let (mut delivered, mut violations, mut deliver_time) = (0, 0, Duration::ZERO);
+    let (mut delivered, mut violations, mut repeats, mut deliver_time) = (0, 0, 0, Duration::ZERO);
     for receiver in receivers {
         let outcome = receiver.await?;
         delivered += outcome.delivered;
         violations += outcome.violations;
+        repeats += outcome.repeats;
         deliver_time = deliver_time.max(outcome.elapsed);
     }
     let store_time = stored.await??;
-    cpu.finish(server, &mut report);
+    let roles_cpu = cpu.finish(server, &mut report);
 
     let rate = |count: usize, time: Duration| count as f64 / time.as_secs_f64();
     report.add("pairs", "pairs (sender → receiver)", pairs as u64);
@@ -92,6 +93,13 @@ pub async fn run(
         "delivered_per_second",
         "delivered/s",
         rate(delivered, deliver_time),
+    );
+    roles_cpu.per_message(&mut report, total);
+    // A repeat (a seq the connection had) is dropped by a client; counted, not a violation.
+    report.add(
+        "repeats",
+        "messages delivered again to a connection (dropped by seq)",
+        repeats as u64,
     );
     let exact = violations == 0 && delivered == accepted && accepted == total;
     report.add(
@@ -151,6 +159,7 @@ async fn send(
 struct Received {
     delivered: usize,
     violations: usize,
+    repeats: usize,
     elapsed: Duration,
 }
 
@@ -160,15 +169,21 @@ async fn receive(socket: client::Socket, count: usize, started: Instant) -> Rece
     let mut outcome = Received {
         delivered: 0,
         violations: 0,
+        repeats: 0,
         elapsed: Duration::ZERO,
     };
     let mut last_seq = 0;
+    let mut seen = std::collections::HashSet::with_capacity(count);
     while outcome.delivered < count {
         let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(STALL, stream.next()).await
         else {
             break;
         };
         if let Seen::Message { seq, client_msg_id } = classify(&text) {
+            if !seen.insert(seq) {
+                outcome.repeats += 1;
+                continue;
+            }
             if seq != last_seq + 1 || index_of(client_msg_id) != Some(seq as usize - 1) {
                 outcome.violations += 1;
             }
