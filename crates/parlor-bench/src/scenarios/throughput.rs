@@ -104,7 +104,7 @@ pub async fn run(
     let exact = violations == 0 && delivered == accepted && accepted == total;
     report.add(
         "exactly_once_in_order",
-        "every accepted message delivered once, in order",
+        "every accepted message delivered, in order (repeats apart)",
         exact,
     );
     if let Some(rss) = server.rss_kib() {
