@@ -25,6 +25,8 @@ pub struct NatsNode {
     pub client: String,
     monitor: String,
     config: PathBuf,
+    /// Where its output goes (appended to, over restarts), for a failure to show.
+    log: PathBuf,
     /// The network namespace it runs in, if not the test's.
     netns: Option<String>,
     process: Option<Child>,
@@ -108,6 +110,7 @@ impl NatsCluster {
                 name,
                 client: format!("{host}:{client}"),
                 monitor: format!("{host}:{monitor}"),
+                log: config.with_extension("log"),
                 config,
                 netns: placement.netns,
                 process: None,
@@ -115,7 +118,7 @@ impl NatsCluster {
             node.spawn(&program);
             nodes.push(node);
         }
-        let cluster = NatsCluster { nodes, _dir: dir };
+        let mut cluster = NatsCluster { nodes, _dir: dir };
         for i in 0..cluster.nodes.len() {
             cluster.wait_until_ready(i).await;
         }
@@ -175,11 +178,36 @@ impl NatsCluster {
     /// sees a meta leader. 90 s at most: a node back from the dead catches up every stream
     /// and consumer of the cluster (an 8-partition cluster has 19 streams and 9 consumers),
     /// which once took over 30 s in CI under a burst.
-    pub async fn wait_until_ready(&self, i: usize) {
-        let node = &self.nodes[i];
+    ///
+    /// A node that exits before it is ready is started again, twice at most: a port chosen
+    /// free can be taken before the node binds it (by another connection's ephemeral port).
+    pub async fn wait_until_ready(&mut self, i: usize) {
+        let program = std::env::var("PARLOR_TEST_NATS_SERVER").expect("checked at start");
         let started = Instant::now();
         let deadline = started + Duration::from_secs(90);
+        let mut restarts = 0;
         loop {
+            let node = &mut self.nodes[i];
+            let exited = node
+                .process
+                .as_mut()
+                .and_then(|process| process.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                assert!(
+                    restarts < 2,
+                    "NATS node {} keeps exiting ({status}): {}",
+                    node.name,
+                    node.log_tail()
+                );
+                eprintln!(
+                    "NATS node {} exited ({status}) before it was ready, starting it again: {}",
+                    node.name,
+                    node.log_tail()
+                );
+                restarts += 1;
+                node.spawn(&program);
+            }
+            let node = &self.nodes[i];
             let healthy = node.status("/healthz").await == Some(200);
             let meta_leader = match node.get("/jsz").await {
                 Some(jsz) => jsz["meta_cluster"]["leader"]
@@ -197,8 +225,9 @@ impl NatsCluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "NATS node {} not ready within 90 s",
-                node.name
+                "NATS node {} not ready within 90 s: {}",
+                node.name,
+                node.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -228,14 +257,26 @@ impl NatsNode {
             }
             None => Command::new(program),
         };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the NATS node's log");
         let process = command
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start nats-server ({e}): {SERVICES_HINT}"));
         self.process = Some(process);
+    }
+
+    /// The last lines of its log.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
     fn kill(&mut self) {
