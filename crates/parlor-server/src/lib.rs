@@ -48,7 +48,10 @@ pub struct Deps {
 
 /// How the persisters share the inbound queue where several run (the cluster): its
 /// partitions, each held by one persister at a time through a lease that also fences the
-/// others' batches, and divided among the live persisters.
+/// others' batches, and divided among the live persisters. The notification queue has as
+/// many partitions, placed by the same rule: the holder of inbound partition `p` delivers
+/// notification partition `p` too, so that delivering grows with the persisters as storing
+/// does.
 #[derive(Clone)]
 pub struct InboundLease {
     pub leases: Arc<dyn Leases>,
@@ -57,4 +60,6 @@ pub struct InboundLease {
     pub ttl: std::time::Duration,
     /// The inbound queue's partitions, by number (`Deps::inbound` appends to them all).
     pub partitions: Vec<Arc<dyn Queue>>,
+    /// The notification queue's partitions, by number, as many as `partitions`.
+    pub notifications: Vec<Arc<dyn Queue>>,
 }

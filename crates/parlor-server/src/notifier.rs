@@ -64,20 +64,61 @@ pub async fn run(
 ) -> Result<(), BackendError> {
     let notifications = Consumer::new(deps.notifications.clone(), "notifications", config);
     let mut members = MembersCache::default();
-    loop {
-        if shutdown.is_fired() {
-            return Ok(());
+    while !shutdown.is_fired() {
+        receive_and_notify(&deps, &notifications, &mut members, RECEIVE_WAIT).await?;
+    }
+    Ok(())
+}
+
+/// One partition of the notification queue where persisters share the partitions (the
+/// cluster): the holder of inbound partition `p` delivers notification partition `p`
+/// (`deps.notifications`) until `stop`, when its tenure ends; then what is left in it, which
+/// its own last batches appended, for `drain_timeout` at most; then it hands the queue over
+/// to the next holder, whose pulls the queue's pin held back until now.
+pub async fn deliver_partition(
+    deps: Deps,
+    config: ConsumerConfig,
+    stop: Shutdown,
+) -> Result<(), BackendError> {
+    let drain_timeout = config.drain_timeout;
+    let notifications = Consumer::new(deps.notifications.clone(), "notifications", config);
+    let mut members = MembersCache::default();
+    while !stop.is_fired() {
+        receive_and_notify(&deps, &notifications, &mut members, RECEIVE_WAIT).await?;
+    }
+    let until = tokio::time::Instant::now() + drain_timeout;
+    while tokio::time::Instant::now() < until
+        && receive_and_notify(&deps, &notifications, &mut members, Duration::ZERO).await?
+    {}
+    if let Err(error) = notifications.queue().hand_over().await {
+        tracing::warn!(%error, "cannot hand the notifications over; they pass after a timeout");
+    }
+    Ok(())
+}
+
+/// One receive and the delivery of what it brought; false when it brought nothing.
+async fn receive_and_notify(
+    deps: &Deps,
+    notifications: &Consumer,
+    members: &mut MembersCache,
+    wait: Duration,
+) -> Result<bool, BackendError> {
+    // A receive runs to its end (0.5 s at most), then what it brought is delivered: cut
+    // short, its pull could still be answered (NATS), to nobody, and those notifications
+    // would come back a visibility timeout later, behind newer ones.
+    let deliveries = notifications
+        .queue()
+        .receive(notifications.config().batch_max, wait)
+        .await;
+    match deliveries {
+        Ok(deliveries) if deliveries.is_empty() => Ok(false),
+        Ok(deliveries) => {
+            notify(deps, notifications, members, deliveries).await?;
+            Ok(true)
         }
-        // A receive runs to its end (0.5 s at most), then what it brought is delivered: cut
-        // short, its pull could still be answered (NATS), to nobody, and those notifications
-        // would come back a visibility timeout later, behind newer ones.
-        let deliveries = notifications
-            .queue()
-            .receive(notifications.config().batch_max, RECEIVE_WAIT)
-            .await;
-        match deliveries {
-            Ok(deliveries) => notify(&deps, &notifications, &mut members, deliveries).await?,
-            Err(error) => notifications.queue_failed(error).await?,
+        Err(error) => {
+            notifications.queue_failed(error).await?;
+            Ok(false)
         }
     }
 }

@@ -50,8 +50,8 @@ pub struct ClusterSettings {
         default_value = "postgres://postgres@127.0.0.1:5432/parlor"
     )]
     pub postgres_url: String,
-    /// Partitions of the inbound queue, for a cluster being created: the persisters share
-    /// them, one persister storing each at a time. Recorded in the database by the first
+    /// Partitions of the inbound and notification queues, for a cluster being created: the
+    /// persisters share them, one persister storing and delivering each at a time. Recorded in the database by the first
     /// process; later processes use the recorded count, and one given another count refuses
     /// to start (a conversation must stay in one partition). Default for a new cluster: 8.
     #[arg(long, env = "PARLOR_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -74,7 +74,10 @@ pub struct Cluster {
     pub inbound: Vec<Arc<JsQueue>>,
     /// All of them as one queue: where gateways append, and what operators see.
     inbound_whole: Arc<Partitioned>,
-    pub notifications: Arc<JsQueue>,
+    /// The notification queue's partitions, by number: as many as the inbound queue's, with
+    /// conversations placed by the same rule.
+    pub notifications: Vec<Arc<JsQueue>>,
+    notifications_whole: Arc<Partitioned>,
     registry: Arc<NatsRegistry>,
     relay: Arc<NatsRelay>,
 }
@@ -135,30 +138,36 @@ impl Cluster {
         }
         // All at once: on a NATS cluster each new stream waits for its replicas to elect a
         // leader, a second or more each, and one after the other they kept a new cluster of
-        // 8 partitions from starting within a minute.
-        let opening = (0..partitions).map(|partition| {
+        // 8 partitions from starting within a minute. The notification queue has as many
+        // partitions: the holder of inbound partition `p` delivers notification partition `p`.
+        let opening = [
+            (&inbound_name, "inbound"),
+            (&notifications_name, "notification"),
+        ]
+        .into_iter()
+        .flat_map(|(queue, what)| (0..partitions).map(move |partition| (queue, what, partition)))
+        .map(|(queue, what, partition)| {
             let (client, options) = (client.clone(), options.clone());
-            let name = partition_name(&inbound_name, partition);
+            let name = partition_name(queue, partition);
             async move {
-                retrying("the inbound queue", || {
+                retrying(&format!("the {what} queue"), || {
                     JsQueue::open(client.clone(), &name, options.clone())
                 })
                 .await
-                .with_context(|| format!("cannot open the inbound queue's partition {partition}"))
+                .with_context(|| format!("cannot open the {what} queue's partition {partition}"))
             }
         });
-        let inbound = futures::future::try_join_all(opening).await?;
-        let inbound_whole = Arc::new(Partitioned::new(
-            inbound
-                .iter()
-                .map(|queue| queue.clone() as Arc<dyn Queue>)
-                .collect(),
-        ));
-        let notifications = retrying("the notification queue", || {
-            JsQueue::open(client.clone(), &notifications_name, options.clone())
-        })
-        .await
-        .context("cannot open the notification queue")?;
+        let mut inbound = futures::future::try_join_all(opening).await?;
+        let notifications = inbound.split_off(partitions as usize);
+        let whole = |queues: &[Arc<JsQueue>]| {
+            Arc::new(Partitioned::new(
+                queues
+                    .iter()
+                    .map(|queue| queue.clone() as Arc<dyn Queue>)
+                    .collect(),
+            ))
+        };
+        let (inbound_whole, notifications_whole) = (whole(&inbound), whole(&notifications));
         let registry = retrying("the connection registry", || {
             NatsRegistry::open(client.clone(), &prefix, node, settings.nats_replicas)
         })
@@ -170,6 +179,7 @@ impl Cluster {
             inbound,
             inbound_whole,
             notifications,
+            notifications_whole,
             registry,
             relay,
         })
@@ -180,7 +190,7 @@ impl Cluster {
         Deps {
             store: self.store.clone(),
             inbound: self.inbound_whole.clone(),
-            notifications: self.notifications.clone() as Arc<dyn Queue>,
+            notifications: self.notifications_whole.clone(),
             registry: self.registry.clone(),
             presence: self.registry.clone(),
             relay: self.relay.clone(),
@@ -191,6 +201,7 @@ impl Cluster {
                 leases: self.store.clone(),
                 ttl: TAKEOVER_AFTER,
                 partitions: self.inbound_whole.parts().to_vec(),
+                notifications: self.notifications_whole.parts().to_vec(),
             }),
         }
     }
@@ -198,13 +209,13 @@ impl Cluster {
     pub fn queue(&self, name: QueueName) -> Arc<dyn Queue> {
         match name {
             QueueName::Inbound => self.inbound_whole.clone(),
-            QueueName::Notifications => self.notifications.clone(),
+            QueueName::Notifications => self.notifications_whole.clone(),
         }
     }
 
     /// Every queue this process consumes, for a clean stop's hand-over.
     pub fn consumed_queues(&self) -> impl Iterator<Item = &Arc<JsQueue>> {
-        self.inbound.iter().chain([&self.notifications])
+        self.inbound.iter().chain(&self.notifications)
     }
 }
 
@@ -241,7 +252,7 @@ fn replicas(value: &str) -> Result<usize, String> {
 }
 
 /// Partition 0 keeps the queue's own name (`parlor-inbound`), as before partitions were;
-/// the others are `parlor-inbound-p1`, `parlor-inbound-p2`, …
+/// the others are `parlor-inbound-p1`, `parlor-inbound-p2`, … (and `parlor-notifications-p1`, …)
 fn partition_name(queue: &str, partition: u32) -> String {
     match partition {
         0 => queue.to_string(),

@@ -412,13 +412,10 @@ async fn cluster_persister(
     let (listener, address) = bind(&config).await?;
     let mut roles = Supervisor::new();
     let shutdown = roles.shutdown();
+    // Each partition's holder delivers the partition's notifications too: no notifier role.
     roles.role(
         "persister",
         persister::run(deps.clone(), config.persister.clone(), shutdown.clone()),
-    );
-    roles.role(
-        "notifier",
-        notifier::run(deps.clone(), config.notifier.clone(), shutdown.clone()),
     );
     roles.infallible_role(
         "janitor",

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use crate::config::ConsumerConfig;
 use crate::consumer::{Attempt, Consumer};
 use crate::metrics as m;
-use crate::{Deps, Shutdown};
+use crate::{Deps, Shutdown, ShutdownSignal, notifier};
 use hold::Hold;
 
 mod batch;
@@ -40,7 +40,8 @@ const STORED_BATCHES_QUEUED_MAX: usize = 2;
 /// Runs until `shutdown`, then drains what is queued for up to `drain_timeout`.
 /// Returns an error only when durability is lost (a poisoned queue): the process must exit.
 /// Where several persisters share the inbound queue (`Deps::inbound_lease`), this one
-/// stores the partitions that are its share, one task each (`share.rs`).
+/// stores the partitions that are its share, one task each (`share.rs`), and delivers their
+/// notifications (with `config` too: a process consumes both queues alike).
 pub async fn run(
     deps: Deps,
     config: ConsumerConfig,
@@ -93,9 +94,14 @@ async fn tenure(
     shutdown: &Shutdown,
     hold: Option<&mut Hold>,
 ) -> Result<(), BackendError> {
-    if hold.is_some() {
+    // A partition's holder delivers the partition's notifications too, for as long as it
+    // holds it (`notifier::deliver_partition`).
+    let delivering = hold.is_some().then(|| {
         metrics::gauge!(m::PARTITIONS_HELD).increment(1);
-    }
+        let (stop, stopped) = ShutdownSignal::new();
+        let notifier = notifier::deliver_partition(deps.clone(), inbound.config().clone(), stopped);
+        (stop, tokio::spawn(notifier))
+    });
     let (stored_tx, mut stored_rx) = tokio::sync::mpsc::channel(STORED_BATCHES_QUEUED_MAX);
     let announcer = {
         let (deps, inbound, shutdown) = (deps.clone(), inbound.clone(), shutdown.clone());
@@ -111,7 +117,16 @@ async fn tenure(
     let announcing = announcer.await.unwrap_or_else(|panic| {
         std::panic::resume_unwind(panic.into_panic());
     });
-    storing.and(announcing)
+    let delivered = match delivering {
+        Some((stop, notifier)) => {
+            stop.fire();
+            notifier.await.unwrap_or_else(|panic| {
+                std::panic::resume_unwind(panic.into_panic());
+            })
+        }
+        None => Ok(()),
+    };
+    storing.and(announcing).and(delivered)
 }
 
 async fn store_until_shutdown(

@@ -2,8 +2,9 @@
 //! membership of one group in the store every [`MEMBERSHIP_POLL`], reads the live members
 //! back, and takes its share of them ([`parlor_core::partitions::assign`]): every member
 //! computes the same division from the same list. One task per partition stores what that
-//! partition holds while its lease is this persister's (`hold.rs`), and hands the partition
-//! over at a batch's end once it is another's share.
+//! partition holds while its lease is this persister's (`hold.rs`), delivers the partition's
+//! notifications meanwhile (`notifier::deliver_partition`), and hands both over at a batch's
+//! end once the partition is another's share.
 //!
 //! Bounds: a persister that joins is seen by the others within one poll and takes its share
 //! as each holder ends its batch in progress; one that stops cleanly leaves the group and
@@ -51,9 +52,16 @@ pub(super) async fn run(
         shutdown.clone(),
     ));
     let mut partitions = tokio::task::JoinSet::new();
-    for (partition, queue) in sharing.partitions.iter().enumerate() {
+    assert_eq!(
+        sharing.partitions.len(),
+        sharing.notifications.len(),
+        "the inbound and notification queues have as many partitions"
+    );
+    let queues = sharing.partitions.iter().zip(&sharing.notifications);
+    for (partition, (inbound, notifications)) in queues.enumerate() {
         let deps = Deps {
-            inbound: Arc::clone(queue),
+            inbound: Arc::clone(inbound),
+            notifications: Arc::clone(notifications),
             ..deps.clone()
         };
         let hold = Hold::new(

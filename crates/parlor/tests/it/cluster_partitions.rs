@@ -1,10 +1,12 @@
-//! The inbound queue's partitions shared by the persisters (8, the default):
-//! persisters that join, stop cleanly or are killed in the middle of a burst take their share
+//! The inbound and notification queues' partitions shared by the persisters (8, the
+//! default): each partition's holder stores it and delivers its notifications; persisters that join, stop cleanly or are killed in the middle of a burst take their share
 //! and hand it over without losing, duplicating or reordering a message, and a killed
 //! persister's partitions are taken over within the bound its leases set.
 
 use std::time::Duration;
 
+use parlor_core::ids::ConversationId;
+use parlor_core::partitions::partition_of;
 use tokio::time::Instant;
 
 use crate::cluster::{Cluster, shared_postgres};
@@ -138,7 +140,56 @@ async fn a_killed_persisters_partitions_are_taken_over_within_8_seconds() {
     // 6 s for the leases, pins and membership to lapse, then one membership poll (0.5 s)
     // and one standby poll (0.2 s); a little more on a busy machine.
     assert!(took < Duration::from_secs(8), "{took:?}");
+    // And delivered: the killed one delivered that partition's notifications too, and the
+    // survivor does now.
+    loop {
+        let frame = ws.next_of("message").await;
+        if frame["message"]["client_msg_id"] == "after" {
+            break;
+        }
+    }
+    let took = killed_at.elapsed();
+    eprintln!("delivered by the survivor {took:?} after the kill");
+    assert!(took < Duration::from_secs(8), "{took:?}");
     wait_for_balance(&cluster, &[1], PARTITIONS).await;
+}
+
+/// The holder of a partition delivers its notifications too, so that delivering is shared
+/// as storing is: with conversations in 5 of the 8 partitions (each persister holds 4), both
+/// persisters store, and each delivers at least what it stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_persister_delivers_the_notifications_of_the_partitions_it_stores() {
+    let cluster = Cluster::start_sized(&nats(), &shared_postgres(), 2, 1).await;
+    wait_for_balance(&cluster, &[0, 1], PARTITIONS).await;
+    let http = cluster.http();
+    let (_, alice) = http.register("alice").await;
+    let mut ws = Ws::connect(&cluster.address, &alice).await;
+    let mut partitions = std::collections::BTreeSet::new();
+    for round in 0..200 {
+        if partitions.len() == 5 {
+            break;
+        }
+        let (other_id, _) = http.register(&format!("user{round}")).await;
+        let conversation = http.direct(&alice, &other_id).await;
+        let id = ConversationId(conversation.parse().expect("a conversation id"));
+        if partitions.insert(partition_of(id, PARTITIONS as u32)) {
+            ws.send_message(&conversation, &format!("m{round}"), "hello")
+                .await;
+        }
+    }
+    assert_eq!(partitions.len(), 5, "200 conversations in fewer partitions");
+    for _ in 0..5 {
+        ws.next_of("message").await;
+    }
+    for (index, persister) in cluster.persisters.iter().enumerate() {
+        let stored = counter(persister, "parlor_messages_stored_total").await;
+        let delivered = counter(persister, "parlor_messages_delivered_total").await;
+        eprintln!("persister {index}: stored {stored}, delivered {delivered}");
+        assert!(
+            stored > 0 && delivered >= stored,
+            "persister {index} stored {stored} and delivered {delivered}"
+        );
+    }
 }
 
 /// The partitions are fixed when the cluster is created: a process given another count
