@@ -463,6 +463,12 @@ pub trait Registry: Send + Sync {
     /// Renews this node's lease; when a lease expires, the node's connections vanish (and
     /// their users go offline).
     async fn heartbeat(&self, node: NodeId, lease: Duration) -> Result<(), BackendError>;
+    /// Ends this node's lease now, at a clean stop once its connections are closed: nobody
+    /// waits for it to lapse (`parlor partitions --set` needs every gateway gone).
+    async fn retire(&self, node: NodeId) -> Result<(), BackendError> {
+        let _ = node;
+        Ok(())
+    }
     /// The nodes that hold connections of `users`, each with the users it holds.
     async fn locate(&self, users: &[UserId]) -> Result<Vec<(NodeId, Vec<UserId>)>, BackendError>;
 }

@@ -82,6 +82,13 @@ struct Own {
 }
 
 impl NatsRegistry {
+    /// The gateways whose lease runs, as this process's view of the bucket has them (complete
+    /// once `open` returns): what an operation that needs every gateway stopped checks
+    /// (`parlor partitions --set`).
+    pub fn live_gateways(&self) -> Vec<NodeId> {
+        self.shared.view().live_nodes(now_ms())
+    }
+
     /// Opens (creating it if needed, from any number of processes at once) the bucket
     /// `<bucket_prefix>_registry` and waits until the local view holds its current state.
     /// `replicas` is the bucket's (1 for a single server, 3 or 5 in a NATS cluster); a bucket
@@ -382,6 +389,14 @@ impl Registry for NatsRegistry {
             shared.own().unpurged.push(connection);
         }
         result
+    }
+
+    async fn retire(&self, node: NodeId) -> Result<(), BackendError> {
+        self.shared
+            .kv
+            .purge_with_ttl(Key::Node(node).render(), MARKER_TTL)
+            .await
+            .map_err(|e| unavailable("cannot end this node's lease", e))
     }
 
     async fn heartbeat(&self, node: NodeId, lease: Duration) -> Result<(), BackendError> {

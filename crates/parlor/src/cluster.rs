@@ -90,31 +90,12 @@ impl Cluster {
         node: NodeId,
         attempts_max: u32,
     ) -> anyhow::Result<Cluster> {
-        let namespace = &settings.namespace;
-        let valid = !namespace.is_empty()
-            && namespace
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !valid {
-            anyhow::bail!("the namespace must be lower-case letters, digits and '-'");
-        }
+        let namespace = valid_namespace(settings)?;
         let client = parlor_nats::client::connect(&settings.nats_url).await?;
         let store = PgStore::connect(&settings.postgres_url, settings.postgres_pool)
             .await
             .context("cannot open the PostgreSQL store")?;
-        // One active consumer per queue, the others on standby: with competing persisters a
-        // later batch could be stored before an earlier one, and a connection's messages would
-        // lose their send order. A standby takes over within `takeover_after` of a crash; by
-        // then what the dead one held is past its visibility timeout, and JetStream hands
-        // redeliveries out before newer entries, so the order survives the crash too.
-        let options = JsQueueOptions {
-            attempts_max,
-            exclusive: true,
-            visibility_timeout: VISIBILITY_TIMEOUT,
-            takeover_after: TAKEOVER_AFTER,
-            replicas: settings.nats_replicas,
-            ..JsQueueOptions::default()
-        };
+        let options = queue_options(settings, attempts_max);
         let (inbound_name, notifications_name, prefix) = (
             queue_name(namespace, QueueName::Inbound),
             queue_name(namespace, QueueName::Notifications),
@@ -217,6 +198,127 @@ impl Cluster {
     pub fn consumed_queues(&self) -> impl Iterator<Item = &Arc<JsQueue>> {
         self.inbound.iter().chain(&self.notifications)
     }
+}
+
+fn valid_namespace(settings: &ClusterSettings) -> anyhow::Result<&str> {
+    let namespace = settings.namespace.as_str();
+    let valid = !namespace.is_empty()
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        anyhow::bail!("the namespace must be lower-case letters, digits and '-'");
+    }
+    Ok(namespace)
+}
+
+fn queue_options(settings: &ClusterSettings, attempts_max: u32) -> JsQueueOptions {
+    // One active consumer per queue, the others on standby: with competing persisters a
+    // later batch could be stored before an earlier one, and a connection's messages would
+    // lose their send order. A standby takes over within `takeover_after` of a crash; by
+    // then what the dead one held is past its visibility timeout, and JetStream hands
+    // redeliveries out before newer entries, so the order survives the crash too.
+    JsQueueOptions {
+        attempts_max,
+        exclusive: true,
+        visibility_timeout: VISIBILITY_TIMEOUT,
+        takeover_after: TAKEOVER_AFTER,
+        replicas: settings.nats_replicas,
+        ..JsQueueOptions::default()
+    }
+}
+
+/// The partitions the cluster's database records (`parlor partitions`).
+pub async fn recorded_partitions(settings: &ClusterSettings) -> anyhow::Result<Option<u32>> {
+    let inbound_name = queue_name(valid_namespace(settings)?, QueueName::Inbound);
+    let store = PgStore::connect(&settings.postgres_url, 1)
+        .await
+        .context("cannot open the PostgreSQL store")?;
+    Ok(store.recorded_partitions(&inbound_name).await?)
+}
+
+/// `parlor partitions --set N`: gives the inbound and notification queues `to` partitions;
+/// the count they had. A conversation's entries must all be in one partition, and a changed
+/// count places conversations anew, so the change is made only while nothing can be in
+/// between: no persister holds a membership or a lease, no gateway a registry lease, and
+/// every partition is empty (everything accepted is stored and delivered) with no dead
+/// letters (they would be redriven into the partition of the old count). Each refusal says
+/// what to do. Partitions past a smaller count keep their (empty) streams.
+pub async fn change_partitions(settings: &ClusterSettings, to: u32) -> anyhow::Result<u32> {
+    let namespace = valid_namespace(settings)?;
+    let (inbound_name, notifications_name, prefix) = (
+        queue_name(namespace, QueueName::Inbound),
+        queue_name(namespace, QueueName::Notifications),
+        namespace.replace('-', "_"),
+    );
+    let store = PgStore::connect(&settings.postgres_url, 1)
+        .await
+        .context("cannot open the PostgreSQL store")?;
+    let Some(from) = store.recorded_partitions(&inbound_name).await? else {
+        anyhow::bail!(
+            "this database records no partitions: a new cluster takes --partitions {to} when \
+             its first process starts"
+        );
+    };
+    if from == to {
+        return Ok(from);
+    }
+    let holders = store.live_lease_holders().await?;
+    if !holders.is_empty() {
+        anyhow::bail!(
+            "{} persister(s) still run ({}): stop every persister and gateway first",
+            holders.len(),
+            holders.join(", ")
+        );
+    }
+    let client = parlor_nats::client::connect(&settings.nats_url).await?;
+    let registry = NatsRegistry::open(
+        client.clone(),
+        &prefix,
+        NodeId::new(),
+        settings.nats_replicas,
+    )
+    .await
+    .context("cannot open the connection registry")?;
+    let gateways = registry.live_gateways();
+    if !gateways.is_empty() {
+        anyhow::bail!(
+            "{} gateway(s) still run: stop every gateway and persister first",
+            gateways.len()
+        );
+    }
+    let options = queue_options(settings, JsQueueOptions::default().attempts_max);
+    for (queue, what) in [
+        (&inbound_name, "inbound"),
+        (&notifications_name, "notification"),
+    ] {
+        for partition in 0..from {
+            let name = partition_name(queue, partition);
+            let depth = JsQueue::open(client.clone(), &name, options.clone())
+                .await?
+                .depth()
+                .await?;
+            if depth.pending > 0 {
+                anyhow::bail!(
+                    "the {what} queue's partition {partition} ({name}) holds entries not yet \
+                     stored or delivered: start the persisters to finish them, stop them, and \
+                     try again"
+                );
+            }
+            if depth.dead > 0 {
+                anyhow::bail!(
+                    "the {what} queue's partition {partition} ({name}) holds {} dead letters: \
+                     redrive them (`parlor dlq redrive --cluster`) and let the persisters store \
+                     them, or purge them, first",
+                    depth.dead
+                );
+            }
+        }
+    }
+    if !store.change_partitions(&inbound_name, from, to).await? {
+        anyhow::bail!("the partitions changed while this ran: look again");
+    }
+    Ok(from)
 }
 
 /// How long opening a stream or bucket is tried again while NATS answers `unavailable`: a

@@ -66,8 +66,9 @@ enum Command {
         #[arg(long, env = "PARLOR_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Runs the persister and notifier roles on the cluster backends; run several. `--listen`
-    /// serves /healthz, /readyz and /metrics.
+    /// Runs the persister role on the cluster backends, which also delivers the notifications
+    /// of the partitions it holds; run several. `--listen` serves /healthz, /readyz and
+    /// /metrics.
     Persister {
         #[command(flatten)]
         settings: ServeSettings,
@@ -92,6 +93,16 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Prints the cluster's partitions of the inbound and notification queues, or changes
+    /// them (`--set N`): with every gateway and persister stopped and every partition empty,
+    /// which it checks, refusing otherwise with what to do.
+    Partitions {
+        /// The new count, 1 to 1024.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        set: Option<u32>,
+        #[command(flatten)]
+        cluster: ClusterSettings,
     },
     /// Manages users.
     User {
@@ -242,6 +253,23 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Dlq { command } => dlq(command).await,
+            Command::Partitions { set, cluster } => match set {
+                None => match cluster::recorded_partitions(&cluster).await? {
+                    Some(partitions) => {
+                        println!("{partitions}");
+                        Ok(())
+                    }
+                    None => bail!("this database records no partitions: no cluster ran on it"),
+                },
+                Some(to) => {
+                    let from = cluster::change_partitions(&cluster, to).await?;
+                    println!(
+                        "the inbound and notification queues have {to} partitions (they had \
+                         {from}); start the gateways and persisters again"
+                    );
+                    Ok(())
+                }
+            },
             Command::User {
                 command:
                     UserCommand::Add {

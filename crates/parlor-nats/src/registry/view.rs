@@ -112,6 +112,15 @@ impl View {
         }
     }
 
+    /// The nodes whose lease runs (heartbeated, or implied by their connections), in order.
+    pub(super) fn live_nodes(&self, now_ms: u64) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = (self.leases.keys().copied())
+            .filter(|node| self.live(*node, now_ms))
+            .collect();
+        nodes.sort_unstable();
+        nodes
+    }
+
     /// Whether the bucket says `node` was declared dead (its lease key purged).
     pub(super) fn is_dead(&self, node: NodeId) -> bool {
         matches!(self.leases.get(&node), Some(Lease::Dead { .. }))

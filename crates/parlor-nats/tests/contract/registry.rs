@@ -57,3 +57,47 @@ async fn nodes() -> Nodes {
 }
 
 parlor_testkit::registry_contract!(nodes);
+
+/// The gateways whose lease runs, as `parlor partitions --set` asks before it changes
+/// anything: none before a heartbeat, the node once it heartbeated (whatever its connections
+/// do), none once it retired; as another process (a persister's registry) sees them.
+#[tokio::test]
+async fn live_gateways_are_those_whose_lease_runs() {
+    use parlor_core::ports::{ConnectionInfo, Registry};
+
+    let prefix = format!("test_{}", uuid::Uuid::now_v7().simple());
+    let client = connect().await;
+    let open = |node| NatsRegistry::open(client.clone(), &prefix, node, 1);
+    let node = NodeId::new();
+    let gateway = open(node).await.unwrap();
+    let onlooker = open(NodeId::new()).await.unwrap();
+    let seen = || async {
+        // The onlooker learns of changes through its watch: wait a moment for them.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        onlooker.live_gateways()
+    };
+    assert_eq!(seen().await, []);
+    gateway
+        .heartbeat(node, std::time::Duration::from_secs(25))
+        .await
+        .unwrap();
+    assert_eq!(seen().await, [node]);
+    // Connections come and go (their keys purged, with markers) around the lease.
+    for _ in 0..3 {
+        let connection = ConnectionInfo {
+            id: parlor_core::ids::ConnectionId::new(),
+            user: parlor_core::UserId::new(),
+            node,
+        };
+        gateway.register(connection).await.unwrap();
+        gateway.unregister(connection).await.unwrap();
+    }
+    assert_eq!(seen().await, [node]);
+    gateway.retire(node).await.unwrap();
+    assert_eq!(seen().await, []);
+    // A later process sees the same, from the bucket alone.
+    assert_eq!(open(NodeId::new()).await.unwrap().live_gateways(), []);
+    let _ = async_nats::jetstream::new(client)
+        .delete_key_value(format!("{prefix}_registry"))
+        .await;
+}

@@ -186,6 +186,72 @@ impl PgStore {
     }
 }
 
+/// Changing a queue's partitions, which needs every consumer stopped: see
+/// `parlor partitions --set`.
+impl PgStore {
+    /// The partitions recorded for `queue`, if a process recorded them.
+    pub async fn recorded_partitions(&self, queue: &str) -> Result<Option<u32>, BackendError> {
+        run("read a queue's partitions", async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT partitions FROM queue_partitions WHERE queue = $1",
+                    &[&queue],
+                )
+                .await?;
+            let partitions = row.map(|row| row.try_get::<_, i32>(0)).transpose()?;
+            Ok(partitions.map(|partitions| u32::try_from(partitions).unwrap_or(1)))
+        })
+        .await
+    }
+
+    /// Whoever holds a live membership or partition lease, in any group: the consumers that
+    /// must stop before the partitions change.
+    pub async fn live_lease_holders(&self) -> Result<Vec<String>, BackendError> {
+        run("read the live leases", async {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT owner FROM lease_members WHERE expires_at > now()
+                     UNION SELECT owner FROM partition_leases WHERE expires_at > now()
+                     ORDER BY 1",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| row.try_get::<_, String>(0).map_err(Failure::from))
+                .collect()
+        })
+        .await
+    }
+
+    /// Records `to` partitions for `queue` if it has `from`; false if it does not (another
+    /// change came first).
+    pub async fn change_partitions(
+        &self,
+        queue: &str,
+        from: u32,
+        to: u32,
+    ) -> Result<bool, BackendError> {
+        run("change a queue's partitions", async {
+            let client = self.client().await?;
+            let (from, to) = (partition_count(from)?, partition_count(to)?);
+            let changed = client
+                .execute(
+                    "UPDATE queue_partitions SET partitions = $3 WHERE queue = $1 AND partitions = $2",
+                    &[&queue, &from, &to],
+                )
+                .await?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+}
+
+fn partition_count(count: u32) -> Result<i32, Failure> {
+    i32::try_from(count).map_err(|_| Failure::Rejected(format!("{count} partitions is too many")))
+}
+
 /// Inside a batch's transaction: holds `lease` against a takeover until the transaction
 /// ends, or fails with [`Failure::Fenced`] if it is no longer current.
 pub(super) async fn hold(tx: &Transaction<'_>, lease: &Lease) -> Result<(), Failure> {

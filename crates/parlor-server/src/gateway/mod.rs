@@ -116,6 +116,9 @@ pub async fn run(
     listen::serve(listener, app, listen_config, serve_shutdown).await;
     inbox_task.abort();
     housekeeping_task.abort();
+    if let Err(error) = gateway.deps.registry.retire(gateway.config.node).await {
+        tracing::warn!(%error, "cannot end this node's registry lease; it lapses");
+    }
     Ok(())
 }
 

@@ -115,11 +115,31 @@ impl Cluster {
             .expect("run parlor")
     }
 
+    /// `parlor ARGS…` with this cluster's flags (`--nats-url`, `--postgres-url`, …), run to
+    /// its end: an operator's command.
+    pub fn run_command(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(crate::harness::BIN)
+            .args(args)
+            .args(&self.shared)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run parlor")
+    }
+
     /// Starts one more persister; its index in `persisters`.
     pub fn add_persister(&mut self) -> usize {
         let persister = spawn_role(&self.shared, &self.env, "persister", &[]);
         self.persisters.push(persister);
         self.persisters.len() - 1
+    }
+
+    /// Starts one more gateway, which HAProxy does not know of: clients reach it at its own
+    /// address. Its index in `gateways`.
+    pub fn add_gateway(&mut self) -> usize {
+        let gateway = spawn_role(&self.shared, &self.env, "gateway", &[]);
+        self.gateways.push(gateway);
+        self.gateways.len() - 1
     }
 
     pub fn http(&self) -> Http {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::cluster::{Cluster, shared_postgres};
 use crate::cluster_chaos::{assert_stored_exactly_once, burst_through_chaos};
 use crate::cluster_takeover::counter;
-use crate::harness::Ws;
+use crate::harness::{Http, Ws};
 
 const PARTITIONS: u64 = 8;
 
@@ -218,4 +218,104 @@ async fn a_process_given_another_partition_count_refuses_to_start() {
         assert!(Instant::now() < deadline, "the cluster stopped storing");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Changing the partitions is an operation of its own (`parlor partitions --set`), made only
+/// while nothing can be in between: refused while a persister or gateway runs, or while an
+/// accepted message waits in a partition; once everything is stored and every process
+/// stopped, the cluster starts again with the new count, and every message, from before and
+/// after, is stored once and in each sender's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partitions_change_only_with_every_process_stopped_and_every_message_stored() {
+    let mut cluster = Cluster::start_sized(&nats(), &shared_postgres(), 1, 1).await;
+    let http = cluster.http();
+    let (alice_id, alice) = http.register("alice").await;
+    let mut chats = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let (_, sender) = http.register(name).await;
+        chats.push((http.direct(&sender, &alice_id).await, sender));
+    }
+    let mut accepted = Vec::new();
+    for (chat, sender) in &chats {
+        accepted.push(burst_through_chaos(&cluster.address, sender, chat, 1, 100, 0, || {}).await);
+    }
+    let change = |cluster: &Cluster| {
+        let output = cluster.run_command(&["partitions", "--set", "4"]);
+        let said = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        (output.status.success(), said)
+    };
+    let (changed, said) = change(&cluster);
+    assert!(
+        !changed && said.contains("persister(s) still run"),
+        "{said}"
+    );
+
+    // Accepted while no persister runs: they wait in their partitions.
+    assert!(cluster.persisters[0].terminate().success());
+    let mut ws = Ws::connect(&cluster.address, &chats[0].1).await;
+    for i in 0..5 {
+        let id = format!("s1-{i}");
+        ws.send_message(&chats[0].0, &id, "while stopped").await;
+        accepted[0].insert(id);
+    }
+    for _ in 0..5 {
+        ws.next_of("accepted").await;
+    }
+    let (changed, said) = change(&cluster);
+    assert!(!changed && said.contains("gateway(s) still run"), "{said}");
+    drop(ws);
+    for gateway in &mut cluster.gateways {
+        assert!(gateway.terminate().success());
+    }
+    let (changed, said) = change(&cluster);
+    assert!(
+        !changed && said.contains("holds entries not yet stored"),
+        "{said}"
+    );
+
+    // A persister stores (and announces) them; then it stops too.
+    let storing = cluster.add_persister();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter(&cluster.persisters[storing], "parlor_messages_stored_total").await < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the waiting messages were never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cluster.persisters[storing].terminate().success());
+    let (changed, said) = change(&cluster);
+    assert!(
+        changed && said.contains("have 4 partitions (they had 8)"),
+        "{said}"
+    );
+    let shown = cluster.run_command(&["partitions"]);
+    assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), "4");
+
+    // The cluster again, on the recorded count: a process given the old one refuses.
+    let refused = cluster.run_to_exit("persister", &["--partitions", "8"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the inbound queue has 4 partitions")
+    );
+    let gateway = cluster.add_gateway();
+    let persister = cluster.add_persister();
+    let direct = Http {
+        address: cluster.gateways[gateway].address.clone(),
+    };
+    for ((chat, sender), accepted) in chats.iter().zip(&mut accepted) {
+        let mut ws = Ws::connect(&direct.address, sender).await;
+        for i in 0..20 {
+            let id = format!("s2-{i}");
+            ws.send_message(chat, &id, "after").await;
+            accepted.insert(id);
+        }
+        for _ in 0..20 {
+            ws.next_of("accepted").await;
+        }
+    }
+    for ((chat, _), accepted) in chats.iter().zip(&accepted) {
+        assert_stored_exactly_once(&direct, &alice, chat, accepted).await;
+    }
+    wait_for_balance(&cluster, &[persister], 4).await;
 }
