@@ -51,9 +51,10 @@ pub struct ClusterSettings {
     )]
     pub postgres_url: String,
     /// Partitions of the inbound and notification queues, for a cluster being created: the
-    /// persisters share them, one persister storing and delivering each at a time. Recorded in the database by the first
-    /// process; later processes use the recorded count, and one given another count refuses
-    /// to start (a conversation must stay in one partition). Default for a new cluster: 8.
+    /// persisters share them, one persister storing and delivering each at a time. Recorded
+    /// in the database by the first process; later processes use the recorded count, and one
+    /// given another count refuses to start (a conversation must stay in one partition;
+    /// `parlor partitions --set` changes it). Default for a new cluster: 8.
     #[arg(long, env = "PARLOR_PARTITIONS", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub partitions: Option<u32>,
     /// Database connections per process.
