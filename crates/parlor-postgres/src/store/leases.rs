@@ -164,8 +164,7 @@ impl PgStore {
     pub async fn queue_partitions(&self, queue: &str, proposed: u32) -> Result<u32, BackendError> {
         run("read a queue's partitions", async {
             let client = self.client().await?;
-            let proposed = i32::try_from(proposed)
-                .map_err(|_| Failure::Rejected(format!("{proposed} partitions is too many")))?;
+            let proposed = partition_count(proposed)?;
             client
                 .execute(
                     "INSERT INTO queue_partitions (queue, partitions) VALUES ($1, $2)

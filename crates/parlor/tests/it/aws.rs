@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use parlor_testkit::process::{SERVICES_HINT, free_address};
 
-use crate::cluster_chaos::{assert_stored_exactly_once, burst_through_chaos};
+use crate::cluster_chaos::{assert_stored_exactly_once, burst_through_chaos, senders_to};
 use crate::harness::{Http, Server, Ws};
 
 /// How the persister runs.
@@ -271,11 +271,7 @@ async fn per_conversation_order_holds_with_two_persisters_consuming_together() {
     let deployment = AwsDeployment::start(Persister::Processes).await;
     let http = deployment.http();
     let (alice_id, alice) = http.register("alice").await;
-    let mut conversations = Vec::new();
-    for name in ["bob", "carol", "dave"] {
-        let (_, sender) = http.register(name).await;
-        conversations.push((http.direct(&sender, &alice_id).await, sender));
-    }
+    let conversations = senders_to(&http, &alice_id, &["bob", "carol", "dave"]).await;
     let bursts = conversations.iter().map(|(conversation, sender)| {
         burst_through_chaos(&deployment.address, sender, conversation, 2, 100, 0, || {})
     });

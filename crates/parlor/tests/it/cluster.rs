@@ -456,12 +456,8 @@ async fn per_conversation_order_holds_with_two_persisters() {
     let cluster = Cluster::start().await;
     let http = cluster.http();
     let (alice_id, alice) = http.register("alice").await;
-    // Each conversation has its own sender: client_msg_id is unique per sender.
-    let mut conversations = Vec::new();
-    for name in ["bob", "carol", "dave"] {
-        let (_, sender) = http.register(name).await;
-        conversations.push((http.direct(&sender, &alice_id).await, sender));
-    }
+    let conversations =
+        crate::cluster_chaos::senders_to(&http, &alice_id, &["bob", "carol", "dave"]).await;
     let bursts = conversations.iter().map(|(conversation, sender)| {
         crate::cluster_chaos::burst_through_chaos(
             &cluster.address,

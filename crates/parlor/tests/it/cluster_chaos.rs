@@ -122,6 +122,18 @@ pub async fn burst_through_chaos(
     accepted.lock().unwrap().clone()
 }
 
+/// A user of each name, each in a direct conversation with `receiver`: (conversation,
+/// sender's token) per name. A sender of its own per conversation, since `client_msg_id` is
+/// unique per sender and the bursts name theirs alike.
+pub async fn senders_to(http: &Http, receiver: &str, names: &[&str]) -> Vec<(String, String)> {
+    let mut conversations = Vec::new();
+    for name in names {
+        let (_, sender) = http.register(name).await;
+        conversations.push((http.direct(&sender, receiver).await, sender));
+    }
+    conversations
+}
+
 /// Every accepted message stored exactly once, `seq` gap-free, each sender's order kept.
 pub async fn assert_stored_exactly_once(
     http: &Http,

@@ -10,7 +10,7 @@ use parlor_core::partitions::partition_of;
 use tokio::time::Instant;
 
 use crate::cluster::{Cluster, shared_postgres};
-use crate::cluster_chaos::{assert_stored_exactly_once, burst_through_chaos};
+use crate::cluster_chaos::{assert_stored_exactly_once, burst_through_chaos, senders_to};
 use crate::cluster_takeover::counter;
 use crate::harness::{Http, Ws};
 
@@ -52,13 +52,9 @@ async fn persisters_that_join_stop_and_die_mid_burst_share_the_partitions_and_lo
     wait_for_balance(&cluster, &[0, 1], PARTITIONS).await;
     let http = cluster.http();
     let (alice_id, alice) = http.register("alice").await;
-    // Each conversation has its own sender (client_msg_id is unique per sender); six
-    // conversations land in several partitions.
-    let mut conversations = Vec::new();
-    for name in ["bob", "carol", "dave", "erin", "frank", "grace"] {
-        let (_, sender) = http.register(name).await;
-        conversations.push((http.direct(&sender, &alice_id).await, sender));
-    }
+    // Six conversations land in several partitions.
+    let names = ["bob", "carol", "dave", "erin", "frank", "grace"];
+    let conversations = senders_to(&http, &alice_id, &names).await;
     let address = cluster.address.clone();
     let bursts = futures::future::join_all(conversations.iter().map(|(conversation, sender)| {
         burst_through_chaos(&address, sender, conversation, 2, 3000, 0, || {})
@@ -230,11 +226,7 @@ async fn the_partitions_change_only_with_every_process_stopped_and_every_message
     let mut cluster = Cluster::start_sized(&nats(), &shared_postgres(), 1, 1).await;
     let http = cluster.http();
     let (alice_id, alice) = http.register("alice").await;
-    let mut chats = Vec::new();
-    for name in ["bob", "carol", "dave"] {
-        let (_, sender) = http.register(name).await;
-        chats.push((http.direct(&sender, &alice_id).await, sender));
-    }
+    let chats = senders_to(&http, &alice_id, &["bob", "carol", "dave"]).await;
     let mut accepted = Vec::new();
     for (chat, sender) in &chats {
         accepted.push(burst_through_chaos(&cluster.address, sender, chat, 1, 100, 0, || {}).await);
