@@ -18,7 +18,7 @@ use parlor_core::ports::{Delivery, DeliveryId};
 use super::exclusive::STANDBY_POLL;
 use super::packs::{self, ATTEMPTS_BEFORE, NOT_BEFORE, Resolution, Settle};
 use super::publish::message_bytes_max;
-use super::{JsQueue, nats_error, timed};
+use super::{JsQueue, nats_error, server_visibility_timeout, timed};
 
 /// The shortest expiry of a pull, so that `receive` with no wait still gets an answer.
 const PULL_EXPIRES_MIN: Duration = Duration::from_millis(10);
@@ -213,6 +213,19 @@ impl JsQueue {
     /// now (an in-progress ack): else the server would redeliver them whole a visibility
     /// timeout after the first part. Best effort: the keeper gives back what times out.
     async fn restart_clocks(&self, replies: Vec<Subject>) {
+        if replies.is_empty() {
+            return;
+        }
+        if self.pinning.is_some()
+            && !self.holds_pin_for(server_visibility_timeout(self.options.visibility_timeout))
+        {
+            // Restarted now, a message could still be this handle's when the server gives
+            // the pin to another (this one has not pulled for a while: stuck, paused, cut
+            // off), and the next holder would be handed newer entries first. Left alone,
+            // it is redelivered once its clock runs out, first in line.
+            tracing::debug!(queue = %self.name, "not restarting clocks: the pin may be lost");
+            return;
+        }
         let client = self.jetstream.client();
         for reply in replies {
             if let Err(error) = client.publish(reply, AckKind::Progress.into()).await {
@@ -233,7 +246,11 @@ impl JsQueue {
     /// an expiry that pull would stay open, and later take messages nobody reads). `InLine`
     /// is a plain pull, queued behind other consumers' pulls instead of refused (a "no wait"
     /// pull is refused at once while theirs ask for more than there is).
-    async fn pull(&self, kind: Pull, max: usize) -> Result<Vec<jetstream::Message>, BackendError> {
+    pub(super) async fn pull(
+        &self,
+        kind: Pull,
+        max: usize,
+    ) -> Result<Vec<jetstream::Message>, BackendError> {
         let expires = match kind {
             Pull::Now(wait) | Pull::InLine(wait) => wait.max(PULL_EXPIRES_MIN),
         };
@@ -287,11 +304,22 @@ impl JsQueue {
         timed(bound, "pull from the queue", request).await
     }
 
-    /// Turns pulled messages into held packs and hands out up to `max` of their entries:
-    /// a message delivered more than `attempts_max` times goes to the dead letters instead,
-    /// and one that waits out a retry is handed back until it is due.
-    async fn hand_out(&self, mut messages: Vec<jetstream::Message>, max: usize) -> Vec<Delivery> {
+    /// Holds pulled messages (`hold_pulled`) and hands out up to `max` entries.
+    async fn hand_out(&self, messages: Vec<jetstream::Message>, max: usize) -> Vec<Delivery> {
         let now = Instant::now();
+        self.hold_pulled(messages, now).await;
+        let (deliveries, restart) = {
+            let mut packs = self.packs.lock().expect("queue lock");
+            packs.take(max, || self.next_delivery_id(), now)
+        };
+        self.restart_clocks(restart).await;
+        deliveries
+    }
+
+    /// Holds pulled messages as packs, to be handed out in order: a message delivered more
+    /// than `attempts_max` times goes to the dead letters instead, and one that waits out a
+    /// retry is handed back until it is due.
+    pub(super) async fn hold_pulled(&self, mut messages: Vec<jetstream::Message>, now: Instant) {
         // In append order. A pull brings redelivered messages first, but in the server's
         // order, not the stream's: after a leader change it redelivered stream sequences
         // 13, 10, 11, 12, 7, 8, 9 in one pull, and handed out so, a sender's messages were
@@ -299,8 +327,11 @@ impl JsQueue {
         messages
             .sort_by_key(|message| message.info().map_or(u64::MAX, |info| info.stream_sequence));
         for message in messages {
-            let delivered = match message.info() {
-                Ok(info) => u32::try_from(info.delivered).unwrap_or(u32::MAX),
+            let (delivered, sequence) = match message.info() {
+                Ok(info) => (
+                    u32::try_from(info.delivered).unwrap_or(u32::MAX),
+                    info.stream_sequence,
+                ),
                 Err(error) => {
                     tracing::warn!(queue = %self.name, %error, "a pulled message without ack info");
                     continue;
@@ -310,6 +341,14 @@ impl JsQueue {
             let Some(reply) = message.reply else {
                 continue;
             };
+            if self
+                .packs
+                .lock()
+                .expect("queue lock")
+                .redelivered(sequence, &reply)
+            {
+                continue;
+            }
             let header = |name: &str| {
                 message
                     .headers
@@ -357,14 +396,8 @@ impl JsQueue {
             self.packs
                 .lock()
                 .expect("queue lock")
-                .add(reply, entries, attempts, now);
+                .add(reply, sequence, entries, attempts, now);
         }
-        let (deliveries, restart) = {
-            let mut packs = self.packs.lock().expect("queue lock");
-            packs.take(max, || self.next_delivery_id(), now)
-        };
-        self.restart_clocks(restart).await;
-        deliveries
     }
 
     /// Moves every entry of a message to the dead letters, then acknowledges it. On failure

@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{PriorityPolicy, pull};
 use async_nats::{StatusCode, Subject, header, jetstream};
@@ -25,13 +25,47 @@ pub(super) const STANDBY_POLL: Duration = Duration::from_millis(200);
 pub(super) struct Pinning {
     /// `$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}`.
     next: Subject,
-    /// The `Nats-Pin-Id` the server gave this handle, while it holds the pin.
-    pin: Mutex<Option<String>>,
+    /// The pin the server gave this handle, while it holds it.
+    pin: Mutex<Option<Pin>>,
     /// Set by [`JsQueue::release`]: the handle never pulls again (unless it was a hand-over).
     released: AtomicBool,
 }
 
+/// A pin this handle holds.
+struct Pin {
+    /// The `Nats-Pin-Id` the server gave.
+    id: String,
+    /// Until when the pin is surely this handle's: the server unpins a handle
+    /// `takeover_after` after its last pull with the pin arrived, so this counts from the
+    /// sending of the last pull that the server answered with an entry for this pin.
+    sure_until: Instant,
+}
+
+/// What [`JsQueue::holds_pin_for`] leaves for the way to the server and its timers.
+const PIN_MARGIN: Duration = Duration::from_millis(250);
+
 impl Pinning {
+    /// The server answered a pull as the pin `id`'s: the pin is this handle's until
+    /// `sure_until`.
+    fn confirm(&self, queue: &str, id: &str, sure_until: Instant) {
+        let mut pin = self.pin.lock().expect("pin lock");
+        match pin.as_mut() {
+            Some(pin) if pin.id == id => pin.sure_until = pin.sure_until.max(sure_until),
+            _ => {
+                tracing::info!(queue, pin = id, "this handle holds the queue's pin");
+                *pin = Some(Pin {
+                    id: id.to_string(),
+                    sure_until,
+                });
+            }
+        }
+    }
+
+    fn pin_id(&self) -> Option<String> {
+        let pin = self.pin.lock().expect("pin lock");
+        pin.as_ref().map(|pin| pin.id.clone())
+    }
+
     pub(super) fn new(stream_name: &str) -> Self {
         let next = Subject::from(format!(
             "$JS.API.CONSUMER.MSG.NEXT.{stream_name}.{CONSUMER}"
@@ -57,28 +91,40 @@ pub(super) fn pinned_consumer(config: pull::Config, takeover_after: Duration) ->
 impl JsQueue {
     /// With `exclusive`: gives up this handle's pin, so that a standby takes over at once
     /// rather than `takeover_after` later. For a graceful shutdown, after the last `ack`:
-    /// from now on this handle's `receive` returns empty after `wait`, and entries it still
-    /// holds come back after the visibility timeout. Does nothing without `exclusive`.
+    /// from now on this handle's `receive` returns empty after `wait`. What it still holds
+    /// goes back first, in order. Does nothing without `exclusive`.
     ///
-    /// The server unpins whichever handle holds the pin: should this handle have lost it
-    /// unnoticed within the last `takeover_after / 4` (cut off from NATS, say), the new
-    /// holder loses it too and has to pull for it again.
+    /// A handle that may have lost its pin unnoticed (it has not pulled for a while: a long
+    /// batch, a pause, cut off from NATS) and cannot get an answer as the pin's holder now
+    /// touches nothing: the pin, and what it holds, may be another handle's by now. Those
+    /// entries come back from the server when their visibility timeout runs out, first in
+    /// line, to whichever handle holds the pin then.
     pub async fn release(&self) -> Result<(), BackendError> {
         let Some(pinning) = &self.pinning else {
             return Ok(());
         };
         pinning.released.store(true, Ordering::SeqCst);
-        // What it still holds goes back first, without what it settled.
+        if !self.holds_pin_for(Duration::ZERO) {
+            self.ask_for_pin(pinning).await;
+        }
+        if !self.holds_pin_for(Duration::ZERO) {
+            let forgotten = std::mem::take(&mut *self.packs.lock().expect("queue lock"));
+            pinning.pin.lock().expect("pin lock").take();
+            if !forgotten.is_empty() {
+                tracing::info!(
+                    queue = %self.name,
+                    "this handle may have lost the queue's pin: what it held comes back from the server"
+                );
+            }
+            return Ok(());
+        }
         let resolutions = self
             .packs
             .lock()
             .expect("queue lock")
-            .give_back_all(std::time::Instant::now());
+            .give_back_all(Instant::now(), true);
         self.resolve(resolutions).await?;
-        let held = pinning.pin.lock().expect("pin lock").take();
-        if held.is_none() {
-            return Ok(());
-        }
+        pinning.pin.lock().expect("pin lock").take();
         timed(self.options.append_timeout, "release the queue", async {
             self.entries
                 .unpin_consumer(CONSUMER, GROUP)
@@ -86,6 +132,29 @@ impl JsQueue {
                 .map_err(|error| nats_error("release the queue", error))
         })
         .await
+    }
+
+    /// Asks whether the pin is still this handle's, after a while without entries: a pull
+    /// with the pin (which restarts the server's count, and whatever it brings is held with
+    /// the rest), then the consumer's pinned client.
+    async fn ask_for_pin(&self, pinning: &Pinning) {
+        let Some(id) = pinning.pin_id() else {
+            return;
+        };
+        let asked_at = Instant::now();
+        let asked = async {
+            let messages = self.pull(Pull::Now(Duration::ZERO), 1).await?;
+            self.hold_pulled(messages, Instant::now()).await;
+            self.pinned_client().await
+        };
+        match asked.await {
+            Ok(Some(pinned)) if pinned == id => {
+                let sure_until = asked_at + self.options.takeover_after;
+                pinning.confirm(&self.name, &id, sure_until);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(queue = %self.name, %error, "cannot ask for the pin"),
+        }
     }
 
     /// [`Queue::hand_over`](parlor_core::ports::Queue::hand_over) with `exclusive`: as
@@ -113,8 +182,27 @@ impl JsQueue {
             .is_some_and(|pinning| pinning.pin.lock().expect("pin lock").is_none())
     }
 
+    /// Whether this exclusive handle surely holds its pin `longer` from now. The server
+    /// unpins a handle that has not pulled for `takeover_after`; after that, what it held is
+    /// redelivered to the next holder only if its visibility clock ran out by then (see
+    /// `restart_clocks`), and a pin given back or entries handed back would be the next
+    /// holder's.
+    pub(super) fn holds_pin_for(&self, longer: Duration) -> bool {
+        let Some(pinning) = &self.pinning else {
+            return false;
+        };
+        let pin = pinning.pin.lock().expect("pin lock");
+        pin.as_ref()
+            .is_some_and(|pin| pin.sure_until > Instant::now() + longer + PIN_MARGIN)
+    }
+
     /// Whether another handle holds the pin of this exclusive queue.
     pub(super) async fn pinned_elsewhere(&self) -> Result<bool, BackendError> {
+        Ok(self.pinned_client().await?.is_some())
+    }
+
+    /// The pin the server gave, if any.
+    async fn pinned_client(&self) -> Result<Option<String>, BackendError> {
         let info = timed(
             self.options.append_timeout,
             "read the queue consumer",
@@ -128,8 +216,9 @@ impl JsQueue {
         .await?;
         Ok(info
             .priority_groups
-            .iter()
-            .any(|group| group.group == GROUP && group.pinned_client_id.is_some()))
+            .into_iter()
+            .find(|group| group.group == GROUP)
+            .and_then(|group| group.pinned_client_id))
     }
 
     /// A pull as a member of the consumer's priority group, with this handle's pin if it has
@@ -147,7 +236,7 @@ impl JsQueue {
         expires: Duration,
         max: usize,
     ) -> Result<Vec<jetstream::Message>, BackendError> {
-        let pin = pinning.pin.lock().expect("pin lock").clone();
+        let pin = pinning.pin_id();
         let request = PullRequest {
             batch: max,
             expires: u64::try_from(expires.as_nanos()).unwrap_or(u64::MAX),
@@ -163,6 +252,7 @@ impl JsQueue {
             .subscribe(inbox.clone())
             .await
             .map_err(|error| nats_error("pull from the queue", error))?;
+        let sent_at = Instant::now();
         client
             .publish_with_reply(pinning.next.clone(), inbox, body.into())
             .await
@@ -184,11 +274,8 @@ impl JsQueue {
                         .as_ref()
                         .and_then(|headers| headers.get_last(header::NATS_PIN_ID))
                     {
-                        let mut pin = pinning.pin.lock().expect("pin lock");
-                        if pin.as_deref() != Some(id.as_str()) {
-                            tracing::info!(queue = %self.name, pin = id.as_str(), "this handle holds the queue's pin");
-                            *pin = Some(id.as_str().to_string());
-                        }
+                        let sure_until = sent_at + self.options.takeover_after;
+                        pinning.confirm(&self.name, id.as_str(), sure_until);
                     }
                     messages.push(jetstream::Message {
                         message,
@@ -196,11 +283,13 @@ impl JsQueue {
                     });
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
-                // The pull is over: expired, or nothing more to hand out right now.
+                // The pull is over: expired, or nothing more to hand out right now. (The
+                // server takes a pull with a pin it has given up, too: these do not say
+                // whose the pin is.)
                 Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => break,
                 Some(StatusCode::PIN_ID_MISMATCH) => {
                     let mut current = pinning.pin.lock().expect("pin lock");
-                    if *current == pin {
+                    if current.as_ref().map(|pin| &pin.id) == pin.as_ref() {
                         tracing::info!(queue = %self.name, "this handle lost the queue's pin");
                         *current = None;
                     }

@@ -384,7 +384,7 @@ fn keeper_tick(visibility_timeout: Duration) -> Duration {
 /// that a live handle gives back a pack's unsettled entries (without those settled beside
 /// them) before the server would redeliver the whole pack. The server's is what brings
 /// back the packs of a handle that died.
-fn server_visibility_timeout(visibility_timeout: Duration) -> Duration {
+pub(super) fn server_visibility_timeout(visibility_timeout: Duration) -> Duration {
     let margin = (visibility_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     visibility_timeout + margin + keeper_tick(visibility_timeout)
 }
@@ -394,10 +394,16 @@ impl Drop for JsQueue {
     /// another handle gets exactly the unsettled entries; at once, rather than after the
     /// visibility timeout, unless no runtime is left to do it.
     fn drop(&mut self) {
+        // Unless the pin may be another handle's by now (see `JsQueue::release`).
+        if self.pinning.is_some() && !self.holds_pin_for(Duration::ZERO) {
+            return;
+        }
         let resolutions = self
             .packs
             .get_mut()
-            .map(|packs| packs.give_back_all(Instant::now()))
+            // Exactly the unsettled entries, as the port promises a closing handle; a
+            // persister releases its exclusive handle before (`JsQueue::release`).
+            .map(|packs| packs.give_back_all(Instant::now(), false))
             .unwrap_or_default();
         if resolutions.is_empty() {
             return;

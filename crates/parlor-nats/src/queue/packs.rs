@@ -142,8 +142,10 @@ pub(super) struct Exhausted {
 
 /// A message this handle pulled and has not settled with the server yet.
 struct Pack {
-    /// The `$JS.ACK…` subject that settles the message.
+    /// The `$JS.ACK…` subject that settles the message (of its latest delivery).
     reply: Subject,
+    /// The message's sequence in its stream.
+    sequence: u64,
     entries: Vec<Bytes>,
     slots: Vec<Slot>,
     /// Each entry's attempts: the message's delivery, and one more each time the handle
@@ -187,19 +189,30 @@ pub(super) enum Resolution {
 pub(super) struct Packs {
     next_pack: u64,
     packs: HashMap<u64, Pack>,
+    /// The pack of each held message, by stream sequence.
+    sequences: HashMap<u64, u64>,
     deliveries: HashMap<DeliveryId, (u64, usize)>,
     waiting: VecDeque<(u64, usize)>,
 }
 
 impl Packs {
     /// Holds a pulled message's entries, to be handed out in order.
-    pub(super) fn add(&mut self, reply: Subject, entries: Vec<Bytes>, attempts: u32, now: Instant) {
+    pub(super) fn add(
+        &mut self,
+        reply: Subject,
+        sequence: u64,
+        entries: Vec<Bytes>,
+        attempts: u32,
+        now: Instant,
+    ) {
         let id = self.next_pack;
         self.next_pack += 1;
+        self.sequences.insert(sequence, id);
         self.waiting
             .extend((0..entries.len()).map(|index| (id, index)));
         let pack = Pack {
             reply,
+            sequence,
             slots: vec![Slot::Waiting; entries.len()],
             attempts: vec![attempts; entries.len()],
             entries,
@@ -207,6 +220,21 @@ impl Packs {
             handed_out: false,
         };
         self.packs.insert(id, pack);
+    }
+
+    /// The server delivered a message again that this handle still holds (its visibility
+    /// clock ran out on the server while this handle kept it: see `restart_clocks`): it is
+    /// the same pack, settled from now on with this delivery's `reply`. True if so.
+    pub(super) fn redelivered(&mut self, sequence: u64, reply: &Subject) -> bool {
+        let Some(pack) = self
+            .sequences
+            .get(&sequence)
+            .and_then(|id| self.packs.get_mut(id))
+        else {
+            return false;
+        };
+        pack.reply = reply.clone();
+        true
     }
 
     pub(super) fn has_waiting(&self) -> bool {
@@ -371,12 +399,37 @@ impl Packs {
         }
     }
 
-    /// Gives back every entry still held, for a handle that closes.
-    pub(super) fn give_back_all(&mut self, now: Instant) -> Vec<Resolution> {
+    /// Gives back every entry still held, for a handle that closes. With `in_line` (an
+    /// exclusive queue, whose order matters), a pack partly settled goes back whole, settled
+    /// entries too (they come again, as after a crash): published again, its unsettled
+    /// entries would come after everything appended since.
+    pub(super) fn give_back_all(&mut self, now: Instant, in_line: bool) -> Vec<Resolution> {
         let mut all: Vec<u64> = self.packs.keys().copied().collect();
         // In the order they were pulled: the server redelivers in the order it is told.
         all.sort_unstable();
-        self.give_back(all, now)
+        if !in_line {
+            return self.give_back(all, now);
+        }
+        let mut resolutions = Vec::new();
+        for pack_id in all {
+            let settled = self.packs[&pack_id]
+                .slots
+                .iter()
+                .any(|slot| matches!(slot, Slot::Acked | Slot::Dead));
+            if !settled {
+                resolutions.extend(self.give_back(vec![pack_id], now));
+                continue;
+            }
+            let pack = self.packs.remove(&pack_id).expect("listed above");
+            self.sequences.remove(&pack.sequence);
+            for slot in &pack.slots {
+                if let Slot::Out(id) = slot {
+                    self.deliveries.remove(id);
+                }
+            }
+            resolutions.push(Resolution::Nak(pack.reply, Duration::ZERO));
+        }
+        resolutions
     }
 
     fn give_back(&mut self, packs: Vec<u64>, now: Instant) -> Vec<Resolution> {
@@ -411,6 +464,7 @@ impl Packs {
             return None;
         }
         let pack = self.packs.remove(&pack_id).expect("looked up above");
+        self.sequences.remove(&pack.sequence);
         // A retried entry is due no sooner than asked: all of them at the latest time.
         let due = pack
             .slots
@@ -453,6 +507,10 @@ impl Packs {
             attempts,
             due,
         })
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.packs.is_empty()
     }
 
     #[cfg(test)]
@@ -528,7 +586,7 @@ mod tests {
     fn held(names: &[&str]) -> (Packs, Vec<Delivery>) {
         let mut packs = Packs::default();
         let now = Instant::now();
-        packs.add(Subject::from("reply"), entries(names), 1, now);
+        packs.add(Subject::from("reply"), 1, entries(names), 1, now);
         let mut next = 0;
         let (deliveries, _) = packs.take(
             names.len(),
@@ -592,7 +650,13 @@ mod tests {
     fn an_expired_pack_hands_out_only_its_unsettled_entries_again() {
         let mut packs = Packs::default();
         let start = Instant::now();
-        packs.add(Subject::from("reply"), entries(&["a", "b", "c"]), 1, start);
+        packs.add(
+            Subject::from("reply"),
+            1,
+            entries(&["a", "b", "c"]),
+            1,
+            start,
+        );
         let mut next = 0;
         let mut id = || {
             next += 1;
@@ -623,6 +687,38 @@ mod tests {
     }
 
     #[test]
+    fn a_partly_settled_pack_goes_back_whole_only_in_line() {
+        let (mut packs, got) = held(&["a", "b"]);
+        packs.settle(got[0].id, Settle::Ack);
+        let shared = packs.give_back_all(Instant::now(), false);
+        assert!(
+            matches!(&shared[..], [Resolution::Republish { entries, .. }] if entries.len() == 1),
+            "{shared:?}"
+        );
+
+        let (mut packs, got) = held(&["a", "b"]);
+        packs.settle(got[0].id, Settle::Ack);
+        let in_line = packs.give_back_all(Instant::now(), true);
+        assert!(matches!(&in_line[..], [Resolution::Nak(_, delay)] if delay.is_zero()));
+        assert!(packs.is_empty());
+        assert!(packs.settle(got[1].id, Settle::Ack).is_none(), "given back");
+    }
+
+    #[test]
+    fn a_message_delivered_again_while_held_is_the_same_pack() {
+        let (mut packs, got) = held(&["a", "b"]);
+        assert!(packs.redelivered(1, &Subject::from("again")));
+        assert!(!packs.redelivered(2, &Subject::from("other")));
+        packs.settle(got[0].id, Settle::Ack);
+        let resolution = packs.settle(got[1].id, Settle::Ack);
+        assert!(
+            matches!(&resolution, Some(Resolution::Ack(reply)) if reply.as_str() == "again"),
+            "settled with the latest delivery: {resolution:?}"
+        );
+        assert!(!packs.redelivered(1, &Subject::from("late")), "settled");
+    }
+
+    #[test]
     fn an_expired_pack_with_nothing_settled_goes_back_whole() {
         let (mut packs, got) = held(&["a", "b"]);
         let visibility = Duration::from_millis(1);
@@ -643,9 +739,15 @@ mod tests {
             DeliveryId(next)
         };
         let visibility = Duration::from_millis(400);
-        packs.add(Subject::from("first"), entries(&["a", "b", "x"]), 1, start);
+        packs.add(
+            Subject::from("first"),
+            1,
+            entries(&["a", "b", "x"]),
+            1,
+            start,
+        );
         let (a, _) = packs.take(1, &mut id, start);
-        packs.add(Subject::from("second"), entries(&["c"]), 1, at(100));
+        packs.add(Subject::from("second"), 2, entries(&["c"]), 1, at(100));
         // Handing "b" out restarts the first pack's clock: the second times out first.
         let (b, _) = packs.take(1, &mut id, at(300));
         assert_eq!(b[0].payload, b"b");

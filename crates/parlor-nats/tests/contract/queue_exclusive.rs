@@ -218,7 +218,10 @@ async fn release_hands_over(factory: &JsQueues) {
     };
     let active = factory.open_js("q", options.clone()).await;
     let expected = numbered(0..20);
-    append(&*active, &expected).await;
+    // Two appends, two messages: the first is settled whole before the release (a message
+    // partly settled goes back whole, to keep the order).
+    append(&*active, &expected[..10]).await;
+    append(&*active, &expected[10..]).await;
     let got = active
         .receive(10, Duration::from_secs(5))
         .await
@@ -288,5 +291,90 @@ async fn held_entries_come_back_first(factory: &JsQueues) {
         entries_of(&log),
         expected,
         "the held entries first, then the rest, in append order"
+    );
+}
+
+/// Entries held by an active handle that stops pulling but lives on (a persister stuck on a
+/// batch, paused, cut off) come back to the standby first and in order once the pin passes:
+/// the stuck handle does not keep them from it. Waking up, it takes nothing from the new
+/// holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_stuck_handle_held_comes_back_first_and_in_order() {
+    let factory = factory_with(true).await;
+    guarded(&factory, stuck_handles_entries_come_back_first(&factory)).await;
+}
+
+async fn stuck_handles_entries_come_back_first(factory: &JsQueues) {
+    let options = factory.options(Duration::from_millis(500), 50);
+    let stuck = factory.open_js("q", options.clone()).await;
+    let expected = numbered(0..110);
+    append(&*stuck, &expected[..100]).await;
+    let mut held = Vec::new();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while held.len() < 30 && Instant::now() < give_up {
+        let got = stuck
+            .receive(30 - held.len(), Duration::from_secs(1))
+            .await
+            .expect("receive");
+        held.extend(got);
+    }
+    assert_eq!(
+        payloads(&held),
+        expected[..30],
+        "the first handle pins the queue"
+    );
+    let standby = factory.open_js("q", options).await as Arc<dyn Queue>;
+    let log = Log::default();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    consume(standby, log.clone(), vec![log.clone()], 110, give_up);
+    // Several of its visibility timeouts pass while the stuck handle holds its entries.
+    wait_for(std::slice::from_ref(&log), 100, give_up).await;
+    assert_eq!(
+        entries_of(&log),
+        expected[..100],
+        "the held entries first, then the rest, in append order"
+    );
+
+    stuck.release().await.expect("release");
+    append(&*stuck, &expected[100..]).await;
+    wait_for(std::slice::from_ref(&log), 110, give_up).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(entries_of(&log), expected, "nothing again, nothing lost");
+}
+
+/// A handle released while it holds part of a message unsettled (a persister's drain that
+/// timed out, a fenced batch) gives the message back whole: the standby gets it before what
+/// was appended after it, the acknowledged entries in it again (as after a crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_gives_a_partly_acknowledged_message_back_whole_and_first() {
+    let factory = factory_with(true).await;
+    guarded(&factory, partly_acknowledged_goes_back_first(&factory)).await;
+}
+
+async fn partly_acknowledged_goes_back_first(factory: &JsQueues) {
+    let options = factory.options(Duration::from_secs(10), 5);
+    let active = factory.open_js("q", options.clone()).await;
+    let expected = numbered(0..20);
+    append(&*active, &expected[..10]).await;
+    append(&*active, &expected[10..]).await;
+    let got = active
+        .receive(5, Duration::from_secs(5))
+        .await
+        .expect("receive");
+    assert_eq!(payloads(&got), expected[..5]);
+    let ids: Vec<_> = got.iter().map(|d| d.id).collect();
+    active.ack(&ids).await.expect("ack");
+    active.release().await.expect("release");
+
+    let standby = factory.open_js("q", options).await as Arc<dyn Queue>;
+    let log = Log::default();
+    let give_up = Instant::now() + Duration::from_secs(15);
+    consume(standby, log.clone(), vec![log.clone()], 20, give_up);
+    wait_for(std::slice::from_ref(&log), 20, give_up).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        entries_of(&log),
+        expected,
+        "the first message whole, then the second"
     );
 }

@@ -204,13 +204,16 @@ async fn store_until_shutdown(
         let batch = match store(deps, inbound, deliveries, &shutdown, false, lease.as_ref()).await {
             Ok(batch) => batch,
             Err(error) if error.kind == BackendErrorKind::Fenced => {
-                // Another persister holds the queue now and gets these entries again from
-                // the queue: they are neither acknowledged nor handed back here.
+                // The lease lapsed while the batch waited (for the store, or in a pause):
+                // another persister may hold the partition now. The tenure ends, and the
+                // hand-over gives the batch back to whoever holds the queue next, in order,
+                // this persister too if it takes the lease again. Pulling on instead
+                // would store newer entries before these.
                 metrics::counter!(m::BATCHES_FENCED).increment(1);
                 if let Some(hold) = hold.as_deref_mut() {
                     hold.lose(&error.to_string());
                 }
-                continue;
+                return Ok(());
             }
             Err(error) => return Err(error),
         };
