@@ -29,6 +29,21 @@ pub(super) struct Pinning {
     pin: Mutex<Option<Pin>>,
     /// Set by [`JsQueue::release`]: the handle never pulls again (unless it was a hand-over).
     released: AtomicBool,
+    /// Where the server answers this handle's pulls: one subscription for all of them, each
+    /// pull to a subject of its own under it (a subscription per pull was two more protocol
+    /// operations for client and server, and a change to the server's interest, per pull).
+    replies: tokio::sync::Mutex<Option<Replies>>,
+}
+
+/// The subscription to `{prefix}.*`, and the number of the last pull.
+struct Replies {
+    prefix: String,
+    subscriber: async_nats::Subscriber,
+    last: u64,
+    /// Whether the last pull ended as the server ended it. One given up on this side (a
+    /// timeout, the future dropped) may still be answered, and is ended by unsubscribing:
+    /// what it brought would be taken by the next pull for that pull's.
+    finished: bool,
 }
 
 /// A pin this handle holds.
@@ -74,6 +89,7 @@ impl Pinning {
             next,
             pin: Mutex::new(None),
             released: AtomicBool::new(false),
+            replies: tokio::sync::Mutex::new(None),
         }
     }
 }
@@ -246,20 +262,35 @@ impl JsQueue {
         };
         let body = serde_json::to_vec(&request).expect("a pull request serializes");
         let client = self.jetstream.client();
-        let inbox = Subject::from(client.new_inbox());
-        // Dropping the subscription ends the pull, should this future be dropped early.
-        let mut replies = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|error| nats_error("pull from the queue", error))?;
+        // One pull at a time: the lock is held until this one is over (or dropped).
+        let mut replies = pinning.replies.lock().await;
+        if replies.as_ref().is_none_or(|replies| !replies.finished) {
+            *replies = None;
+            let prefix = client.new_inbox();
+            let subscriber = client
+                .subscribe(format!("{prefix}.*"))
+                .await
+                .map_err(|error| nats_error("pull from the queue", error))?;
+            *replies = Some(Replies {
+                prefix,
+                subscriber,
+                last: 0,
+                finished: true,
+            });
+        }
+        let state = replies.as_mut().expect("subscribed above");
+        state.last += 1;
+        state.finished = false;
+        let inbox = Subject::from(format!("{}.{}", state.prefix, state.last));
         let sent_at = Instant::now();
         client
-            .publish_with_reply(pinning.next.clone(), inbox, body.into())
+            .publish_with_reply(pinning.next.clone(), inbox.clone(), body.into())
             .await
             .map_err(|error| nats_error("pull from the queue", error))?;
         let mut messages = Vec::new();
         while messages.len() < max {
-            let Some(message) = replies.next().await else {
+            let Some(message) = state.subscriber.next().await else {
+                *replies = None;
                 if !messages.is_empty() {
                     break;
                 }
@@ -267,6 +298,11 @@ impl JsQueue {
                     "pull from the queue: the connection closed",
                 ));
             };
+            // Entries come under their own subject; a status under the pull's.
+            let entry = matches!(message.status, None | Some(StatusCode::OK));
+            if !entry && message.subject != inbox {
+                continue;
+            }
             match message.status {
                 None | Some(StatusCode::OK) => {
                     if let Some(id) = message
@@ -307,12 +343,16 @@ impl JsQueue {
                 // What was handed out already must reach the caller (see `receive`).
                 Some(_) if !messages.is_empty() => break,
                 Some(status) => {
+                    state.finished = true;
                     return Err(BackendError::unavailable(format!(
                         "pull from the queue: {status} {}",
                         message.description.unwrap_or_default()
                     )));
                 }
             }
+        }
+        if let Some(state) = replies.as_mut() {
+            state.finished = true;
         }
         Ok(messages)
     }
