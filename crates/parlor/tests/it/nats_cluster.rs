@@ -318,7 +318,21 @@ impl Drop for NatsNode {
     }
 }
 
+/// A free port below the kernel's range of ephemeral ports (32768 and up here). One the
+/// kernel hands out (`free_address`) is in that range, and an outgoing connection's
+/// ephemeral port could take it while its node is down: a node restarted on it kept exiting
+/// with "address already in use", and the test failed.
 fn free_port() -> u16 {
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    for _ in 0..1000 {
+        // The low bits of a v7 uuid are random.
+        let random = uuid::Uuid::now_v7().as_u128();
+        let port = LOW + (random % u128::from(HIGH - LOW)) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
     let address = free_address();
     let (_, port) = address.rsplit_once(':').expect("HOST:PORT");
     port.parse().expect("a port")
