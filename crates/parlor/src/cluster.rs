@@ -19,12 +19,13 @@ use parlor_server::{Deps, InboundLease};
 
 /// How long a crashed or cut-off persister holds its partitions of the inbound queue: its
 /// pins, leases and membership lapse after this, and the others take over (within 0.7 s
-/// more: one membership poll and one standby poll). Longer than the queues' visibility
-/// timeout and the server's `ack_wait` (4 s and 5.25 s), so what it held is due again
-/// by then.
-const TAKEOVER_AFTER: Duration = Duration::from_secs(6);
+/// more: one membership poll and one standby poll), under the 6 s asked for. Longer than
+/// the queues' visibility timeout and the server's `ack_wait` (3 s and 4 s), so what it
+/// held is due again 1 s before the pin passes (a live handle restarts a clock only while
+/// its pin is sure for an `ack_wait`: see `parlor_nats::queue`).
+const TAKEOVER_AFTER: Duration = Duration::from_secs(5);
 /// How long an entry handed to a consumer stays its own before it is handed out again.
-const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(4);
+const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(3);
 
 use crate::embedded::QueueName;
 

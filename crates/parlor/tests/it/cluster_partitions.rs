@@ -133,8 +133,8 @@ async fn a_killed_persisters_partitions_are_taken_over_within_8_seconds() {
     }
     let took = killed_at.elapsed();
     eprintln!("stored by the survivor {took:?} after the kill");
-    // 6 s for the leases, pins and membership to lapse, then one membership poll (0.5 s)
-    // and one standby poll (0.2 s); a little more on a busy machine.
+    // 5 s for the leases, pins and membership to lapse, then one membership poll (0.5 s)
+    // and one standby poll (0.2 s); more on a busy machine.
     assert!(took < Duration::from_secs(8), "{took:?}");
     // And delivered: the killed one delivered that partition's notifications too, and the
     // survivor does now.
