@@ -420,8 +420,7 @@ impl Packs {
                 resolutions.extend(self.give_back(vec![pack_id], now));
                 continue;
             }
-            let pack = self.packs.remove(&pack_id).expect("listed above");
-            self.sequences.remove(&pack.sequence);
+            let pack = self.remove(pack_id);
             for slot in &pack.slots {
                 if let Slot::Out(id) = slot {
                     self.deliveries.remove(id);
@@ -453,6 +452,13 @@ impl Packs {
         resolutions
     }
 
+    /// Takes a held pack out, with its place in the index by sequence.
+    fn remove(&mut self, pack_id: u64) -> Pack {
+        let pack = self.packs.remove(&pack_id).expect("a held pack");
+        self.sequences.remove(&pack.sequence);
+        pack
+    }
+
     /// What to tell the server about a pack whose entries may all be settled now.
     fn resolve(&mut self, pack_id: u64) -> Option<Resolution> {
         let pack = self.packs.get(&pack_id)?;
@@ -463,8 +469,7 @@ impl Packs {
         {
             return None;
         }
-        let pack = self.packs.remove(&pack_id).expect("looked up above");
-        self.sequences.remove(&pack.sequence);
+        let pack = self.remove(pack_id);
         // A retried entry is due no sooner than asked: all of them at the latest time.
         let due = pack
             .slots

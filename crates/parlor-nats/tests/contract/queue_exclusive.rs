@@ -27,6 +27,20 @@ async fn append(queue: &dyn Queue, names: &[String]) {
     }
 }
 
+/// Receives `count` entries (for up to 10 s) and holds them, acknowledging none.
+async fn receive_without_ack(queue: &dyn Queue, count: usize) -> Vec<String> {
+    let mut held = Vec::new();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while held.len() < count && Instant::now() < give_up {
+        let got = queue
+            .receive(count - held.len(), Duration::from_secs(1))
+            .await
+            .expect("receive");
+        held.extend(payloads(&got));
+    }
+    held
+}
+
 /// What one consumer got, with when it got each entry.
 type Log = Arc<Mutex<Vec<(Instant, String)>>>;
 
@@ -271,15 +285,7 @@ async fn held_entries_come_back_first(factory: &JsQueues) {
     let active = factory.open_js("q", options.clone()).await;
     let expected = numbered(0..100);
     append(&*active, &expected).await;
-    let mut held = Vec::new();
-    let give_up = Instant::now() + Duration::from_secs(10);
-    while held.len() < 30 && Instant::now() < give_up {
-        let got = active
-            .receive(30 - held.len(), Duration::from_secs(1))
-            .await
-            .expect("receive");
-        held.extend(payloads(&got));
-    }
+    let held = receive_without_ack(&*active, 30).await;
     assert_eq!(held, expected[..30], "the first handle pins the queue");
     let standby = factory.open_js("q", options).await as Arc<dyn Queue>;
     let log = Log::default();
@@ -309,20 +315,8 @@ async fn stuck_handles_entries_come_back_first(factory: &JsQueues) {
     let stuck = factory.open_js("q", options.clone()).await;
     let expected = numbered(0..110);
     append(&*stuck, &expected[..100]).await;
-    let mut held = Vec::new();
-    let give_up = Instant::now() + Duration::from_secs(10);
-    while held.len() < 30 && Instant::now() < give_up {
-        let got = stuck
-            .receive(30 - held.len(), Duration::from_secs(1))
-            .await
-            .expect("receive");
-        held.extend(got);
-    }
-    assert_eq!(
-        payloads(&held),
-        expected[..30],
-        "the first handle pins the queue"
-    );
+    let held = receive_without_ack(&*stuck, 30).await;
+    assert_eq!(held, expected[..30], "the first handle pins the queue");
     let standby = factory.open_js("q", options).await as Arc<dyn Queue>;
     let log = Log::default();
     let give_up = Instant::now() + Duration::from_secs(20);
