@@ -21,7 +21,7 @@ pub async fn counter(persister: &Server, name: &str) -> u64 {
 }
 
 /// Which persister stores: the one whose stored counter moved after one message.
-async fn active(cluster: &Cluster, token: &str, conversation: &str) -> usize {
+pub async fn active(cluster: &Cluster, token: &str, conversation: &str) -> usize {
     let mut ws = Ws::connect(&cluster.address, token).await;
     // Named as the bursts name theirs: sender "s9", first message.
     ws.send_message(conversation, "s9-0", "first").await;
