@@ -189,15 +189,13 @@ pub fn snippet_parts(marked: &str) -> Vec<SnippetPart> {
 /// How many words a snippet shows around the first match.
 pub const SNIPPET_WORDS: usize = 24;
 
-/// A snippet of `body` built from the words an engine matched (their surface forms, as
-/// [`HIT_START`]/[`HIT_END`] marked them in `marked`): the [`SNIPPET_WORDS`] words around
-/// the first match, the original text between them kept as it is, [`ELLIPSIS`] where it
-/// was cut. For an engine whose own snippets lose text (PostgreSQL's drop what its parser
-/// takes for markup).
-pub fn snippet_from_marked_words(body: &str, marked: &str) -> Vec<SnippetPart> {
-    let matched: std::collections::HashSet<&str> = snippet_parts_borrowed(marked);
+/// A snippet of `body` whose hits are the words (runs of letters and digits) for which
+/// `is_hit_word` holds: the [`SNIPPET_WORDS`] words around the first hit, the original text
+/// between them kept as it is, [`ELLIPSIS`] where it was cut. For an engine whose own
+/// snippets lose text (PostgreSQL's drop what its parser takes for markup), or that has none.
+pub fn snippet_where(body: &str, is_hit_word: impl Fn(&str) -> bool) -> Vec<SnippetPart> {
     let words: Vec<(usize, usize)> = word_ranges(body);
-    let is_hit = |&(start, end): &(usize, usize)| matched.contains(&body[start..end]);
+    let is_hit = |&(start, end): &(usize, usize)| is_hit_word(&body[start..end]);
     let first = words.iter().position(is_hit).unwrap_or(0);
     let from = first.saturating_sub(SNIPPET_WORDS / 3);
     let to = (from + SNIPPET_WORDS).min(words.len());
@@ -233,7 +231,7 @@ pub fn snippet_from_marked_words(body: &str, marked: &str) -> Vec<SnippetPart> {
 }
 
 /// The byte ranges of the words of `text`, as [`words`] splits them.
-fn word_ranges(text: &str) -> Vec<(usize, usize)> {
+pub fn word_ranges(text: &str) -> Vec<(usize, usize)> {
     let mut ranges = Vec::new();
     let mut start = None;
     for (index, c) in text.char_indices() {
@@ -250,23 +248,6 @@ fn word_ranges(text: &str) -> Vec<(usize, usize)> {
         ranges.push((from, text.len()));
     }
     ranges
-}
-
-/// The marked words of `marked`.
-fn snippet_parts_borrowed(marked: &str) -> std::collections::HashSet<&str> {
-    let mut found = std::collections::HashSet::new();
-    let mut rest = marked;
-    while let Some(start) = rest.find(HIT_START) {
-        let after = &rest[start + HIT_START.len_utf8()..];
-        let Some(end) = after.find(HIT_END) else {
-            break;
-        };
-        for (from, to) in word_ranges(&after[..end]) {
-            found.insert(&after[from..to]);
-        }
-        rest = &after[end + HIT_END.len_utf8()..];
-    }
-    found
 }
 
 /// One message that matched, as its snippet shows it.
@@ -378,10 +359,9 @@ mod tests {
     }
 
     #[test]
-    fn a_snippet_from_marked_words_keeps_the_original_text() {
+    fn a_snippet_keeps_the_original_text() {
         let body = "Shall we Deploy <b>tonight</b>? deploy";
-        let marked = format!("Shall we {HIT_START}Deploy{HIT_END} b {HIT_START}tonight{HIT_END} b");
-        let parts = snippet_from_marked_words(body, &marked);
+        let parts = snippet_where(body, |word| ["Deploy", "tonight"].contains(&word));
         let text: String = parts.iter().map(|part| part.text.as_str()).collect();
         assert_eq!(text, body);
         let hits: Vec<&str> = parts
@@ -396,17 +376,16 @@ mod tests {
     fn a_long_body_is_cut_around_the_first_match() {
         let words: Vec<String> = (0..100).map(|n| format!("w{n}")).collect();
         let body = words.join(" ");
-        let marked = format!("x {HIT_START}w50{HIT_END} y");
-        let parts = snippet_from_marked_words(&body, &marked);
+        let parts = snippet_where(&body, |word| word == "w50");
         let text: String = parts.iter().map(|part| part.text.as_str()).collect();
         assert!(text.starts_with("…w42 "), "{text}");
         assert!(text.ends_with(" w65…"), "{text}");
         assert_eq!(parts.iter().filter(|p| p.hit).count(), 1);
-        // No match found in the body (an engine's surface form differs): the start of it.
-        let parts = snippet_from_marked_words(&body, "nothing marked");
+        // No hit in the body: the start of it.
+        let parts = snippet_where(&body, |_| false);
         let text: String = parts.iter().map(|part| part.text.as_str()).collect();
         assert!(text.starts_with("w0 ") && text.ends_with(" w23…"), "{text}");
-        assert!(snippet_from_marked_words("", "").is_empty());
+        assert!(snippet_where("", |_| true).is_empty());
     }
 
     #[test]

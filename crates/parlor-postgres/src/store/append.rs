@@ -33,6 +33,7 @@ use super::codec::{
 use super::events::append_change;
 use super::facts::{Mentioned, no_conversation};
 use super::failure::Failure;
+use super::lexemes;
 
 /// How many times one batch of appends is tried when it conflicts with a concurrent
 /// transaction (a deadlock, the same client message stored for another conversation). Each
@@ -499,9 +500,13 @@ async fn store_run(
     let (insert, advance, read_own) = try_join3(
         tx.prepare_cached(
             "INSERT INTO events (conversation_id, seq, id, sender_id, client_msg_id, body,
-                                 created_at_ns, target_seq, mentions)
-             SELECT * FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[],
-                                  $6::text[], $7::int8[], $8::int8[], $9::text[])",
+                                 created_at_ns, target_seq, mentions, search)
+             SELECT conversation_id, seq, id, sender_id, client_msg_id, body, created_at_ns,
+                    target_seq, mentions, search::tsvector
+             FROM unnest($1::uuid[], $2::int8[], $3::uuid[], $4::uuid[], $5::text[],
+                         $6::text[], $7::int8[], $8::int8[], $9::text[], $10::text[])
+                  AS rows (conversation_id, seq, id, sender_id, client_msg_id, body,
+                           created_at_ns, target_seq, mentions, search)",
         ),
         // The guarded advance: every locked conversation that got messages moves, checked
         // below.
@@ -537,6 +542,7 @@ async fn store_run(
                 &rows.created_at_ns,
                 &rows.reply_to_seqs,
                 &rows.mentions,
+                &rows.searches,
             ],
         ),
         tx.execute(&advance, &[&advanced.0, &advanced.1, &advanced.2]),
@@ -569,6 +575,8 @@ struct NewRows {
     created_at_ns: Vec<i64>,
     reply_to_seqs: Vec<Option<i64>>,
     mentions: Vec<String>,
+    /// The bodies' search terms, `tsvector` text (lexemes.rs).
+    searches: Vec<String>,
     /// Per conversation: the last seq and the newest `created_at_ns` of the run.
     advanced: HashMap<ConversationId, (Seq, i64)>,
     /// Per (conversation, sender): the sender's newest seq in the run.
@@ -586,6 +594,7 @@ impl NewRows {
         self.created_at_ns.push(created_at_ns);
         self.reply_to_seqs.push(reply_to_seq.map(seq_param));
         self.mentions.push(mentions_text(&message.mentions));
+        self.searches.push(lexemes::tsvector(&message.body));
         // Seqs only grow within a run, so the latest is the largest.
         let advanced = self
             .advanced

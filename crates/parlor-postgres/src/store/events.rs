@@ -32,6 +32,7 @@ use super::append::{
 use super::facts::{Gathered, Mentioned, gather, no_conversation};
 use super::failure::Failure;
 use super::files::{self, BlobCounts, Lock};
+use super::lexemes;
 
 /// Answers `new` (not a plain message) and, if it is allowed, stores and applies it.
 pub(super) async fn append_change(
@@ -285,13 +286,15 @@ async fn apply(
     )
     .then_some(created_at_ns);
     let message_mentions;
+    let message_search;
     let insert: Write<'_> = match (&event.data, &columns) {
         (EventData::Message { message }, _) => {
             message_mentions = mentions_text(&message.mentions);
+            message_search = lexemes::tsvector(&message.body);
             (
                 "INSERT INTO events (conversation_id, seq, id, sender_id, client_msg_id, body,
-                                     created_at_ns, target_seq, mentions)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                     created_at_ns, target_seq, mentions, search)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::tsvector)",
                 vec![
                     conversation,
                     &seq,
@@ -302,6 +305,7 @@ async fn apply(
                     &created_at_ns,
                     &target_seq,
                     &message_mentions,
+                    &message_search,
                 ],
             )
         }
@@ -348,6 +352,7 @@ async fn apply(
     let file_ids: Vec<Uuid>;
     let positions: Vec<i32>;
     let mentions;
+    let edited_search;
     let role;
     match &event.data {
         EventData::Message { message } => {
@@ -375,15 +380,24 @@ async fn apply(
             ..
         } => {
             mentions = mentions_text(mentioned);
+            edited_search = lexemes::tsvector(body);
             writes.push((
-                "UPDATE events SET body = $3, mentions = $4, edited_at_ns = $5
+                "UPDATE events SET body = $3, mentions = $4, edited_at_ns = $5,
+                                   search = $6::text::tsvector
                  WHERE conversation_id = $1 AND seq = $2",
-                vec![conversation, &target_seq, body, &mentions, &created_at_ns],
+                vec![
+                    conversation,
+                    &target_seq,
+                    body,
+                    &mentions,
+                    &created_at_ns,
+                    &edited_search,
+                ],
             ));
         }
         EventData::Delete { .. } => {
             writes.push((
-                "UPDATE events SET body = '', mentions = '', deleted = true
+                "UPDATE events SET body = '', mentions = '', deleted = true, search = NULL
                  WHERE conversation_id = $1 AND seq = $2",
                 vec![conversation, &target_seq],
             ));

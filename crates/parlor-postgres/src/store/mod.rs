@@ -50,6 +50,7 @@ mod failure;
 mod files;
 mod history;
 mod leases;
+mod lexemes;
 mod schema;
 mod search;
 #[cfg(test)]

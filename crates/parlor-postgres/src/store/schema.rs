@@ -20,6 +20,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_files.sql"),
     include_str!("../migrations/0006_partition_leases.sql"),
     include_str!("../migrations/0007_lease_members.sql"),
+    include_str!("../migrations/0008_search_terms_made_by_parlor.sql"),
 ];
 
 /// Applies the migrations the database has not seen yet, in one transaction; a database

@@ -1,38 +1,25 @@
-//! [`Search`] on PostgreSQL full-text search: `events.search`, a generated `tsvector` of
-//! each message's body with a GIN index (see `0004_search.sql`), and one query that joins
-//! the matches to the searcher's memberships, so a conversation they are not a member of is
-//! never read. `ts_headline` says which words matched, for the page's rows only, and the
-//! snippet is cut from the body around them (its own fragments drop what its parser takes
-//! for markup).
+//! [`Search`] on PostgreSQL full-text search: `events.search`, a `tsvector` of each
+//! message's terms that the persisters make (`lexemes.rs`), with a GIN index (see
+//! `0004_search.sql`), and one query that joins the matches to the searcher's memberships, so
+//! a conversation they are not a member of is never read. The query's words become terms by
+//! the same function, and the snippet marks the words of the body whose terms match.
 
 use async_trait::async_trait;
 use parlor_core::error::BackendError;
 use parlor_core::ids::{ConversationId, UserId};
-use parlor_core::search::{
-    HIT_END, HIT_START, Search, SearchHit, SearchOrder, SearchPage, SearchQuery,
-    snippet_from_marked_words,
-};
+use parlor_core::search::{Search, SearchHit, SearchOrder, SearchPage, SearchQuery, snippet_where};
 use parlor_core::storage::nanos_bound;
 
 use super::PgStore;
 use super::codec::{Nanos, SeqColumn};
 use super::failure::{Failure, run};
+use super::lexemes;
 
 #[async_trait]
 impl Search for PgStore {
     async fn search(&self, user: UserId, query: &SearchQuery) -> Result<SearchPage, BackendError> {
         run("search", search(self, user, query)).await
     }
-}
-
-/// Every word joined by `&` (words are letters and digits only, so nothing in them is
-/// syntax); the last one as a prefix if the query says so.
-fn tsquery(query: &SearchQuery) -> String {
-    let mut text = query.words().join(" & ");
-    if query.last_is_prefix() {
-        text.push_str(":*");
-    }
-    text
 }
 
 async fn search(store: &PgStore, user: UserId, query: &SearchQuery) -> Result<SearchPage, Failure> {
@@ -44,12 +31,10 @@ async fn search(store: &PgStore, user: UserId, query: &SearchQuery) -> Result<Se
     // outside the ranked subquery: for the page only, not for every match.
     let order = "rank DESC, created_at_ns DESC, conversation_id, seq DESC";
     let sql = format!(
-        "WITH q AS (SELECT to_tsquery('parlor_search', $2) AS query)
+        "WITH q AS (SELECT $2::text::tsquery AS query)
          SELECT page.conversation_id, page.seq, page.sender_id, page.created_at_ns,
-                page.edited_at_ns, page.body,
-                ts_headline('parlor_search', page.body, q.query,
-                            'StartSel={HIT_START}, StopSel={HIT_END}, HighlightAll=true')
-         FROM q, (
+                page.edited_at_ns, page.body
+         FROM (
              SELECT e.conversation_id, e.seq, e.sender_id, e.created_at_ns, e.edited_at_ns,
                     e.body, {rank} AS rank
              FROM q, events e
@@ -72,7 +57,7 @@ async fn search(store: &PgStore, user: UserId, query: &SearchQuery) -> Result<Se
             &statement,
             &[
                 &user.0,
-                &tsquery(query),
+                &lexemes::tsquery(query.words(), query.last_is_prefix()),
                 &query.conversation.map(|ConversationId(id)| id),
                 &query.sender.map(|UserId(id)| id),
                 &query.after.map(nanos_bound),
@@ -82,18 +67,20 @@ async fn search(store: &PgStore, user: UserId, query: &SearchQuery) -> Result<Se
             ],
         )
         .await?;
+    let terms: Vec<String> = query.words().iter().map(|w| lexemes::lexeme(w)).collect();
     let mut hits = rows
         .iter()
         .map(|row| {
             let body: String = row.try_get(5)?;
-            let headline: String = row.try_get(6)?;
             Ok(SearchHit {
                 conversation_id: ConversationId(row.try_get(0)?),
                 seq: row.try_get::<_, SeqColumn>(1)?.0,
                 sender_id: UserId(row.try_get(2)?),
                 created_at: row.try_get::<_, Nanos>(3)?.0,
                 edited_at: row.try_get::<_, Option<Nanos>>(4)?.map(|Nanos(at)| at),
-                snippet: snippet_from_marked_words(&body, &headline),
+                snippet: snippet_where(&body, |word| {
+                    lexemes::matches(word, &terms, query.last_is_prefix())
+                }),
             })
         })
         .collect::<Result<Vec<_>, Failure>>()?;

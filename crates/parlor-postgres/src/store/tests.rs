@@ -607,3 +607,116 @@ async fn concurrent_member_changes_always_leave_the_group_an_admin() {
         assert_eq!(leave.members_seq, leave.event.seq);
     }
 }
+
+/// The terms the persisters make (`lexemes.rs`) are the ones `to_tsvector` made for rows
+/// stored before migration 0008, so a query finds old and new rows alike: words of every
+/// kind a chat holds, in English and with accents.
+#[tokio::test]
+async fn lexemes_match_what_postgresql_made() {
+    let database = TestDatabase::create().await;
+    let _store = database.store(1).await;
+    let plain = client(&database.config).await;
+    let text = "Deploys deployed deploying deployment connection connected relational \
+        generously happiness running ran runs easily fairly skies dying lying cats cat's \
+        ponies caresses agreed feed sized hopping hoped national nationalism organization \
+        organise arguing argued arguments universal university meeting meetings tomorrow \
+        yesterday week's standup retro sprint backlog releases released shipping shipped \
+        café naïve résumé Zürich São Paulo Ångström smørrebrød straße Łódź cœur Ærø \
+        GitHub PostgreSQL v2 h264 2026 3rd x86 rollback rolled cancelled cancellation \
+        quickly quicker quickest biggest happier reply replied replies emails emailed";
+    let words = parlor_core::search::word_ranges(text)
+        .into_iter()
+        .map(|(start, end)| text[start..end].to_owned());
+    for word in words {
+        let made: Vec<String> = plain
+            .query(
+                "SELECT lexeme FROM unnest(to_tsvector('parlor_search', $1))",
+                &[&word],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(
+            made,
+            [super::lexemes::lexeme(&word)],
+            "the term of {word:?}"
+        );
+    }
+    // A whole body: the same lexemes at the same positions.
+    let body = "Deployed the café's fix, 2 times; deploys go out at 3rd standup.";
+    let same: bool = plain
+        .query_one(
+            "SELECT $1::text::tsvector = to_tsvector('parlor_search', $2)",
+            &[&super::lexemes::tsvector(body), &body],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(same, "{body:?} as {}", super::lexemes::tsvector(body));
+}
+
+/// A message stored before migration 0008, whose vector PostgreSQL made, is found after it
+/// with its snippet marked; edited after it, it is found by its new words only.
+#[tokio::test]
+async fn a_message_stored_before_the_terms_moved_is_found_and_edited() {
+    use parlor_core::search::{Search, SearchQuery};
+    let database = TestDatabase::create().await;
+    let plain = client(&database.config).await;
+    migrate_to(&plain, 7).await;
+    let (ann, group, message_id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let at_ns: i64 = 1_700_000_000_000_000_001;
+    plain
+        .batch_execute(&format!(
+            "INSERT INTO users (id, username, password_hash, created_at_ns)
+             VALUES ('{ann}', 'ann', 'hash', {at_ns});
+             INSERT INTO conversations (id, kind, title, last_seq, last_message_seq,
+                                        last_activity_at_ns, created_at_ns)
+             VALUES ('{group}', 'group', 'team', 1, 1, {at_ns}, {at_ns});
+             INSERT INTO members (conversation_id, user_id, role, last_read_seq)
+             VALUES ('{group}', '{ann}', 'admin', 1);
+             INSERT INTO events (conversation_id, seq, id, sender_id, client_msg_id, body,
+                                 created_at_ns)
+             VALUES ('{group}', 1, '{message_id}', '{ann}', 'm1',
+                     'We deployed the Café build', {at_ns});"
+        ))
+        .await
+        .unwrap();
+
+    let store = database.store(1).await;
+    let (ann, group) = (UserId(ann), ConversationId(group));
+    let found = |text: &str| {
+        let store = &store;
+        let query = SearchQuery::new(text).unwrap();
+        async move { store.search(ann, &query).await.unwrap().hits }
+    };
+    let hits = found("deploys cafe").await;
+    assert_eq!(hits.len(), 1, "found by the vector PostgreSQL made");
+    let marked: Vec<&str> = hits[0]
+        .snippet
+        .iter()
+        .filter(|part| part.hit)
+        .map(|part| part.text.as_str())
+        .collect();
+    assert_eq!(marked, ["deployed", "Café"]);
+
+    store
+        .append_events(&[new_event(
+            group,
+            ann,
+            "e1",
+            Change::Edit {
+                target_seq: 1,
+                body: "rolled back".into(),
+            },
+        )])
+        .await
+        .unwrap();
+    assert!(found("deployed").await.is_empty(), "the old words are gone");
+    assert_eq!(
+        found("rolling back").await.len(),
+        1,
+        "the new ones are found"
+    );
+}
