@@ -51,8 +51,12 @@ const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const SNAPSHOT_STALL_MAX: Duration = Duration::from_secs(10);
 /// The snapshot's progress is announced every this many entries.
 const SNAPSHOT_PROGRESS_EVERY: u64 = 1024;
-/// Purges of a dead node's connections in flight at once.
-const PURGES_CONCURRENT_MAX: usize = 64;
+/// A process's writes of connection keys (puts and purges) in flight at once. The bucket's
+/// stream takes its writes one at a time, each synced to disk, so more in flight only queue
+/// there, behind which every other process's writes then wait: a gateway stopping with
+/// 19,500 connections sent 19,500 purges at once, and no gateway could register a
+/// connection for 50 s (BENCHMARKS.md, "Many connections"). Lease writes do not wait here.
+const CONNECTION_WRITES_CONCURRENT_MAX: usize = 32;
 
 /// The registry and presence of one process (gateway or not) of a NATS cluster.
 pub struct NatsRegistry {
@@ -67,6 +71,8 @@ struct Shared {
     view: Mutex<View>,
     changes: broadcast::Sender<PresenceChange>,
     own: Mutex<Own>,
+    /// Permits for writes of connection keys (`CONNECTION_WRITES_CONCURRENT_MAX`).
+    connection_writes: tokio::sync::Semaphore,
 }
 
 /// What this process wrote itself, to repair the bucket after a lapse.
@@ -124,6 +130,7 @@ impl NatsRegistry {
             view: Mutex::new(View::default()),
             changes: broadcast::channel(CHANGES_BUFFERED_MAX).0,
             own: Mutex::new(Own::default()),
+            connection_writes: tokio::sync::Semaphore::new(CONNECTION_WRITES_CONCURRENT_MAX),
         });
         let (loaded_sender, loaded) = watch::channel(Snapshot::default());
         let follow = tokio::spawn(Arc::clone(&shared).follow(loaded_sender));
@@ -305,12 +312,9 @@ impl Shared {
 
     async fn purge_all(&self, connections: Vec<ConnectionInfo>) {
         let failed = stream::iter(connections)
-            .map(|connection| async move {
-                let key = Key::Connection(connection).render();
-                self.kv.purge_with_ttl(&key, MARKER_TTL).await.err()
-            })
-            .buffer_unordered(PURGES_CONCURRENT_MAX)
-            .filter_map(|error| async move { error })
+            .map(|connection| self.purge(connection))
+            .buffer_unordered(CONNECTION_WRITES_CONCURRENT_MAX)
+            .filter_map(|result| async move { result.err() })
             .count()
             .await;
         if failed > 0 {
@@ -322,6 +326,7 @@ impl Shared {
     }
 
     async fn purge(&self, connection: ConnectionInfo) -> Result<(), BackendError> {
+        let _permit = self.connection_writes.acquire().await;
         self.kv
             .purge_with_ttl(Key::Connection(connection).render(), MARKER_TTL)
             .await
@@ -367,11 +372,13 @@ fn unavailable(what: &str, error: impl std::error::Error + Send + Sync + 'static
 impl Registry for NatsRegistry {
     async fn register(&self, connection: ConnectionInfo) -> Result<(), BackendError> {
         let shared = &self.shared;
+        let permit = shared.connection_writes.acquire().await;
         shared
             .kv
             .put(Key::Connection(connection).render(), Default::default())
             .await
             .map_err(|e| unavailable("cannot register a connection", e))?;
+        drop(permit);
         shared.view().register_here(connection);
         if connection.node == shared.node {
             shared.own().connections.insert(connection.id, connection);

@@ -229,6 +229,9 @@ async fn serve(
     };
     connection.run(&mut socket, &mut frames, &close).await;
     gateway.hub.remove(connection.user.id, info.id);
+    // The socket goes before the registry hears of it: a stopping gateway's unregistrations
+    // wait their turn (the registry bounds its writes), and its clients are gone already.
+    drop(socket);
     if let Err(error) = gateway.deps.registry.unregister(info).await {
         tracing::warn!(%error, "cannot unregister a connection");
     }
