@@ -55,8 +55,10 @@ const SNAPSHOT_PROGRESS_EVERY: u64 = 1024;
 /// stream takes its writes one at a time, each synced to disk, so more in flight only queue
 /// there, behind which every other process's writes then wait: a gateway stopping with
 /// 19,500 connections sent 19,500 purges at once, and no gateway could register a
-/// connection for 50 s (BENCHMARKS.md, "Many connections"). Lease writes do not wait here.
-const CONNECTION_WRITES_CONCURRENT_MAX: usize = 32;
+/// connection for 40 s (BENCHMARKS.md, "Many connections"). As many as a gateway's
+/// handshakes in flight (`handshakes_concurrent_max`), so that registering never waits for
+/// registering. Lease writes do not wait here.
+const CONNECTION_WRITES_CONCURRENT_MAX: usize = 64;
 
 /// The registry and presence of one process (gateway or not) of a NATS cluster.
 pub struct NatsRegistry {
