@@ -203,14 +203,14 @@ test('search filters by chat and sender, pages with Load more, and says when not
   await expect(results(page)).toHaveCount(count + 2);
   await expect(searchDialog(page).getByRole('button', { name: 'Load more' })).toBeHidden();
 
-  await searchDialog(page).getByLabel('From').selectOption({ label: `${ada.username} (you)` });
+  await searchDialog(page).getByLabel('From', { exact: true }).selectOption({ label: `${ada.username} (you)` });
   await expect(results(page)).toHaveCount(1);
   await expect(results(page).first()).toContainText('You');
-  await searchDialog(page).getByLabel('From').selectOption({ label: 'Anyone' });
-  await searchDialog(page).getByLabel('In').selectOption({ label: 'Standups' });
+  await searchDialog(page).getByLabel('From', { exact: true }).selectOption({ label: 'Anyone' });
+  await searchDialog(page).getByLabel('In', { exact: true }).selectOption({ label: 'Standups' });
   await expect(results(page)).toHaveCount(1);
   await expect(results(page).first()).toContainText('moved to ten');
-  await searchDialog(page).getByLabel('When').selectOption({ label: 'Past week' });
+  await searchDialog(page).getByLabel('When', { exact: true }).selectOption({ label: 'Past week' });
   await expect(results(page)).toHaveCount(1);
 
   const field = searchDialog(page).getByRole('combobox', { name: 'Search messages' });
@@ -222,7 +222,7 @@ test('search filters by chat and sender, pages with Load more, and says when not
 
   // From the conversation's header: scoped to that chat.
   await page.getByRole('button', { name: 'Search in this chat' }).click();
-  await expect(searchDialog(page).getByLabel('In')).toHaveValue(dm);
+  await expect(searchDialog(page).getByLabel('In', { exact: true })).toHaveValue(dm);
   await field.fill('moved');
   await expect(searchDialog(page).getByText('No messages match “moved” with these filters.')).toBeVisible();
 

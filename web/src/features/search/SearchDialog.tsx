@@ -135,8 +135,8 @@ export function SearchDialog(props: SearchDialogProps) {
         </label>
         <div className="search-filters">
           <label className="select-field">
-            <span>In</span>
-            <select value={input.conversationId ?? ''} onChange={(e) => change({ ...input, conversationId: e.target.value || null }, true)}>
+            <span id={`${ids}-in`}>In</span>
+            <select aria-labelledby={`${ids}-in`} value={input.conversationId ?? ''} onChange={(e) => change({ ...input, conversationId: e.target.value || null }, true)}>
               <option value="">All chats</option>
               {chats.map((chat) => (
                 <option key={chat.id} value={chat.id}>
@@ -146,8 +146,8 @@ export function SearchDialog(props: SearchDialogProps) {
             </select>
           </label>
           <label className="select-field">
-            <span>From</span>
-            <select value={input.senderId ?? ''} onChange={(e) => change({ ...input, senderId: e.target.value || null }, true)}>
+            <span id={`${ids}-from`}>From</span>
+            <select aria-labelledby={`${ids}-from`} value={input.senderId ?? ''} onChange={(e) => change({ ...input, senderId: e.target.value || null }, true)}>
               <option value="">Anyone</option>
               {people.map(([id, username]) => (
                 <option key={id} value={id}>
@@ -157,8 +157,8 @@ export function SearchDialog(props: SearchDialogProps) {
             </select>
           </label>
           <label className="select-field">
-            <span>When</span>
-            <select value={input.range} onChange={(e) => change({ ...input, range: e.target.value as DateRange }, true)}>
+            <span id={`${ids}-when`}>When</span>
+            <select aria-labelledby={`${ids}-when`} value={input.range} onChange={(e) => change({ ...input, range: e.target.value as DateRange }, true)}>
               {RANGES.map((range) => (
                 <option key={range.value} value={range.value}>
                   {range.label}
