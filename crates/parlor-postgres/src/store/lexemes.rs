@@ -115,16 +115,16 @@ pub fn tsvector(body: &str) -> String {
     text
 }
 
-/// The text of a `tsquery` that every word of `words` matches (`'a' & 'b'`), the last one
-/// also as a prefix if `last_is_prefix` (`'b':*`).
-pub fn tsquery(words: &[String], last_is_prefix: bool) -> String {
+/// The text of a `tsquery` that asks for every one of `terms` (from [`lexeme`]: `'a' & 'b'`),
+/// the last one also as a prefix if `last_is_prefix` (`'b':*`).
+pub fn tsquery(terms: &[String], last_is_prefix: bool) -> String {
     let mut text = String::new();
-    for (i, word) in words.iter().enumerate() {
+    for (i, term) in terms.iter().enumerate() {
         if i > 0 {
             text.push_str(" & ");
         }
-        quote(&mut text, &lexeme(word));
-        if last_is_prefix && i + 1 == words.len() {
+        quote(&mut text, term);
+        if last_is_prefix && i + 1 == terms.len() {
             text.push_str(":*");
         }
     }
@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn a_query_asks_for_every_term_the_last_as_a_prefix() {
-        let words = vec!["deploys".to_string(), "Straße".to_string()];
+        let words: Vec<String> = ["deploys", "Straße"].map(lexeme).into();
         assert_eq!(tsquery(&words, false), "'deploy' & 'strass'");
         assert_eq!(tsquery(&words, true), "'deploy' & 'strass':*");
     }

@@ -50,6 +50,8 @@ async fn search(store: &PgStore, user: UserId, query: &SearchQuery) -> Result<Se
          ORDER BY {order}"
     );
     let limit = query.limit_clamped();
+    // The query's terms, made once: for the tsquery and for marking the snippets.
+    let terms: Vec<String> = query.words().iter().map(|w| lexemes::lexeme(w)).collect();
     let client = store.client().await?;
     let statement = client.prepare_cached(&sql).await?;
     let rows = client
@@ -57,7 +59,7 @@ async fn search(store: &PgStore, user: UserId, query: &SearchQuery) -> Result<Se
             &statement,
             &[
                 &user.0,
-                &lexemes::tsquery(query.words(), query.last_is_prefix()),
+                &lexemes::tsquery(&terms, query.last_is_prefix()),
                 &query.conversation.map(|ConversationId(id)| id),
                 &query.sender.map(|UserId(id)| id),
                 &query.after.map(nanos_bound),
@@ -67,7 +69,6 @@ async fn search(store: &PgStore, user: UserId, query: &SearchQuery) -> Result<Se
             ],
         )
         .await?;
-    let terms: Vec<String> = query.words().iter().map(|w| lexemes::lexeme(w)).collect();
     let mut hits = rows
         .iter()
         .map(|row| {
