@@ -5,12 +5,11 @@
 //! cursor file is always either the old or the new value; a bad one is corruption, not a torn write.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::WalError;
-use crate::segment::{SyncHook, sync_dir, sync_file};
+use crate::fs::{FileSystem, OpenMode};
 
 const CURSOR_DIR: &str = "cursors";
 const CURSOR_MAGIC: [u8; 4] = *b"PCUR";
@@ -51,36 +50,36 @@ pub(crate) fn cursor_dir(dir: &Path) -> PathBuf {
 /// Reads the durable value of every named cursor (0 when it has no file yet), creating the cursor
 /// directory and removing temporary files left by a crash in the middle of a commit.
 pub(crate) fn load(
+    fs: &dyn FileSystem,
     dir: &Path,
     names: &[String],
-    hook: &SyncHook,
 ) -> Result<BTreeMap<String, u64>, WalError> {
     let cursors = cursor_dir(dir);
-    match fs::create_dir(&cursors) {
-        Ok(()) => sync_dir(hook, dir).map_err(WalError::io("sync the log directory"))?,
+    match fs.create_dir(&cursors) {
+        Ok(()) => fs
+            .sync_dir(dir)
+            .map_err(WalError::io("sync the log directory"))?,
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
         Err(error) => return Err(WalError::io("create the cursor directory")(error)),
     }
-    for entry in fs::read_dir(&cursors).map_err(WalError::io("list the cursor directory"))? {
-        let entry = entry.map_err(WalError::io("list the cursor directory"))?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.ends_with(TEMP_SUFFIX))
-        {
-            fs::remove_file(entry.path())
+    for name in fs
+        .list(&cursors)
+        .map_err(WalError::io("list the cursor directory"))?
+    {
+        if name.ends_with(TEMP_SUFFIX) {
+            fs.remove_file(&cursors.join(name))
                 .map_err(WalError::io("remove a temporary cursor file"))?;
         }
     }
     let mut values = BTreeMap::new();
     for name in names {
-        values.insert(name.clone(), read(&cursors.join(name))?);
+        values.insert(name.clone(), read(fs, &cursors.join(name))?);
     }
     Ok(values)
 }
 
-fn read(path: &Path) -> Result<u64, WalError> {
-    let mut file = match File::open(path) {
+fn read(fs: &dyn FileSystem, path: &Path) -> Result<u64, WalError> {
+    let file = match fs.open(path, OpenMode::Read) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(error) => return Err(WalError::io("open a cursor file")(error)),
@@ -90,7 +89,7 @@ fn read(path: &Path) -> Result<u64, WalError> {
     let mut filled = 0;
     loop {
         match file
-            .read(&mut bytes[filled..])
+            .read_at(&mut bytes[filled..], filled as u64)
             .map_err(WalError::io("read a cursor file"))?
         {
             0 => break,
@@ -129,7 +128,12 @@ fn read(path: &Path) -> Result<u64, WalError> {
 
 /// Durably replaces the cursor file: write a temporary file, sync it, rename it over the old one,
 /// sync the directory.
-pub(crate) fn store(dir: &Path, name: &str, value: u64, hook: &SyncHook) -> Result<(), WalError> {
+pub(crate) fn store(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    value: u64,
+) -> Result<(), WalError> {
     let cursors = cursor_dir(dir);
     let path = cursors.join(name);
     let temp = cursors.join(format!("{name}{TEMP_SUFFIX}"));
@@ -138,23 +142,20 @@ pub(crate) fn store(dir: &Path, name: &str, value: u64, hook: &SyncHook) -> Resu
     bytes[4..12].copy_from_slice(&value.to_le_bytes());
     let crc = crc32c::crc32c(&bytes[0..12]);
     bytes[12..16].copy_from_slice(&crc.to_le_bytes());
-    let written = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temp)
-        .and_then(|mut file| {
-            file.write_all(&bytes)?;
-            sync_file(hook, &file)
-        });
+    let written = fs.open(&temp, OpenMode::CreateTruncate).and_then(|file| {
+        file.write_all_at(&bytes, 0)?;
+        file.sync_data()
+    });
     if let Err(error) = written {
         // The old cursor file is untouched; a leftover temporary file is removed on the next open.
-        let _ = fs::remove_file(&temp);
+        let _ = fs.remove_file(&temp);
         return Err(WalError::io("write a cursor file")(error));
     }
-    fs::rename(&temp, &path).map_err(WalError::io("rename a cursor file"))?;
+    fs.rename(&temp, &path)
+        .map_err(WalError::io("rename a cursor file"))?;
     // If this sync fails the rename may or may not survive a crash; both files hold a valid value.
-    sync_dir(hook, &cursors).map_err(WalError::io("sync the cursor directory"))
+    fs.sync_dir(&cursors)
+        .map_err(WalError::io("sync the cursor directory"))
 }
 
 #[cfg(test)]

@@ -5,8 +5,11 @@
 //!
 //! # Map
 //!
+//! - `fs`: the file layer, [`FileSystem`]: the operating system's, or [`sim::SimFs`], a simulated
+//!   disk that loses power, for tests.
 //! - `segment`: the on-disk format and the ordered file operations (create segment, sync).
-//! - `recovery`: what [`Wal::open`] does: check every segment, cut a torn tail, refuse damage.
+//! - `recovery`: what [`Wal::open`] does: check every segment, cut a torn tail, refuse damage,
+//!   and build the read index.
 //! - `writer`: the bounded append queue and the single writer thread (group commit).
 //! - `reader`: [`Reader`], sequential reads of durable records across segments.
 //! - `cursor`: durable consumer cursors, one atomically replaced file each.
@@ -14,8 +17,11 @@
 //! # On disk
 //!
 //! `dir/{base_offset:020}.wal` segments, each a 20-byte header (magic, version, base offset, CRC)
-//! followed by records `[len u32 LE][crc32c u32 LE][offset u64 LE][payload]`, the CRC covering
-//! length, offset and payload. `dir/cursors/{name}` hold cursors; `dir/LOCK` is locked (`flock`)
+//! followed by records `[len u32 LE][crc32c u32 LE][offset u64 LE][group u32 LE][payload]`, the
+//! CRC covering length, offset, group and payload. `group` is the record's index in the commit
+//! group it was written and synced with, its top bit set on the group's last record.
+//! (Version 1 segments, written before groups were marked, have no `group` field; they are
+//! read, never written.) `dir/cursors/{name}` hold cursors; `dir/LOCK` is locked (`flock`)
 //! while a `Wal` is open, so two processes never append to the same log.
 //!
 //! # Invariants
@@ -24,8 +30,12 @@
 //! - A record is acknowledged (its `done` called with `Ok`) only after an fdatasync covering it;
 //!   [`Wal::durable_end`] moves only then, and readers never see records at or beyond it.
 //! - Every segment but the last is complete and synced: the writer syncs a segment before it
-//!   creates the next. So only the last segment can have a torn tail; damage anywhere else, or a
-//!   valid record after damage in the last segment, is [`WalError::Corrupt`] and `open` refuses.
+//!   creates the next. So only the last segment can have a torn tail, and only in its last
+//!   group, which recovery cuts whole: a group is written, synced once, and only then
+//!   acknowledged, so one that is not whole on disk was never acknowledged. Damage anywhere
+//!   else, or damage followed by a valid record of a later group, is [`WalError::Corrupt`] and
+//!   `open` refuses. (Damage inside the last group cannot be told from a torn write; it is cut
+//!   and reported in [`Recovery::truncated_bytes`].)
 //! - After a failed fsync (or a write that failed for another reason than space) the log is
 //!   poisoned for good: the process must exit and recover. A write that runs out of space
 //!   (ENOSPC, EDQUOT) is not a failed fsync: nothing of its group was acknowledged, so the group
@@ -41,14 +51,15 @@
 
 mod cursor;
 mod error;
+mod fs;
 mod reader;
 mod recovery;
 mod segment;
+pub mod sim;
 mod writer;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -57,12 +68,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::{self, JoinHandle, ThreadId};
 
 pub use crate::error::WalError;
+pub use crate::fs::{FileSystem, OpenMode, WalFile};
 pub use crate::reader::Reader;
 #[doc(hidden)]
 pub use crate::segment::SyncHook;
 pub use crate::segment::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 
-use crate::segment::{segment_file_name, sync_dir};
+use crate::fs::OsFs;
+use crate::recovery::ReadIndex;
+use crate::segment::{GROUP_RECORDS_MAX, segment_file_name};
 use crate::writer::{Done, Pending, Queue, Writer};
 
 /// Records that may wait in the append queue (not counting the group being written). With the
@@ -131,7 +145,7 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub segment_bytes_max: u64,
     pub record_bytes_max: u32,
-    pub sync: SyncHook,
+    pub fs: Arc<dyn FileSystem>,
     pub queue: Mutex<Queue>,
     /// Wakes the writer when `queue` gets a batch or is closing.
     pub work: Condvar,
@@ -145,6 +159,17 @@ pub(crate) struct Shared {
     pub poison_cause: Mutex<Option<String>>,
     /// Durable cursor values; the lock also serializes commits.
     pub cursors: Mutex<BTreeMap<String, u64>>,
+    /// Where readers start skipping to reach an offset (see [`ReadIndex`]): durable records only.
+    pub index: Mutex<ReadIndex>,
+    /// How far the last segment is durable; set by the writer before `durable_end` moves.
+    pub durable_tail: Mutex<DurableTail>,
+}
+
+/// The last segment's base and its durable length in bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct DurableTail {
+    pub base: u64,
+    pub bytes: u64,
 }
 
 /// Locks a mutex, ignoring std's poisoning: no code here panics while holding one (callbacks run
@@ -172,11 +197,23 @@ impl Wal {
         options: WalOptions,
         sync: SyncHook,
     ) -> Result<(Wal, Recovery), WalError> {
+        Wal::open_on(OsFs::with_hook(sync), dir, options)
+    }
+
+    /// [`Wal::open`] on another file layer than the operating system's, such as
+    /// [`sim::SimFs`], the simulated disk of the power-loss tests.
+    pub fn open_on(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        options: WalOptions,
+    ) -> Result<(Wal, Recovery), WalError> {
         cursor::validate_names(&options.cursor_names)?;
-        create_dir_durably(dir, &sync)?;
-        let dir_lock = lock_dir(dir)?;
-        let recovered = recovery::recover(dir, &sync)?;
-        let cursors = cursor::load(dir, &options.cursor_names, &sync)?;
+        create_dir_durably(&*fs, dir)?;
+        let dir_lock = fs
+            .lock(&dir.join(LOCK_FILE))
+            .map_err(WalError::io("lock the log directory"))?;
+        let recovered = recovery::recover(&*fs, dir)?;
+        let cursors = cursor::load(&*fs, dir, &options.cursor_names)?;
         for (name, &value) in &cursors {
             if value > recovered.next_offset {
                 return Err(WalError::corrupt(
@@ -194,25 +231,34 @@ impl Wal {
             truncated_bytes: recovered.truncated_bytes,
             segments: recovered.found,
         };
+        let tail_base = *recovered
+            .segments
+            .last()
+            .expect("recovery leaves a segment");
+        let indexed_at = recovered
+            .index
+            .range(tail_base..)
+            .next_back()
+            .map(|(_, &byte)| byte);
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             segment_bytes_max: options.segment_bytes_max,
             record_bytes_max: options.record_bytes_max,
-            sync,
+            fs,
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             durable_end: AtomicU64::new(recovered.next_offset),
             start_offset: AtomicU64::new(recovered.segments[0]),
-            last_segment_base: AtomicU64::new(
-                *recovered
-                    .segments
-                    .last()
-                    .expect("recovery leaves a segment"),
-            ),
+            last_segment_base: AtomicU64::new(tail_base),
             segments: Mutex::new(recovered.segments),
             poisoned: AtomicBool::new(false),
             poison_cause: Mutex::new(None),
             cursors: Mutex::new(cursors),
+            index: Mutex::new(recovered.index),
+            durable_tail: Mutex::new(DurableTail {
+                base: tail_base,
+                bytes: recovered.tail_bytes,
+            }),
         });
         let writer = Writer {
             shared: Arc::clone(&shared),
@@ -223,6 +269,8 @@ impl Wal {
             written_bytes: recovered.tail_bytes,
             next_offset: recovered.next_offset,
             buf: Vec::new(),
+            indexed_at,
+            new_index_entries: Vec::new(),
         };
         let handle = thread::Builder::new()
             .name("parlor-wal-writer".to_owned())
@@ -269,6 +317,13 @@ impl Wal {
                 bytes: record.len(),
                 max,
             }));
+        }
+        // A group is at most a full queue and one batch; its records' indices must fit.
+        if records.len() > GROUP_RECORDS_MAX - APPEND_QUEUE_RECORDS_MAX {
+            return done(Err(WalError::invalid_input(
+                "queue an append",
+                format!("a batch of {} records is too many", records.len()),
+            )));
         }
         if shared.poisoned.load(Ordering::Acquire) {
             return done(Err(WalError::Poisoned));
@@ -385,7 +440,7 @@ impl Wal {
         if offset <= current {
             return Ok(());
         }
-        cursor::store(&shared.dir, name, offset, &shared.sync)?;
+        cursor::store(&*shared.fs, &shared.dir, name, offset)?;
         cursors.insert(name.to_owned(), offset);
         let passed_by_all = cursors
             .values()
@@ -452,47 +507,50 @@ impl Shared {
     fn delete_segments_below(&self, offset: u64) -> Result<(), WalError> {
         let mut segments = lock(&self.segments);
         while segments.len() >= 2 && segments[1] <= offset {
-            match fs::remove_file(self.dir.join(segment_file_name(segments[0]))) {
+            match self
+                .fs
+                .remove_file(&self.dir.join(segment_file_name(segments[0])))
+            {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
                 Err(error) => return Err(WalError::io("delete a segment")(error)),
             }
             segments.remove(0);
             self.start_offset.store(segments[0], Ordering::Release);
+            let start = segments[0];
+            lock(&self.index).retain(|&indexed, _| indexed >= start);
             // One deletion at a time reaches the disk, so a crash never leaves a gap in the middle.
-            sync_dir(&self.sync, &self.dir).map_err(WalError::io("sync the log directory"))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(WalError::io("sync the log directory"))?;
         }
         Ok(())
     }
 }
 
-/// Creates `dir` if needed, syncing its parent so the new directory survives a crash.
-fn create_dir_durably(dir: &Path, sync: &SyncHook) -> Result<(), WalError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::create_dir_all(dir).map_err(WalError::io("create the log directory"))?;
-    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        sync_dir(sync, parent).map_err(WalError::io("sync the parent of the log directory"))?;
+/// Creates `dir` and any missing parents, syncing the parent of each one it creates, so every
+/// new directory survives a crash (a sync covers only the entries of the directory synced).
+fn create_dir_durably(fs: &dyn FileSystem, dir: &Path) -> Result<(), WalError> {
+    let mut missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|path| !path.as_os_str().is_empty() && !fs.is_dir(path))
+        .collect();
+    missing.reverse();
+    for path in missing {
+        match fs.create_dir(path) {
+            // Created meanwhile by someone else, who may not have synced it.
+            Err(error) if error.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(WalError::io("create the log directory")(error));
+            }
+            _ => {}
+        }
+        if let Some(parent) = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+        {
+            fs.sync_dir(parent)
+                .map_err(WalError::io("sync the parent of a new directory"))?;
+        }
     }
     Ok(())
-}
-
-/// Takes the directory's exclusive lock, held by the writer thread until it exits.
-fn lock_dir(dir: &Path) -> Result<File, WalError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(dir.join(LOCK_FILE))
-        .map_err(WalError::io("open the lock file"))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(WalError::Io {
-            context: "lock the log directory",
-            source: io::Error::new(io::ErrorKind::WouldBlock, "another open wal holds it"),
-        }),
-        Err(TryLockError::Error(error)) => Err(WalError::io("lock the log directory")(error)),
-    }
 }

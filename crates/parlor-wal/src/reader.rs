@@ -1,14 +1,14 @@
 //! Sequential reading of durable records.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::fs::{OpenMode, ReadAhead};
 use crate::segment::{
-    RECORD_HEADER_BYTES, RecordHeader, SEGMENT_HEADER_BYTES, decode_segment_header,
+    Format, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_HEADER_BYTES, decode_segment_header,
     segment_file_name,
 };
 use crate::{Shared, WalError, lock};
@@ -35,9 +35,14 @@ struct OpenSegment {
     /// Base of the following segment, once one exists.
     next_base: Option<u64>,
     path: PathBuf,
-    input: BufReader<File>,
+    format: Format,
+    input: ReadAhead,
     /// Byte position of `input` in the file.
     file_position: u64,
+    /// Bytes known durable, while this is the last segment; `None` once it is sealed. Reads
+    /// never buffer beyond it: bytes past the durable end may be a group that is cut back after
+    /// running out of space, and rewritten with other records at the same offsets.
+    durable_bytes: Option<u64>,
 }
 
 impl Reader {
@@ -74,6 +79,7 @@ impl Reader {
             self.segment = Some(OpenSegment::open_at(&self.shared, self.position)?);
         }
         let segment = self.segment.as_mut().expect("opened above");
+        segment.refresh_durable_bytes(&self.shared);
         let record = segment.read_record(self.position, self.shared.record_bytes_max);
         if record.is_err() {
             // The buffered position is unknown after a failed read; reopen on the next call.
@@ -100,7 +106,8 @@ impl fmt::Debug for Reader {
 }
 
 impl OpenSegment {
-    /// Opens the segment holding `position` (a durable offset) and skips to that record.
+    /// Opens the segment holding `position` (a durable offset) and skips to that record, from
+    /// the nearest read-index entry at or before it.
     fn open_at(shared: &Shared, position: u64) -> Result<OpenSegment, WalError> {
         let (base, next_base, path, file) = {
             // Opened under the segment lock, so deletion cannot remove the file in between.
@@ -115,15 +122,18 @@ impl OpenSegment {
             }
             let base = segments[index - 1];
             let path = shared.dir.join(segment_file_name(base));
-            let file = File::open(&path).map_err(WalError::io("open a segment for reading"))?;
+            let file = shared
+                .fs
+                .open(&path, OpenMode::Read)
+                .map_err(WalError::io("open a segment for reading"))?;
             (base, segments.get(index).copied(), path, file)
         };
-        let mut input = BufReader::with_capacity(READ_BUFFER_BYTES, file);
         let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
-        read_durable(&mut input, &mut header, &path, 0)?;
-        match decode_segment_header(&header) {
-            Ok(found) if found == base => {}
-            Ok(found) => {
+        file.read_exact_at(&mut header, 0)
+            .map_err(|error| durable_read_error(error, &path, 0))?;
+        let format = match decode_segment_header(&header) {
+            Ok((found, format)) if found == base => format,
+            Ok((found, _)) => {
                 return Err(WalError::corrupt(
                     path,
                     0,
@@ -131,23 +141,29 @@ impl OpenSegment {
                 ));
             }
             Err(reason) => return Err(WalError::corrupt(path, 0, reason)),
-        }
+        };
+        let (from_offset, from_byte) = lock(&shared.index)
+            .range(base..=position)
+            .next_back()
+            .map_or((base, SEGMENT_HEADER_BYTES), |(&offset, &byte)| {
+                (offset, byte)
+            });
         let mut segment = OpenSegment {
             base,
             next_base,
             path,
-            input,
-            file_position: SEGMENT_HEADER_BYTES,
+            format,
+            input: ReadAhead::new(file, READ_BUFFER_BYTES, from_byte),
+            file_position: from_byte,
+            durable_bytes: Some(0),
         };
-        // No index: skip record headers up to `position`. Their offsets are checked; their CRCs
-        // are not (the records are not returned).
-        for expected in base..position {
+        segment.refresh_durable_bytes(shared);
+        // Skip record headers up to `position`. Their offsets are checked; their CRCs are not
+        // (the records are not returned).
+        for expected in from_offset..position {
             let header = segment.read_header(expected)?;
-            segment
-                .input
-                .seek_relative(i64::from(header.len))
-                .map_err(WalError::io("skip a record"))?;
             segment.file_position += header.frame_bytes();
+            segment.input.seek(segment.file_position);
         }
         Ok(segment)
     }
@@ -163,10 +179,27 @@ impl OpenSegment {
         self.next_base.is_none_or(|next| position < next)
     }
 
+    /// Bounds read-ahead by what the writer has made durable, until the segment is sealed. Call
+    /// it after loading the durable end, before reading: the writer publishes the bytes first.
+    fn refresh_durable_bytes(&mut self, shared: &Shared) {
+        if self.durable_bytes.is_none() {
+            return;
+        }
+        let tail = *lock(&shared.durable_tail);
+        self.durable_bytes = (tail.base == self.base).then_some(tail.bytes);
+        self.input.set_limit(self.durable_bytes.unwrap_or(u64::MAX));
+    }
+
     fn read_header(&mut self, expected: u64) -> Result<RecordHeader, WalError> {
+        let header_bytes = self.format.record_header_bytes() as usize;
         let mut bytes = [0u8; RECORD_HEADER_BYTES as usize];
-        read_durable(&mut self.input, &mut bytes, &self.path, self.file_position)?;
-        let header = RecordHeader::decode(&bytes);
+        read_durable(
+            &mut self.input,
+            &mut bytes[..header_bytes],
+            &self.path,
+            self.file_position,
+        )?;
+        let header = RecordHeader::decode(&bytes, self.format);
         if header.offset != expected {
             return Err(WalError::corrupt(
                 self.path.clone(),
@@ -182,14 +215,14 @@ impl OpenSegment {
 
     fn read_record(&mut self, expected: u64, record_bytes_max: u32) -> Result<Vec<u8>, WalError> {
         let header = self.read_header(expected)?;
+        let payload_position = self.file_position + self.format.record_header_bytes();
         if header.len > record_bytes_max {
             // Possibly written under a larger limit; only allocate what the file can hold.
             let file_bytes = self
                 .input
-                .get_ref()
-                .metadata()
-                .map_err(WalError::io("read segment metadata"))?
-                .len();
+                .file()
+                .byte_len()
+                .map_err(WalError::io("read segment metadata"))?;
             if self.file_position + header.frame_bytes() > file_bytes {
                 return Err(WalError::corrupt(
                     self.path.clone(),
@@ -202,12 +235,7 @@ impl OpenSegment {
             }
         }
         let mut payload = vec![0u8; header.len as usize];
-        read_durable(
-            &mut self.input,
-            &mut payload,
-            &self.path,
-            self.file_position,
-        )?;
+        read_durable(&mut self.input, &mut payload, &self.path, payload_position)?;
         if crc32c::crc32c_append(header.crc_seed(), &payload) != header.crc {
             return Err(WalError::corrupt(
                 self.path.clone(),
@@ -220,19 +248,25 @@ impl OpenSegment {
     }
 }
 
-/// `read_exact` of bytes that are durable, so a short file means damage, not a race.
-fn read_durable(
-    input: &mut BufReader<File>,
-    buf: &mut [u8],
-    path: &Path,
-    position: u64,
-) -> Result<(), WalError> {
-    input.read_exact(buf).map_err(|error| match error.kind() {
+fn durable_read_error(error: io::Error, path: &Path, position: u64) -> WalError {
+    match error.kind() {
         io::ErrorKind::UnexpectedEof => WalError::corrupt(
             path.to_owned(),
             position,
             "segment ends inside a durable record",
         ),
         _ => WalError::io("read a segment")(error),
-    })
+    }
+}
+
+/// `read_exact` of bytes that are durable, so a short file means damage, not a race.
+fn read_durable(
+    input: &mut ReadAhead,
+    buf: &mut [u8],
+    path: &Path,
+    position: u64,
+) -> Result<(), WalError> {
+    input
+        .read_exact(buf)
+        .map_err(|error| durable_read_error(error, path, position))
 }

@@ -6,18 +6,18 @@
 //! batch's `done`. A group that runs out of space is cut back and refused with
 //! [`WalError::StorageFull`]; any other failure poisons the log.
 
-use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::fs::WalFile;
+use crate::recovery::INDEX_SPACING_BYTES;
 use crate::segment::{
     RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, create_segment_file, encode_record, sync_file,
     sync_new_segment,
 };
-use crate::{Shared, WalError, lock};
+use crate::{DurableTail, Shared, WalError, lock};
 
 /// The callback of one `append_with`.
 pub(crate) type Done = Box<dyn FnOnce(Result<Range<u64>, WalError>) + Send>;
@@ -49,8 +49,8 @@ pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     /// Held for the writer's lifetime so no second `Wal` appends to the same directory; the OS
     /// releases it with the handle, also after `kill -9`.
-    pub _dir_lock: File,
-    pub file: File,
+    pub _dir_lock: Box<dyn Send + Sync>,
+    pub file: Box<dyn WalFile>,
     /// Bytes in the current segment, including what sits in `buf`.
     pub segment_bytes: u64,
     /// Records in the current segment, including what sits in `buf`.
@@ -59,6 +59,10 @@ pub(crate) struct Writer {
     pub written_bytes: u64,
     pub next_offset: u64,
     pub buf: Vec<u8>,
+    /// Byte position of the current segment's newest read-index entry.
+    pub indexed_at: Option<u64>,
+    /// Read-index entries of the group being written, published once it is durable.
+    pub new_index_entries: Vec<(u64, u64)>,
 }
 
 /// Why a group was not acknowledged.
@@ -95,6 +99,7 @@ struct Position {
     segment_bytes: u64,
     segment_records: u64,
     written_bytes: u64,
+    indexed_at: Option<u64>,
 }
 
 impl Writer {
@@ -107,6 +112,7 @@ impl Writer {
             }
             match self.write_group(&group) {
                 Ok(ranges) => {
+                    self.publish_durable_tail();
                     // Published before any `done`, so whoever is told "durable" can read it.
                     self.shared
                         .durable_end
@@ -160,6 +166,7 @@ impl Writer {
     /// of space is cut back inside one file.
     fn write_group(&mut self, group: &[Pending]) -> Result<Vec<Range<u64>>, GroupFailure> {
         self.buf.clear();
+        self.new_index_entries.clear();
         let group_bytes: u64 = group
             .iter()
             .flat_map(|pending| &pending.records)
@@ -175,6 +182,7 @@ impl Writer {
             segment_bytes: self.segment_bytes,
             segment_records: self.segment_records,
             written_bytes: self.written_bytes,
+            indexed_at: self.indexed_at,
         };
         let ranges = match self.write_records(group) {
             Ok(ranges) => ranges,
@@ -184,16 +192,45 @@ impl Writer {
             }
             Err(error) => return Err(broken("write a segment")(error)),
         };
-        sync_file(&self.shared.sync, &self.file).map_err(broken("sync a segment"))?;
+        sync_file(&*self.file).map_err(broken("sync a segment"))?;
         Ok(ranges)
+    }
+
+    /// Tells readers how far the last segment is durable, and where its new records are.
+    fn publish_durable_tail(&mut self) {
+        if !self.new_index_entries.is_empty() {
+            lock(&self.shared.index).extend(self.new_index_entries.drain(..));
+        }
+        *lock(&self.shared.durable_tail) = DurableTail {
+            base: self.shared.last_segment_base.load(Ordering::Acquire),
+            bytes: self.written_bytes,
+        };
     }
 
     fn write_records(&mut self, group: &[Pending]) -> std::io::Result<Vec<Range<u64>>> {
         let mut ranges = Vec::with_capacity(group.len());
+        let group_records: usize = group.iter().map(|pending| pending.records.len()).sum();
+        let mut index_in_group = 0;
         for pending in group {
             let start = self.next_offset;
             for record in &pending.records {
-                encode_record(&mut self.buf, self.next_offset, record);
+                let position = self.segment_bytes;
+                if self
+                    .indexed_at
+                    .is_none_or(|at| position - at >= INDEX_SPACING_BYTES)
+                {
+                    self.new_index_entries.push((self.next_offset, position));
+                    self.indexed_at = Some(position);
+                }
+                let last_in_group = index_in_group + 1 == group_records;
+                encode_record(
+                    &mut self.buf,
+                    self.next_offset,
+                    index_in_group,
+                    last_in_group,
+                    record,
+                );
+                index_in_group += 1;
                 self.next_offset += 1;
                 self.segment_records += 1;
                 self.segment_bytes += RECORD_HEADER_BYTES + record.len() as u64;
@@ -221,6 +258,8 @@ impl Writer {
     /// it was acknowledged. If even that fails, what is on disk is unknown: poison.
     fn cut_back(&mut self, start: Position) -> Result<(), GroupFailure> {
         self.buf.clear();
+        self.new_index_entries.clear();
+        self.indexed_at = start.indexed_at;
         self.file
             .set_len(start.written_bytes)
             .map_err(broken("cut back a segment after running out of space"))?;
@@ -237,15 +276,15 @@ impl Writer {
         debug_assert!(self.buf.is_empty(), "a roll happens between groups");
         // The old segment is synced before the new one exists: recovery relies on every segment
         // but the last being complete.
-        sync_file(&self.shared.sync, &self.file).map_err(broken("sync a sealed segment"))?;
+        sync_file(&*self.file).map_err(broken("sync a sealed segment"))?;
         let base = self.next_offset;
-        let file = match create_segment_file(&self.shared.dir, base) {
+        let file = match create_segment_file(&*self.shared.fs, &self.shared.dir, base) {
             Ok(file) => file,
             // The half-created file is gone again; the old segment stays the last one.
             Err(error) if is_out_of_space(&error) => return Err(GroupFailure::StorageFull),
             Err(error) => return Err(broken("create a segment")(error)),
         };
-        sync_new_segment(&self.shared.dir, &file, &self.shared.sync)
+        sync_new_segment(&*self.shared.fs, &self.shared.dir, &*file)
             .map_err(broken("sync a new segment"))?;
         lock(&self.shared.segments).push(base);
         self.shared.last_segment_base.store(base, Ordering::Release);
@@ -253,6 +292,7 @@ impl Writer {
         self.segment_bytes = SEGMENT_HEADER_BYTES;
         self.written_bytes = SEGMENT_HEADER_BYTES;
         self.segment_records = 0;
+        self.indexed_at = None;
         Ok(())
     }
 }

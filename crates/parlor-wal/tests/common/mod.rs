@@ -150,3 +150,25 @@ pub fn append_async(
     );
     receiver
 }
+
+/// xorshift64*: deterministic, so a failing seed reproduces. Seed it with anything but 0.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+
+    /// Between `len_min` and `len_max` (inclusive) random bytes.
+    pub fn bytes(&mut self, len_min: u64, len_max: u64) -> Vec<u8> {
+        let len = len_min + self.below(len_max - len_min + 1);
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
