@@ -430,6 +430,107 @@ async fn failed_log_write_makes_the_server_exit_and_a_restart_recovers() {
     assert_eq!(stored[0], "before", "{stored:?}");
 }
 
+/// An fsync that fails, on the real binary: strace makes the inbound log's `fdatasync` fail with
+/// EIO from the writer thread's 4th call on (strace counts per thread; the first calls cover
+/// the first sends). The send it covered is refused, nothing after it is accepted, the server
+/// exits non-zero on its own, and a restart holds exactly the sends that were accepted, in order.
+#[tokio::test]
+async fn failed_fsync_acknowledges_nothing_more_and_the_server_exits() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let segment = data_dir.join("queues/inbound/entries/00000000000000000000.wal");
+    let segment = segment.to_str().unwrap();
+    let strace = [
+        "strace",
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-P",
+        segment,
+        "-e",
+        "trace=fdatasync",
+        "-e",
+        "inject=fdatasync:error=EIO:when=4+",
+    ];
+    let mut server = Server::start_wrapped(&strace, &data_dir);
+    let http = server.http();
+    let (_, alice) = http.register("alice").await;
+    let (bob_id, bob) = http.register("bob").await;
+    let conversation = http.direct(&alice, &bob_id).await;
+    let mut ws = Ws::connect(&server.address, &alice).await;
+
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for i in 0..20 {
+        let id = format!("m{i}");
+        ws.send_message(&conversation, &id, "one at a time").await;
+        let answer = loop {
+            let frame = ws.next().await;
+            if frame["client_msg_id"] == id.as_str() {
+                break frame;
+            }
+        };
+        match answer["type"].as_str() {
+            Some("accepted") => accepted.push(id),
+            _ => {
+                refused = Some(answer);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a send refused once fdatasync fails");
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(!accepted.is_empty(), "sends were accepted before the fault");
+    // Nothing more is accepted, however long the server still answers.
+    for i in 0..3 {
+        let id = format!("after{i}");
+        ws.send_message(&conversation, &id, "after the failed fsync")
+            .await;
+    }
+    while let Some(frame) = ws.try_next(Duration::from_secs(2)).await {
+        assert_ne!(
+            frame["type"], "accepted",
+            "accepted after a failed fsync: {frame}"
+        );
+    }
+
+    let (sender, exited) = std::sync::mpsc::channel();
+    let mut child = std::mem::replace(
+        &mut server.child,
+        Command::new("true").spawn().expect("a placeholder child"),
+    );
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait().expect("wait for parlor under strace"));
+    });
+    let status = exited
+        .recv_timeout(Duration::from_secs(10))
+        .expect("parlor exits after a failed fsync");
+    assert!(!status.success(), "a failed fsync is a failure: {status}");
+
+    let server = Server::start(&data_dir, &[], &[]);
+    let history = server
+        .http()
+        .wait_for_history(&bob, &conversation, accepted.len())
+        .await;
+    let stored: Vec<&str> = history
+        .iter()
+        .map(|message| message["client_msg_id"].as_str().unwrap())
+        .collect();
+    // The refused send may have reached the disk before the failed fsync: stored or not,
+    // but nothing sent after it.
+    let refused_id = refused["client_msg_id"].as_str().unwrap();
+    let expected_with_refused: Vec<&str> = accepted
+        .iter()
+        .map(String::as_str)
+        .chain([refused_id])
+        .collect();
+    assert!(
+        stored == accepted || stored == expected_with_refused,
+        "stored {stored:?}, accepted {accepted:?}"
+    );
+}
+
 /// The size of the largest file directly in `dir`: the inbound log's one segment.
 fn largest_file(dir: &Path) -> u64 {
     fs::read_dir(dir)

@@ -48,6 +48,25 @@ impl Server {
         Self::spawn_with_open_files(&args, env, open_files_max)
     }
 
+    /// Like `start`, run by `wrapper` (a program and its arguments, such as strace's), which
+    /// gets the parlor command line after them. `child` is then the wrapper.
+    pub fn start_wrapped(wrapper: &[&str], data_dir: &Path) -> Server {
+        let data_dir = data_dir.to_str().expect("a UTF-8 path");
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
+        let mut args = wrapper_args.to_vec();
+        args.extend([
+            BIN,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+        ]);
+        let process = ParlorProcess::spawn(Path::new(program), &args, GENEROUS, None)
+            .unwrap_or_else(|error| panic!("start parlor under {program}: {error}"));
+        Server(process)
+    }
+
     /// Runs `parlor ARGS…` (a command that prints its listening address) with the same
     /// generous limits.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
