@@ -1,8 +1,9 @@
 //! Durable consumer cursors: one 16-byte file per cursor in `cursors/`, replaced atomically.
 //!
-//! File format: magic `PCUR`, value (u64 LE), CRC32C of the preceding 12 bytes (u32 LE). Because
-//! a new value is written to a temporary file, synced, and only then renamed over the old one, a
-//! cursor file is always either the old or the new value; a bad one is corruption, not a torn write.
+//! File format (also of the log's seal, see `seal`): magic (`PCUR` for cursors), value (u64 LE),
+//! CRC32C of the preceding 12 bytes (u32 LE). Because a new value is written to a temporary
+//! file, synced, and only then renamed over the old one, such a file is always either the old
+//! or the new value; a bad one is corruption, not a torn write.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -13,11 +14,11 @@ use crate::fs::{FileSystem, OpenMode};
 
 const CURSOR_DIR: &str = "cursors";
 const CURSOR_MAGIC: [u8; 4] = *b"PCUR";
-const CURSOR_FILE_BYTES: usize = 16;
+const VALUE_FILE_BYTES: usize = 16;
 /// Cursor names become file names; the limit keeps them far below any file-name limit.
 pub(crate) const CURSOR_NAME_BYTES_MAX: usize = 64;
 /// Cursor names cannot contain a dot, so this never collides with a cursor file.
-const TEMP_SUFFIX: &str = ".tmp";
+pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
 /// Refuses names that are not `[a-z0-9_-]{1,64}`, and duplicates.
 pub(crate) fn validate_names(names: &[String]) -> Result<(), WalError> {
@@ -73,24 +74,30 @@ pub(crate) fn load(
     }
     let mut values = BTreeMap::new();
     for name in names {
-        values.insert(name.clone(), read(fs, &cursors.join(name))?);
+        let value = read_value(fs, &cursors.join(name), CURSOR_MAGIC)?;
+        values.insert(name.clone(), value.unwrap_or(0));
     }
     Ok(values)
 }
 
-fn read(fs: &dyn FileSystem, path: &Path) -> Result<u64, WalError> {
+/// The value in the file at `path`, `None` if there is none.
+pub(crate) fn read_value(
+    fs: &dyn FileSystem,
+    path: &Path,
+    magic: [u8; 4],
+) -> Result<Option<u64>, WalError> {
     let file = match fs.open(path, OpenMode::Read) {
         Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(error) => return Err(WalError::io("open a cursor file")(error)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(WalError::io("open a cursor or seal file")(error)),
     };
     // One byte more than expected, to notice a file that is too long.
-    let mut bytes = [0u8; CURSOR_FILE_BYTES + 1];
+    let mut bytes = [0u8; VALUE_FILE_BYTES + 1];
     let mut filled = 0;
     loop {
         match file
             .read_at(&mut bytes[filled..], filled as u64)
-            .map_err(WalError::io("read a cursor file"))?
+            .map_err(WalError::io("read a cursor or seal file"))?
         {
             0 => break,
             read => filled += read,
@@ -99,31 +106,23 @@ fn read(fs: &dyn FileSystem, path: &Path) -> Result<u64, WalError> {
             break;
         }
     }
-    if filled != CURSOR_FILE_BYTES {
+    if filled != VALUE_FILE_BYTES {
         return Err(WalError::corrupt(
             path.to_owned(),
             0,
-            format!("cursor file has {filled} bytes, expected 16"),
+            format!("the file has {filled} bytes, expected 16"),
         ));
     }
-    if bytes[0..4] != CURSOR_MAGIC {
-        return Err(WalError::corrupt(
-            path.to_owned(),
-            0,
-            "not a cursor file (bad magic)",
-        ));
+    if bytes[0..4] != magic {
+        return Err(WalError::corrupt(path.to_owned(), 0, "bad magic"));
     }
     let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
     if crc != crc32c::crc32c(&bytes[0..12]) {
-        return Err(WalError::corrupt(
-            path.to_owned(),
-            12,
-            "cursor file crc mismatch",
-        ));
+        return Err(WalError::corrupt(path.to_owned(), 12, "crc mismatch"));
     }
-    Ok(u64::from_le_bytes(
+    Ok(Some(u64::from_le_bytes(
         bytes[4..12].try_into().expect("8 bytes"),
-    ))
+    )))
 }
 
 /// Durably replaces the cursor file: write a temporary file, sync it, rename it over the old one,
@@ -134,11 +133,21 @@ pub(crate) fn store(
     name: &str,
     value: u64,
 ) -> Result<(), WalError> {
-    let cursors = cursor_dir(dir);
-    let path = cursors.join(name);
-    let temp = cursors.join(format!("{name}{TEMP_SUFFIX}"));
-    let mut bytes = [0u8; CURSOR_FILE_BYTES];
-    bytes[0..4].copy_from_slice(&CURSOR_MAGIC);
+    store_value(fs, &cursor_dir(dir), name, CURSOR_MAGIC, value)
+}
+
+/// Durably replaces the file `dir/name` with one holding `value`.
+pub(crate) fn store_value(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    magic: [u8; 4],
+    value: u64,
+) -> Result<(), WalError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
+    let mut bytes = [0u8; VALUE_FILE_BYTES];
+    bytes[0..4].copy_from_slice(&magic);
     bytes[4..12].copy_from_slice(&value.to_le_bytes());
     let crc = crc32c::crc32c(&bytes[0..12]);
     bytes[12..16].copy_from_slice(&crc.to_le_bytes());
@@ -149,13 +158,13 @@ pub(crate) fn store(
     if let Err(error) = written {
         // The old cursor file is untouched; a leftover temporary file is removed on the next open.
         let _ = fs.remove_file(&temp);
-        return Err(WalError::io("write a cursor file")(error));
+        return Err(WalError::io("write a cursor or seal file")(error));
     }
     fs.rename(&temp, &path)
-        .map_err(WalError::io("rename a cursor file"))?;
+        .map_err(WalError::io("rename a cursor or seal file"))?;
     // If this sync fails the rename may or may not survive a crash; both files hold a valid value.
-    fs.sync_dir(&cursors)
-        .map_err(WalError::io("sync the cursor directory"))
+    fs.sync_dir(dir)
+        .map_err(WalError::io("sync the directory of a cursor or seal file"))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //!   disk that loses power, for tests.
 //! - `segment`: the on-disk format and the ordered file operations (create segment, sync).
 //! - `recovery`: what [`Wal::open`] does: check every segment, cut a torn tail, refuse damage,
-//!   and build the read index.
+//!   check the seal, and build the read index.
+//! - `seal`: the end offset recorded by a clean close, so that a cut tail is detected.
 //! - `writer`: the bounded append queue and the single writer thread (group commit).
 //! - `reader`: [`Reader`], sequential reads of durable records across segments.
 //! - `cursor`: durable consumer cursors, one atomically replaced file each.
@@ -21,8 +22,9 @@
 //! CRC covering length, offset, group and payload. `group` is the record's index in the commit
 //! group it was written and synced with, its top bit set on the group's last record.
 //! (Version 1 segments, written before groups were marked, have no `group` field; they are
-//! read, never written.) `dir/cursors/{name}` hold cursors; `dir/LOCK` is locked (`flock`)
-//! while a `Wal` is open, so two processes never append to the same log.
+//! read, never written.) `dir/cursors/{name}` hold cursors; `dir/END`, the seal, holds the end
+//! offset while the log is closed cleanly; `dir/LOCK` is locked (`flock`) while a `Wal` is open,
+//! so two processes never append to the same log.
 //!
 //! # Invariants
 //!
@@ -54,6 +56,7 @@ mod error;
 mod fs;
 mod reader;
 mod recovery;
+mod seal;
 mod segment;
 pub mod sim;
 mod writer;
@@ -212,7 +215,8 @@ impl Wal {
         let dir_lock = fs
             .lock(&dir.join(LOCK_FILE))
             .map_err(WalError::io("lock the log directory"))?;
-        let recovered = recovery::recover(&*fs, dir)?;
+        let sealed_end = seal::read(&*fs, dir)?;
+        let recovered = recovery::recover(&*fs, dir, sealed_end)?;
         let cursors = cursor::load(&*fs, dir, &options.cursor_names)?;
         for (name, &value) in &cursors {
             if value > recovered.next_offset {
@@ -260,6 +264,7 @@ impl Wal {
                 bytes: recovered.tail_bytes,
             }),
         });
+        seal::remove(&*shared.fs, dir)?;
         let writer = Writer {
             shared: Arc::clone(&shared),
             _dir_lock: dir_lock,

@@ -16,13 +16,13 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use crate::WalError;
 use crate::fs::{FileSystem, OpenMode, ReadAhead, WalFile};
 use crate::segment::{
     Format, RECORD_HEADER_BYTES, RecordHeader, SEGMENT_HEADER_BYTES, create_segment,
     decode_segment_header, encode_segment_header, parse_segment_file_name, segment_file_name,
     sync_file,
 };
+use crate::{WalError, seal};
 
 /// Read-ahead for the sequential recovery scan.
 const SCAN_BUFFER_BYTES: usize = 256 * 1024;
@@ -56,12 +56,21 @@ pub(crate) struct Recovered {
     pub index: ReadIndex,
 }
 
-/// Recovers the log in `dir`, creating the first segment of a new log.
-pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered, WalError> {
+/// Recovers the log in `dir`, creating the first segment of a new log. `sealed_end` is the end
+/// offset a clean close recorded (see `seal`): then nothing may be torn, and the log must end
+/// exactly there.
+pub(crate) fn recover(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    sealed_end: Option<u64>,
+) -> Result<Recovered, WalError> {
     let mut bases = list_segments(fs, dir)?;
     let found = bases.len();
     let mut index = ReadIndex::new();
     let Some((&last, sealed)) = bases.split_last() else {
+        if let Some(end) = sealed_end {
+            return Err(seal::broken(dir, end, "no segment is left".to_owned()));
+        }
         let tail = create_segment(fs, dir, 0).map_err(WalError::io("create the first segment"))?;
         return Ok(Recovered {
             segments: vec![0],
@@ -78,7 +87,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path) -> Result<Recovered, WalE
     for &base in sealed {
         expected = check_sealed_segment(fs, dir, base, expected, &mut index)?;
     }
-    let mut tail = recover_last_segment(fs, dir, last, expected, &mut index)?;
+    let mut tail = recover_last_segment(fs, dir, last, expected, sealed_end, &mut index)?;
     if tail.format == Format::V1 {
         // Written by an older release: sealed as it is (recovery synced it), and appends go to a
         // new segment in the current format.
@@ -186,6 +195,7 @@ fn recover_last_segment(
     dir: &Path,
     base: u64,
     expected: u64,
+    sealed_end: Option<u64>,
     index: &mut ReadIndex,
 ) -> Result<Tail, WalError> {
     let path = dir.join(segment_file_name(base));
@@ -206,7 +216,8 @@ fn recover_last_segment(
         Err(reason) => {
             // Records are only written after the header was synced, so a bad header with nothing
             // behind it is an interrupted segment creation: nothing in it was ever acknowledged.
-            if bytes > SEGMENT_HEADER_BYTES {
+            // A clean close leaves no interrupted creation.
+            if bytes > SEGMENT_HEADER_BYTES || sealed_end.is_some() {
                 return Err(WalError::corrupt(path, 0, reason));
             }
             return Ok(Tail {
@@ -224,6 +235,27 @@ fn recover_last_segment(
         .map_err(WalError::io("open the last segment"))?;
     let scan = scan_records(scan_file, bytes, base, format, index)
         .map_err(WalError::io("scan the last segment"))?;
+    if let Some(end) = sealed_end {
+        if let Some(stop) = &scan.stop {
+            return Err(seal::broken(
+                dir,
+                end,
+                format!(
+                    "{} at byte {}: {}",
+                    path.display(),
+                    stop.position,
+                    stop.reason
+                ),
+            ));
+        }
+        if scan.next_offset != end {
+            return Err(seal::broken(
+                dir,
+                end,
+                format!("it now ends at offset {}", scan.next_offset),
+            ));
+        }
+    }
     if let Some(Stop {
         position,
         reason,

@@ -17,7 +17,7 @@ use crate::segment::{
     RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, create_segment_file, encode_record, sync_file,
     sync_new_segment,
 };
-use crate::{DurableTail, Shared, WalError, lock};
+use crate::{DurableTail, Shared, WalError, lock, seal};
 
 /// The callback of one `append_with`.
 pub(crate) type Done = Box<dyn FnOnce(Result<Range<u64>, WalError>) + Send>;
@@ -134,6 +134,12 @@ impl Writer {
             if self.buf.capacity() > 2 * WRITE_CHUNK_BYTES {
                 self.buf = Vec::new();
             }
+        }
+        // Closed cleanly: record where the log ends, so the next open can tell a cut tail from
+        // an end. The directory lock is still held, so no other `Wal` appends meanwhile. If
+        // this fails, the next open treats the log as after a crash.
+        if !self.shared.poisoned.load(Ordering::Acquire) {
+            let _ = seal::write(&*self.shared.fs, &self.shared.dir, self.next_offset);
         }
     }
 

@@ -8,17 +8,25 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use common::*;
 use parlor_wal::{Wal, WalError, WalOptions};
 
+/// Held by each test while it runs. `mount` forks: a child forked by one test while another
+/// drops its `Wal` holds a copy of the lock file's descriptor until it execs, and the reopen
+/// finds the log still locked. (Under nextest each test is a process of its own anyway.)
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// A tmpfs of `size_bytes` mounted on a temporary directory, unmounted on drop.
 struct Tmpfs {
     dir: tempfile::TempDir,
+    _alone: MutexGuard<'static, ()>,
 }
 
 impl Tmpfs {
     fn mount(size_bytes: u64) -> Tmpfs {
+        let alone = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = tempfile::tempdir().expect("tempdir");
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size_bytes}"), "tmpfs"])
@@ -29,7 +37,7 @@ impl Tmpfs {
             status.success(),
             "mounting a tmpfs failed ({status}); these tests need root"
         );
-        Tmpfs { dir }
+        Tmpfs { dir, _alone: alone }
     }
 
     fn path(&self) -> &Path {

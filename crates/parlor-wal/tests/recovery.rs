@@ -28,12 +28,16 @@ fn base_of(segment: &Path) -> u64 {
         .expect("segment name")
 }
 
-/// A closed log holding the derived payloads for `0..count`, one record per append.
+/// A closed log holding the derived payloads for `0..count`, one record per append, as a
+/// crash after the last sync leaves it (without the seal of a clean close).
 fn log_with(dir: &Path, options: &WalOptions, count: u64) {
-    let (wal, _) = Wal::open(dir, options.clone()).expect("open");
-    for offset in 0..count {
-        append_derived(&wal, offset..offset + 1);
+    {
+        let (wal, _) = Wal::open(dir, options.clone()).expect("open");
+        for offset in 0..count {
+            append_derived(&wal, offset..offset + 1);
+        }
     }
+    as_after_a_crash(dir);
 }
 
 fn segment_header(base: u64) -> Vec<u8> {
@@ -158,6 +162,7 @@ fn a_last_group_torn_in_its_first_record_is_cut_whole_though_later_ones_landed()
         append_derived(&wal, 0..4);
         append_derived(&wal, 4..10);
     }
+    as_after_a_crash(dir.path());
     let last = last_segment(dir.path());
     let len = fs::metadata(&last).expect("metadata").len();
     flip_byte(&last, record_position(0, 4) + RECORD_HEADER_BYTES + 1);
@@ -178,6 +183,7 @@ fn a_last_group_missing_its_last_record_is_cut_whole() {
         append_derived(&wal, 0..3);
         append_derived(&wal, 3..8);
     }
+    as_after_a_crash(dir.path());
     let last = last_segment(dir.path());
     // Records 3..7 are whole; the group's commit marker, record 7, is gone.
     set_len(&last, record_position(0, 7));
@@ -318,6 +324,7 @@ fn damaged_tail_never_loses_a_record_acknowledged_before_the_damage() {
                 group_ends.push(count);
             }
         }
+        as_after_a_crash(dir.path());
         let last = last_segment(dir.path());
         let base = base_of(&last);
         let len = fs::metadata(&last).expect("metadata").len();
@@ -415,4 +422,55 @@ fn arbitrary_segment_bytes_open_cleanly_or_fail_as_corrupt() {
         opened > 50 && refused > 50,
         "opened {opened}, refused {refused}"
     );
+}
+
+#[test]
+fn a_cleanly_closed_log_cut_between_two_groups_is_refused() {
+    // Without the seal this looks like a log that ended there; with it, it is damage.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+        append_derived(&wal, 0..3);
+        append_derived(&wal, 3..5);
+    }
+    set_len(&last_segment(dir.path()), record_position(0, 3));
+    let (path, _, reason) = expect_corrupt(Wal::open(dir.path(), WalOptions::default()));
+    assert_eq!(path, dir.path().join("END"));
+    assert!(reason.contains("closed cleanly at offset 5"), "{reason}");
+    assert!(reason.contains("now ends at offset 3"), "{reason}");
+}
+
+#[test]
+fn a_cleanly_closed_log_missing_its_last_segment_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (wal, _) = Wal::open(dir.path(), small_segments()).expect("open");
+        append_derived_in_batches(&wal, 0..30, 3);
+    }
+    fs::remove_file(last_segment(dir.path())).expect("remove");
+    let (path, _, _) = expect_corrupt(Wal::open(dir.path(), small_segments()));
+    assert_eq!(path, dir.path().join("END"));
+}
+
+#[test]
+fn the_seal_is_gone_while_the_log_is_open_and_back_after_a_clean_close() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seal = dir.path().join("END");
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+    assert!(!seal.exists());
+    append_derived(&wal, 0..3);
+    drop(wal);
+    assert_eq!(fs::read(&seal).expect("sealed").len(), 16);
+    let (wal, recovery) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+    assert_eq!(recovery.next_offset, 3);
+    // A crash from here on must not meet a seal that no longer holds.
+    assert!(
+        !seal.exists(),
+        "open removes the seal before anything is appended"
+    );
+    append_derived(&wal, 3..4);
+    drop(wal);
+    flip_byte(&seal, 6);
+    let (path, _, reason) = expect_corrupt(Wal::open(dir.path(), WalOptions::default()));
+    assert_eq!((path, reason.as_str()), (seal, "crc mismatch"));
 }

@@ -70,6 +70,12 @@ pub fn assert_derived(wal: &Wal, offsets: Range<u64>) {
     }
 }
 
+/// Removes the seal a clean close leaves (`END`), so the log is as a `kill -9` after its last
+/// sync leaves it: recovery then cuts a torn tail instead of refusing any difference.
+pub fn as_after_a_crash(dir: &Path) {
+    fs::remove_file(dir.join("END")).expect("a cleanly closed log has a seal");
+}
+
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<_> = fs::read_dir(dir)
         .expect("list dir")
