@@ -469,7 +469,8 @@ fn find_later_group(
 ) -> io::Result<Option<(u64, u64)>> {
     let header_bytes = format.record_header_bytes();
     let header_len = header_bytes as usize;
-    let mut window = vec![0u8; SEARCH_WINDOW_BYTES + header_len - 1];
+    let tail_bytes = file_bytes.saturating_sub(bad_position) as usize;
+    let mut window = vec![0u8; tail_bytes.min(SEARCH_WINDOW_BYTES + header_len - 1)];
     let mut start = bad_position + 1;
     while start + header_bytes <= file_bytes {
         let read = (file_bytes - start).min(window.len() as u64) as usize;
