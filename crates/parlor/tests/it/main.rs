@@ -21,3 +21,4 @@ mod nats_cluster;
 mod protocol;
 mod search;
 mod security;
+mod upgrade;
