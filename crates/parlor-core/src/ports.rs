@@ -323,7 +323,9 @@ pub trait Store: Send + Sync {
         Err(BackendError::rejected("this store keeps no leases"))
     }
     /// The error [`Store::append_events`] would answer for `event` now, if any: the
-    /// gateway's check before it accepts a change.
+    /// gateway's check before it accepts a change. None for a repeat of a stored (sender,
+    /// client_msg_id), which is a duplicate, not a refusal: a client resends what it sent
+    /// when it lost the `accepted`.
     async fn refusal(&self, event: &NewEvent) -> Result<Option<ApiError>, BackendError>;
     /// Messages in their current state (edited, deleted, reactions, the replied-to
     /// excerpt), in ascending `seq`; `Page` counts messages, not events.

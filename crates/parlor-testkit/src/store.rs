@@ -84,6 +84,7 @@ macro_rules! store_contract {
             mentions_resolve_to_current_members_ignoring_case_and_again_on_edit,
             every_rule_refuses_through_the_store_and_changes_nothing,
             refusal_is_none_for_what_append_would_store,
+            refusal_is_none_for_a_change_already_stored,
             an_earlier_entry_of_the_batch_can_make_a_later_one_refused,
             messages_interleaved_with_a_removal_in_one_batch_follow_it,
             a_removed_member_loses_the_conversation_at_once,
@@ -2322,6 +2323,63 @@ pub async fn refusal_is_none_for_what_append_would_store(fixture: impl StoreFixt
         assert_eq!(append_one(s, entry).await, seq);
     }
     assert_eq!(store.members(group).await.unwrap(), [bob]);
+}
+
+/// A client whose `accepted` was lost (its connection or the server died) sends the change
+/// again under the same client id, and `append_events` answers `Duplicate`: so `refusal`,
+/// the gateway's check before `accepted`, must not refuse it by the state the change made
+/// itself (a reaction present or gone, a message deleted, a member added or gone, a role
+/// given).
+pub async fn refusal_is_none_for_a_change_already_stored(fixture: impl StoreFixture) {
+    let store = fixture.store();
+    let s = &*store;
+    let (ann, bob, carl) = (
+        user(s, "ann").await,
+        user(s, "bob").await,
+        user(s, "carl").await,
+    );
+    let group = store.create_group(ann, "G", &[ann, bob]).await.unwrap();
+    append_stored(
+        s,
+        &[
+            new_message(group, ann, "m1", "one"),
+            new_message(group, ann, "m2", "two"),
+        ],
+    )
+    .await;
+    let changes = [
+        (bob, "r1", react(1, EMOJI[0])),
+        (bob, "r2", unreact(1, EMOJI[0])),
+        (ann, "d1", Change::Delete { target_seq: 2 }),
+        (ann, "a1", Change::MemberAdded { user_id: carl }),
+        (
+            ann,
+            "p1",
+            Change::RoleChanged {
+                user_id: bob,
+                role: Role::Admin,
+            },
+        ),
+        (carl, "l1", Change::MemberLeft {}),
+        (bob, "x1", Change::MemberRemoved { user_id: ann }),
+    ];
+    for (sender, id, change) in changes {
+        let entry = new_event(group, sender, id, change);
+        let seq = append_one(s, entry.clone()).await;
+        assert_eq!(
+            store.refusal(&entry).await.unwrap(),
+            None,
+            "a resend of {entry:?}"
+        );
+        let again = store
+            .append_events(std::slice::from_ref(&entry))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&again[..], [Appended::Duplicate(first)] if first.event.seq == seq),
+            "{entry:?}: {again:?}"
+        );
+    }
 }
 
 /// A store may remember, through a batch, what plain messages depend on (the sender's

@@ -173,6 +173,15 @@ fn store_checked(
     }
 }
 
+/// Whether (sender, client_msg_id) is stored already.
+pub(super) fn is_stored(tx: &Connection, new: &NewEvent) -> Result<bool, Failure> {
+    let found = tx
+        .prepare_cached("SELECT 1 FROM events WHERE sender_id = ?1 AND client_msg_id = ?2")?
+        .query_row(params![Id(new.sender_id.0), new.client_msg_id], |_| Ok(()))
+        .optional()?;
+    Ok(found.is_some())
+}
+
 /// The event stored the first time (sender, client_msg_id) was seen, as it reads now, with
 /// its conversation's members seq of now. Looked up inside the transaction, so a repeat
 /// within the batch finds the event stored a few entries earlier.

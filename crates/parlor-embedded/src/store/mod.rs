@@ -383,6 +383,12 @@ impl Store for SqliteStore {
     async fn refusal(&self, event: &NewEvent) -> Result<Option<ApiError>, BackendError> {
         let event = event.clone();
         self.read("refusal", move |tx| {
+            // A repeat is a duplicate to `append_events`, whatever the rules say of it now:
+            // a client resending a change whose `accepted` it lost must not be refused by
+            // the state the change made (its reaction present, its message deleted).
+            if append::is_stored(tx, &event)? {
+                return Ok(None);
+            }
             let gathered = facts::gather(tx, &event)?;
             Ok(rules::check(event.sender_id, &event.change, &gathered.facts).err())
         })

@@ -132,9 +132,23 @@ impl Gateway {
     ) -> Result<InboundEntry, ApiError> {
         validate::client_msg_id(&client_msg_id)?;
         validate::change(&mut change, self.config.body_bytes_max)?;
-        let conversation = self
+        // Leaving ends the membership, so a `member_left` resent after it was stored (its
+        // `accepted` lost with the connection) comes from a non-member: the store's
+        // `refusal` below tells that repeat (none) from any other change of a non-member
+        // (`not_found`, which stands if the store cannot say).
+        let mut not_a_member = None;
+        let conversation = match self
             .member_conversation(sender, conversation_id, known_member_of)
-            .await?;
+            .await
+        {
+            Ok(conversation) => conversation,
+            Err(error) if error.code == ErrorCode::NotFound && change == Change::MemberLeft {} => {
+                let conversation = conversation_id.parse().map_err(|_| error.clone())?;
+                not_a_member = Some(error);
+                conversation
+            }
+            Err(error) => return Err(error),
+        };
         if let Err(wait) = self.limits.sends.check(&sender) {
             metrics::counter!(m::RATE_LIMITED, "what" => "send").increment(1);
             return Err(ApiError::rate_limited("too many messages; slow down", wait));
@@ -163,6 +177,7 @@ impl Gateway {
             {
                 Ok(None) => {}
                 Ok(Some(error)) => return Err(error),
+                Err(_) if let Some(not_a_member) = not_a_member => return Err(not_a_member),
                 // The store is the judge, and will judge again when it stores the change:
                 // while it is down the queue takes changes, as it takes messages, and the
                 // sender learns of a refusal then.
