@@ -4,20 +4,17 @@
 //! limits lifted) so it can read the server's memory and CPU and kill it; `--addr` points the
 //! message scenarios at a Parlor that runs elsewhere instead (a cluster behind HAProxy, say).
 
-mod client;
-mod delay_proxy;
-mod report;
-mod scenarios;
-mod server;
-
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
-use scenarios::{catchup, connections, fanout, hold, latency, restart, search, throughput};
-use server::Server;
+use parlor_bench::scenarios::{
+    catchup, check, connections, fanout, hold, latency, restart, search, throughput,
+};
+use parlor_bench::server::Server;
+use parlor_bench::{client, delay_proxy};
 
 #[derive(Parser)]
 #[command(name = "parlor-bench", about = "Load scenarios against Parlor")]
@@ -96,6 +93,10 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         entries: usize,
     },
+    /// Delivery checker: every kind of change from many devices, the server killed with
+    /// SIGKILL N times (`--kills`) and restarted; nothing accepted may be lost, duplicated or
+    /// reordered. Exits non-zero on any violation.
+    Check(check::Options),
     /// Search over N stored messages in many groups: latency of each kind of query.
     Search {
         #[arg(long, default_value_t = 1_000_000)]
@@ -216,6 +217,19 @@ async fn main() -> anyhow::Result<()> {
                 &target.out,
             )
             .await?;
+            Ok(())
+        }
+        Scenario::Check(options) => {
+            if target.addr.is_some() {
+                bail!("check kills and restarts the server: it needs --server, not --addr");
+            }
+            let findings = check::run(&target.server, &options, &target.out).await?;
+            if findings.violations() > 0 {
+                bail!(
+                    "{} violations of the delivery guarantees",
+                    findings.violations()
+                );
+            }
             Ok(())
         }
         Scenario::Restart { entries } => {

@@ -1,6 +1,7 @@
 //! The scenarios. Each is bounded in count and time, prints a table and writes JSON.
 
 pub mod catchup;
+pub mod check;
 pub mod connections;
 pub mod fanout;
 pub mod hold;

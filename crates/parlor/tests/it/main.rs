@@ -11,6 +11,7 @@ mod cluster_replicated;
 mod cluster_takeover;
 mod connections;
 mod convergence;
+mod delivery;
 mod disk;
 mod dlq;
 mod durability;
