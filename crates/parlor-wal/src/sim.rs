@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::fs::{FileSystem, OpenMode, WalFile};
 
@@ -29,6 +29,8 @@ pub const SECTOR_BYTES: u64 = 512;
 #[derive(Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<State>>,
+    /// While true, file syncs wait (see [`SimFs::hold_file_syncs`]).
+    syncs_held: Arc<(Mutex<bool>, Condvar)>,
 }
 
 #[derive(Default)]
@@ -79,6 +81,8 @@ struct FileData {
     durable: Vec<u8>,
     /// Writes since `durable`, oldest first.
     unsynced: Vec<Write>,
+    /// One past the furthest byte any read has returned.
+    read_end: u64,
 }
 
 #[derive(Clone)]
@@ -139,6 +143,22 @@ impl SimFs {
         lock(&self.state).bytes_read
     }
 
+    /// While `hold` is true, every `sync_data` waits before it syncs: a test can look at the
+    /// disk while a write is on it and not yet durable.
+    pub fn hold_file_syncs(&self, hold: bool) {
+        let (held, changed) = &*self.syncs_held;
+        *lock(held) = hold;
+        changed.notify_all();
+    }
+
+    /// One past the furthest byte of the file at `path` that any read has returned.
+    pub fn read_end(&self, path: &Path) -> io::Result<u64> {
+        match lock(&self.state).entry(path)? {
+            Node::File(file) => Ok(lock(&file.data).read_end),
+            Node::Dir => Err(io::Error::other("a directory")),
+        }
+    }
+
     /// Whether power has been lost.
     pub fn is_powered_off(&self) -> bool {
         lock(&self.state).powered_off
@@ -178,6 +198,7 @@ impl SimFs {
         }
         SimFs {
             state: Arc::new(Mutex::new(crashed)),
+            syncs_held: Arc::default(),
         }
     }
 
@@ -307,6 +328,7 @@ fn crash_file(file: &SimFile, rng: &mut Rng) -> SimFile {
             current: bytes.clone(),
             durable: bytes,
             unsynced: Vec::new(),
+            read_end: 0,
         }),
     }
 }
@@ -527,13 +549,14 @@ fn record(file: &SimFile, write: Write) {
 impl WalFile for SimHandle {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
         let mut state = self.fs.read()?;
-        let data = lock(&self.file.data);
+        let mut data = lock(&self.file.data);
         let Some(available) = data.current.get(position as usize..) else {
             return Ok(0);
         };
         let read = buf.len().min(available.len());
         buf[..read].copy_from_slice(&available[..read]);
         state.bytes_read += read as u64;
+        data.read_end = data.read_end.max(position + read as u64);
         Ok(read)
     }
 
@@ -557,6 +580,12 @@ impl WalFile for SimHandle {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        let (held, changed) = &*self.fs.syncs_held;
+        let mut hold = lock(held);
+        while *hold {
+            hold = changed.wait(hold).unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(hold);
         let state = self.fs.operate()?;
         if state.fail_syncs {
             return Err(io::Error::other("injected sync failure"));

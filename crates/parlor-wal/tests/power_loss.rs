@@ -304,3 +304,42 @@ fn a_reader_starts_near_its_offset_instead_of_reading_the_segment_from_the_start
     let (wal, _) = open(&disk, &options).expect("reopen");
     read_last(&wal, "index built by recovery");
 }
+
+#[test]
+fn a_reader_never_reads_bytes_that_are_written_but_not_yet_durable() {
+    // A group written and not yet synced may still be cut back (when the device is full) and
+    // rewritten with other records at the same offsets: a reader that had buffered it would
+    // serve records that were refused.
+    let disk = SimFs::new();
+    let options = WalOptions::default();
+    let (wal, _) = open(&disk, &options).expect("open");
+    for offset in 0..50 {
+        wal.append(vec![payload(offset)]).expect("append");
+    }
+    let segment = Path::new(LOG).join(format!("{:020}.wal", 0));
+    let durable_bytes = disk.read_file(&segment).expect("read").len() as u64;
+    disk.hold_file_syncs(true);
+    let appender = {
+        let wal = wal.clone();
+        std::thread::spawn(move || wal.append(vec![payload(50); 20]))
+    };
+    while disk.read_file(&segment).expect("read").len() as u64 == durable_bytes {
+        std::thread::yield_now();
+    }
+    // The group is on the disk, its fsync held: a reader reads everything durable.
+    let mut reader = wal.reader(0).expect("reader");
+    for offset in 0..50 {
+        assert_eq!(
+            reader.next().expect("read"),
+            Some((offset, payload(offset)))
+        );
+    }
+    assert_eq!(reader.next().expect("read"), None);
+    assert!(
+        disk.read_end(&segment).expect("read end") <= durable_bytes,
+        "a reader read past the durable end ({durable_bytes} bytes)"
+    );
+    disk.hold_file_syncs(false);
+    assert_eq!(appender.join().expect("appender").expect("append"), 50..70);
+    assert_eq!(reader.next().expect("read"), Some((50, payload(50))));
+}
