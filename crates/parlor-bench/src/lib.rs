@@ -4,5 +4,6 @@
 pub mod client;
 pub mod delay_proxy;
 pub mod report;
+pub mod rng;
 pub mod scenarios;
 pub mod server;

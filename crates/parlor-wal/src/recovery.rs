@@ -220,14 +220,7 @@ fn recover_last_segment(
             if bytes > SEGMENT_HEADER_BYTES || sealed_end.is_some() {
                 return Err(WalError::corrupt(path, 0, reason));
             }
-            return Ok(Tail {
-                file: rewrite_empty_segment(file, base)?,
-                format: Format::V2,
-                next_offset: base,
-                bytes: SEGMENT_HEADER_BYTES,
-                records: 0,
-                truncated_bytes: bytes,
-            });
+            return empty_tail(file, base, bytes);
         }
     };
     let scan_file = fs
@@ -284,14 +277,7 @@ fn recover_last_segment(
     }
     if format == Format::V1 && scan.records == 0 {
         // Nothing to keep in the old format: start the segment over in the current one.
-        return Ok(Tail {
-            file: rewrite_empty_segment(file, base)?,
-            format: Format::V2,
-            next_offset: base,
-            bytes: SEGMENT_HEADER_BYTES,
-            records: 0,
-            truncated_bytes: bytes - SEGMENT_HEADER_BYTES,
-        });
+        return empty_tail(file, base, bytes - SEGMENT_HEADER_BYTES);
     }
     let mut truncated_bytes = 0;
     if scan.stop.is_some() {
@@ -312,14 +298,22 @@ fn recover_last_segment(
     })
 }
 
-/// Empties a segment that holds no record and writes a current header into it, durably.
-fn rewrite_empty_segment(file: Box<dyn WalFile>, base: u64) -> Result<Box<dyn WalFile>, WalError> {
+/// Empties a last segment that holds no record and writes a current header into it, durably:
+/// the tail of a log that ends at `base`, `truncated_bytes` cut.
+fn empty_tail(file: Box<dyn WalFile>, base: u64, truncated_bytes: u64) -> Result<Tail, WalError> {
     file.set_len(0)
         .map_err(WalError::io("truncate the last segment"))?;
     file.write_all_at(&encode_segment_header(base), 0)
         .map_err(WalError::io("rewrite a segment header"))?;
     sync_file(&*file).map_err(WalError::io("sync the last segment"))?;
-    Ok(file)
+    Ok(Tail {
+        file,
+        format: Format::V2,
+        next_offset: base,
+        bytes: SEGMENT_HEADER_BYTES,
+        records: 0,
+        truncated_bytes,
+    })
 }
 
 /// `Ok(Err(reason))` when the header is damaged or names another base offset than the file name.

@@ -9,7 +9,6 @@
 mod device;
 mod http_sender;
 mod record;
-mod rng;
 mod shared;
 mod verify;
 mod world;
@@ -24,12 +23,12 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use self::record::{ConversationIndex, Event};
-use self::rng::Rng;
 use self::shared::{Context, Endpoint, Phase, Recovery, event_of};
 pub use self::verify::Findings;
 use self::world::World;
 use crate::client::{self, Http};
 use crate::report::Report;
+use crate::rng::Rng;
 use crate::server::Server;
 
 /// How long a restarted server may take to answer `/readyz`.

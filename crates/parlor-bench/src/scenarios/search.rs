@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use super::restart::directory_bytes;
 use crate::client::{self, Account, Http};
 use crate::report::{CpuMeter, Report, histogram};
+use crate::rng::Rng;
 use crate::server::Server;
 
 /// Members of each group, drawn from all the users.
@@ -43,27 +44,6 @@ const VOCABULARY: usize = 30_000;
 /// Makes one query's text (and `&filters`) for a searcher in the group given.
 type MakeQuery = fn(&Words, &mut Rng, &str) -> String;
 
-/// A small deterministic generator (splitmix64): the same store for the same seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// The vocabulary and a Zipf sampler over it.
 struct Words {
     words: Vec<String>,
@@ -80,9 +60,9 @@ impl Words {
         let mut words: Vec<String> = COMMON.iter().map(|word| (*word).to_owned()).collect();
         let mut seen: std::collections::HashSet<String> = words.iter().cloned().collect();
         while words.len() < VOCABULARY {
-            let syllables = 2 + rng.below(3);
+            let syllables = 2 + rng.index(3);
             let word: String = (0..syllables)
-                .map(|_| SYLLABLES[rng.below(SYLLABLES.len())])
+                .map(|_| SYLLABLES[rng.index(SYLLABLES.len())])
                 .collect();
             if seen.insert(word.clone()) {
                 words.push(word);
@@ -105,7 +85,7 @@ impl Words {
     }
 
     fn body(&self, rng: &mut Rng) -> String {
-        let length = 3 + rng.below(22);
+        let length = 3 + rng.index(22);
         (0..length)
             .map(|_| self.pick(rng))
             .collect::<Vec<_>>()
@@ -124,7 +104,7 @@ pub async fn run(
     let mut report = Report::new("search");
     let data_dir = std::env::temp_dir().join(format!("parlor-bench-search-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
-    let mut rng = Rng(0x5EED);
+    let mut rng = Rng::new(0x5EED);
     let words = Words::new(&mut rng);
 
     let mut server = Server::start(binary, &data_dir)?;
@@ -135,7 +115,7 @@ pub async fn run(
     for g in 0..groups {
         let mut members: Vec<usize> = Vec::with_capacity(GROUP_MEMBERS);
         while members.len() < GROUP_MEMBERS.min(users) {
-            let member = rng.below(users);
+            let member = rng.index(users);
             if !members.contains(&member) {
                 members.push(member);
             }
@@ -165,8 +145,8 @@ pub async fn run(
     let start_time = OffsetDateTime::now_utc() - time::Duration::days(365);
     let mut batch = Vec::with_capacity(FILL_BATCH);
     for n in 0..messages {
-        let g = rng.below(groups);
-        let sender = group_members[g][rng.below(group_members[g].len())];
+        let g = rng.index(groups);
+        let sender = group_members[g][rng.index(group_members[g].len())];
         batch.push(NewEvent {
             conversation_id: group_ids[g].parse::<ConversationId>()?,
             sender_id: accounts[sender].id.parse::<UserId>()?,
@@ -208,36 +188,36 @@ pub async fn run(
         (
             "very_common",
             "one of the 5 commonest words",
-            |words, rng, _| words.words[rng.below(5)].clone() + " ",
+            |words, rng, _| words.words[rng.index(5)].clone() + " ",
         ),
         (
             "very_common_recent",
             "one of the 5 commonest, newest first",
-            |words, rng, _| format!("{} &sort=recent", words.words[rng.below(5)]),
+            |words, rng, _| format!("{} &sort=recent", words.words[rng.index(5)]),
         ),
         ("rare", "a rare word", |words, rng, _| {
-            words.words[5_000 + rng.below(10_000)].clone() + " "
+            words.words[5_000 + rng.index(10_000)].clone() + " "
         }),
         ("common", "a common word, by relevance", |words, rng, _| {
-            words.words[50 + rng.below(20)].clone() + " "
+            words.words[50 + rng.index(20)].clone() + " "
         }),
         (
             "common_recent",
             "a common word, newest first",
-            |words, rng, _| format!("{} &sort=recent", words.words[50 + rng.below(20)]),
+            |words, rng, _| format!("{} &sort=recent", words.words[50 + rng.index(20)]),
         ),
         ("two_words", "two words", |words, rng, _| {
             format!(
                 "{} {} ",
-                words.words[100 + rng.below(400)],
-                words.words[100 + rng.below(400)]
+                words.words[100 + rng.index(400)],
+                words.words[100 + rng.index(400)]
             )
         }),
         (
             "prefix",
             "a prefix being typed (3 letters)",
             |words, rng, _| {
-                words.words[200 + rng.below(2_000)]
+                words.words[200 + rng.index(2_000)]
                     .chars()
                     .take(3)
                     .collect()
@@ -247,7 +227,7 @@ pub async fn run(
             "prefix_recent",
             "a 3-letter prefix, newest first",
             |words, rng, _| {
-                let prefix: String = words.words[200 + rng.below(2_000)]
+                let prefix: String = words.words[200 + rng.index(2_000)]
                     .chars()
                     .take(3)
                     .collect();
@@ -260,7 +240,7 @@ pub async fn run(
             |words, rng, group| {
                 format!(
                     "{} &conversation_id={group}",
-                    words.words[50 + rng.below(20)]
+                    words.words[50 + rng.index(20)]
                 )
             },
         ),
@@ -271,8 +251,8 @@ pub async fn run(
     for (key, label, make) in kinds {
         let mut latencies = histogram();
         for _ in 0..queries {
-            let g = rng.below(groups);
-            let searcher = &accounts[group_members[g][rng.below(GROUP_MEMBERS.min(users))]];
+            let g = rng.index(groups);
+            let searcher = &accounts[group_members[g][rng.index(GROUP_MEMBERS.min(users))]];
             let query = make(&words, &mut rng, &group_ids[g]);
             let (text, filters) = query.split_once('&').unwrap_or((&query, ""));
             let path = format!(

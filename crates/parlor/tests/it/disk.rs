@@ -407,18 +407,7 @@ async fn failed_log_write_makes_the_server_exit_and_a_restart_recovers() {
     assert_eq!(refused["client_msg_id"], "during");
     assert_eq!(refused["code"], "unavailable", "{refused}");
 
-    // Exits on its own: no signal is sent.
-    let (sender, exited) = std::sync::mpsc::channel();
-    let mut child = std::mem::replace(
-        &mut server.child,
-        Command::new("true").spawn().expect("a placeholder child"),
-    );
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait().expect("wait for parlor"));
-    });
-    let status = exited
-        .recv_timeout(Duration::from_secs(10))
-        .expect("parlor exits after its log is poisoned");
+    let status = exits_on_its_own(&mut server);
     assert!(!status.success(), "a poisoned log is a failure: {status}");
     let ready = tokio::net::TcpStream::connect(&server.address).await;
     assert!(ready.is_err(), "nothing answers /readyz after the exit");
@@ -505,17 +494,7 @@ async fn failed_fsync_acknowledges_nothing_more_and_the_server_exits() {
         );
     }
 
-    let (sender, exited) = std::sync::mpsc::channel();
-    let mut child = std::mem::replace(
-        &mut server.child,
-        Command::new("true").spawn().expect("a placeholder child"),
-    );
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait().expect("wait for parlor under strace"));
-    });
-    let status = exited
-        .recv_timeout(Duration::from_secs(10))
-        .expect("parlor exits after a failed fsync");
+    let status = exits_on_its_own(&mut server);
     assert!(!status.success(), "a failed fsync is a failure: {status}");
 
     let server = Server::start(&data_dir, &[], &[]);
@@ -539,6 +518,21 @@ async fn failed_fsync_acknowledges_nothing_more_and_the_server_exits() {
         stored == accepted || stored == expected_with_refused,
         "stored {stored:?}, accepted {accepted:?}"
     );
+}
+
+/// How the server (or its wrapper) exits, within 10 s, with no signal sent.
+fn exits_on_its_own(server: &mut Server) -> std::process::ExitStatus {
+    let (sender, exited) = std::sync::mpsc::channel();
+    let mut child = std::mem::replace(
+        &mut server.child,
+        Command::new("true").spawn().expect("a placeholder child"),
+    );
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait().expect("wait for parlor"));
+    });
+    exited
+        .recv_timeout(Duration::from_secs(10))
+        .expect("parlor exits on its own")
 }
 
 /// The size of the largest file directly in `dir`: the inbound log's one segment.

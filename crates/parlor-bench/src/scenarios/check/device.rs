@@ -17,10 +17,10 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::record::{ChannelRecord, ConversationIndex, Event, Outcome, Send, UserIndex};
-use super::rng::Rng;
 use super::shared::{Context, Detail, Endpoint, Phase, event_of, is_transient, message_of};
 use super::world::Role;
 use crate::client::{self, Http, Socket};
+use crate::rng::Rng;
 
 /// Recent messages a device may reply or react to, per conversation.
 const TARGETS_MAX: usize = 64;

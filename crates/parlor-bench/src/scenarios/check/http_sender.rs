@@ -5,10 +5,10 @@
 use serde_json::{Value, json};
 
 use super::record::{ChannelRecord, Outcome, Send, UserIndex};
-use super::rng::Rng;
 use super::shared::{Context, Phase, RETRY, is_transient};
 use super::world::Role;
 use crate::client::Http;
+use crate::rng::Rng;
 
 pub async fn run(mut context: Context, user: usize, mut rng: Rng) -> ChannelRecord {
     let name = format!("u{user}h");
